@@ -1,0 +1,38 @@
+# ScanFort: the two quick-start targets create or reuse .venv in the repo root.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEBS := orthanc orthanc-dicomweb dcmtk age postgresql chromium
+
+.PHONY: demo test lint setup sysdeps bench
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[fast,dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+# Debian packages the peer tests need; installed only when missing.
+sysdeps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+demo: $(STAMP)
+	$(BIN)/scanfort demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: sysdeps $(STAMP) lint
+	CI=$${CI:-} $(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/scanfort bench

@@ -1,0 +1,65 @@
+"""The ``scanfort`` command: one entry point, subcommands registered by each package.
+
+Each module in ``_COMMAND_MODULES`` exposes ``register(subparsers)`` which adds its
+subcommands; every subcommand sets ``func`` (taking the parsed namespace and returning
+an exit code). Exit codes: 0 all ok, 1 some inputs failed, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from scanfort import __version__
+
+_COMMAND_MODULES = (
+    "scanfort.cli_cipher",  # cipher-report, bench
+    "scanfort.cli_protect",  # keygen, encrypt, decrypt, inspect
+    "agent.cli",  # agent ..., service ...
+    "service.cli",  # central ...
+    "scanfort.cli_demo",  # demo
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error style (``scanfort: error: …``, exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"scanfort: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="scanfort", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"scanfort {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue  # a package that has not landed yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(func(args))
+    except KeyboardInterrupt:
+        sys.stderr.write("scanfort: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
