@@ -1,0 +1,225 @@
+"""Agent ↔ central wire format, version 1 (imported by both ``agent`` and ``service``).
+
+Every message is a JSON object. The shapes below are the single definition both sides
+use, so they cannot drift. Nothing here may carry patient-identifying data: files are
+referred to by ``file_id`` (a salted SHA-256 prefix computed by the agent), never by name.
+
+Endpoints (all under ``/api/v1``, bearer token in ``Authorization``):
+
+- ``POST /enroll``          ``EnrollRequest`` → ``EnrollResponse`` (token: the enrollment token)
+- ``POST /heartbeat``       ``Heartbeat`` → ``Ack``
+- ``POST /events``          ``EventBatch`` → ``Ack``
+- ``PUT  /objects/{sha256}`` raw protected bytes → ``ObjectReceipt`` (idempotent)
+- ``HEAD /objects/{sha256}`` 200 if stored, 404 otherwise
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+PROTOCOL_VERSION = 1
+API_PREFIX = "/api/v1"
+MAX_OBJECT_BYTES = 2 * 1024**3  # default upload limit; the service may configure lower
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+EVENT_KINDS = frozenset(
+    {
+        "started",
+        "stopped",
+        "protected",
+        "forwarded",
+        "quarantined",
+        "destination_paused",
+        "destination_resumed",
+        "intake_paused",
+        "intake_resumed",
+        "watcher_overflow",
+        "error",
+    }
+)
+SEVERITIES = frozenset({"info", "warning", "error"})
+
+T = TypeVar("T")
+
+
+class ProtocolError(ValueError):
+    """A message does not have the version-1 shape."""
+
+
+def _from_dict(cls: type[T], data: Any) -> T:
+    """Build dataclass ``cls`` from ``data``, checking keys and basic types."""
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{cls.__name__}: expected a JSON object")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in data:
+            kwargs[f.name] = data[f.name]
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ProtocolError(f"{cls.__name__}: missing field {f.name!r}")
+    try:
+        obj = cls(**kwargs)
+    except TypeError as exc:
+        raise ProtocolError(f"{cls.__name__}: {exc}") from exc
+    validate = getattr(obj, "_validate", None)
+    if validate is not None:
+        validate()
+    return obj
+
+
+def _check_number(name: str, value: Any, minimum: float = 0) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        raise ProtocolError(f"{name} must be a number >= {minimum}")
+
+
+def _check_str(name: str, value: Any, max_len: int = 256, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or len(value) > max_len:
+        raise ProtocolError(f"{name} must be a string of at most {max_len} characters")
+
+
+@dataclass(frozen=True)
+class EnrollRequest:
+    host: str
+    os: str
+    version: str
+
+    def _validate(self) -> None:
+        for name in ("host", "os", "version"):
+            _check_str(name, getattr(self, name))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> EnrollRequest:
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class EnrollResponse:
+    agent_id: str
+    agent_token: str
+    recipients: list[str]
+    heartbeat_interval_s: float = 30.0
+
+    @classmethod
+    def from_dict(cls, data: Any) -> EnrollResponse:
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class DestinationStatus:
+    name: str
+    kind: str  # central | dicomweb | dicom | folder
+    pending: int = 0
+    paused: bool = False
+    last_success: float | None = None  # unix time
+    last_error: str | None = None  # short text, never a file name or patient attribute
+    last_error_at: float | None = None
+
+    def _validate(self) -> None:
+        _check_str("destination.name", self.name, 64)
+        _check_str("destination.kind", self.kind, 16)
+        _check_number("destination.pending", self.pending)
+        _check_str("destination.last_error", self.last_error, 512, optional=True)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    agent_id: str
+    version: str
+    host: str
+    os: str
+    uptime_s: float
+    sent_at: float  # unix time on the agent
+    watched_folders: int = 0
+    spool_depth: int = 0
+    spool_bytes: int = 0
+    oldest_item_age_s: float | None = None
+    intake_paused: bool = False
+    free_disk_bytes: int | None = None
+    counters: dict[str, int] = field(default_factory=dict)  # seen, protected, forwarded, quarantined, retries
+    destinations: list[DestinationStatus] = field(default_factory=list)
+    watcher: dict[str, int] = field(default_factory=dict)  # reconcile_finds, overflows, observers_alive
+    protocol: int = PROTOCOL_VERSION
+
+    def _validate(self) -> None:
+        for name in ("agent_id", "version", "host", "os"):
+            _check_str(name, getattr(self, name))
+        for name in ("uptime_s", "sent_at", "watched_folders", "spool_depth", "spool_bytes"):
+            _check_number(name, getattr(self, name))
+        if self.oldest_item_age_s is not None:
+            _check_number("oldest_item_age_s", self.oldest_item_age_s)
+        for mapping_name in ("counters", "watcher"):
+            mapping = getattr(self, mapping_name)
+            if not isinstance(mapping, dict) or len(mapping) > 32:
+                raise ProtocolError(f"{mapping_name} must be an object of at most 32 counters")
+            for key, value in mapping.items():
+                _check_str(f"{mapping_name} key", key, 64)
+                _check_number(f"{mapping_name}.{key}", value)
+        if not isinstance(self.destinations, list) or len(self.destinations) > 64:
+            raise ProtocolError("destinations must be a list of at most 64 entries")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Heartbeat:
+        hb = _from_dict(cls, data)
+        dests = [
+            d if isinstance(d, DestinationStatus) else _from_dict(DestinationStatus, d)
+            for d in hb.destinations
+        ]
+        return dataclasses.replace(hb, destinations=dests)
+
+
+@dataclass(frozen=True)
+class Event:
+    event_id: str  # uuid4 hex, for de-duplication of resent batches
+    at: float  # unix time
+    kind: str
+    severity: str = "info"
+    message: str = ""  # short, no file names, no patient attributes
+    file_id: str | None = None  # salted hash of the source file, never its name
+    destination: str | None = None
+
+    def _validate(self) -> None:
+        _check_str("event_id", self.event_id, 64)
+        _check_number("at", self.at)
+        if self.kind not in EVENT_KINDS:
+            raise ProtocolError(f"unknown event kind {self.kind!r}")
+        if self.severity not in SEVERITIES:
+            raise ProtocolError(f"unknown severity {self.severity!r}")
+        _check_str("message", self.message, 512)
+        _check_str("file_id", self.file_id, 64, optional=True)
+        _check_str("destination", self.destination, 64, optional=True)
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    agent_id: str
+    events: list[Event]
+
+    @classmethod
+    def from_dict(cls, data: Any) -> EventBatch:
+        batch = _from_dict(cls, data)
+        if not isinstance(batch.events, list) or len(batch.events) > 1000:
+            raise ProtocolError("events must be a list of at most 1000 entries")
+        events = [e if isinstance(e, Event) else _from_dict(Event, e) for e in batch.events]
+        return dataclasses.replace(batch, events=events)
+
+
+@dataclass(frozen=True)
+class ObjectReceipt:
+    sha256: str
+    size: int
+    created: bool  # False when the object was already stored (idempotent re-upload)
+
+
+@dataclass(frozen=True)
+class Ack:
+    ok: bool = True
+    server_time: float | None = None
+
+
+def to_dict(message: Any) -> dict[str, Any]:
+    """JSON-ready dict of any message above."""
+    return dataclasses.asdict(message)
