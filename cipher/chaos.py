@@ -1,0 +1,348 @@
+"""The ScanFort chaos cipher, version 1 (see ``cipher/SPEC.md``, which is normative).
+
+Per image: a 32-byte image key and a 16-byte nonce feed HKDF-SHA256, which seeds logistic
+maps; the maps yield one bijective S-box (an affine equivalent of GF(2^8) inversion, so it
+keeps AES's nonlinearity 112 and differential uniformity 4), initial rows and whitening
+bytes. The byte image is laid out as ``R`` rows of ``L`` lanes; three chained passes
+(forward, backward, forward over the tail) apply ``S[XNOR(x, prev)] + g·prev[j+d]`` row by
+row, so every output byte depends nonlinearly on every input byte.
+
+Only this module's ``encrypt``/``decrypt``/``sbox`` are public. The sequential chain runs
+in a numba kernel when numba is importable, otherwise in a numpy loop over rows (each row
+a vector over lanes); both produce identical bytes. Decryption never needs the chain: every
+row's predecessor is ciphertext, so it is whole-array numpy in both paths.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from cipher import _gf
+
+KEY_SIZE = 32
+NONCE_SIZE = 16
+
+# HKDF-SHA256 info labels (salt = nonce, ikm = image key).
+LABEL_SBOX = b"scanfort chaos v1 sbox"
+LABEL_STREAM = b"scanfort chaos v1 stream"
+LABEL_GF = b"scanfort chaos v1 gf"
+
+# Logistic-map parameters: r in [R_MIN, R_MIN + R_SPAN), x0 in [X_MIN, X_MIN + X_SPAN).
+R_MIN = 3.99
+R_SPAN = 0.0099
+X_MIN = 0.0625
+X_SPAN = 0.875
+SBOX_TRANSIENT = 1000  # iterations discarded before the S-box stream is sampled
+STREAM_LANES = 256  # parallel logistic maps of the byte stream generator
+STREAM_LANE_STEP = 2.0**-32  # seed spacing between generator lanes
+STREAM_TRANSIENT = 64  # iterations discarded: 2^-32 spacing grows to O(1) in ~32 steps
+QUANT = 2.0**32  # a sample is the low byte of floor(x * 2^32)
+
+MIN_ROWS = 64  # lanes are chosen so that there are at least this many rows
+MAX_LANE_BITS = 16
+TAIL_EXTRA_ROWS = 2  # the tail pass covers log2(L) + 2 rows
+
+_SUPPORTED = (np.dtype(np.uint8), np.dtype(np.uint16))
+
+
+@dataclass(frozen=True)
+class _Layout:
+    n: int  # bytes
+    lane_bits: int  # k = log2(L)
+    lanes: int  # L
+    rows: int  # R
+    last: int  # lanes used in the last row (1..L)
+    tail_start: int  # first row of the tail pass
+
+
+@dataclass(frozen=True)
+class _Params:
+    sbox: np.ndarray  # uint8[256]
+    inv_sbox: np.ndarray  # uint8[256]
+    iv_f: np.ndarray  # uint8[L] initial row of the forward pass
+    key_f: np.ndarray  # uint8[L] lane whitening, forward and tail passes
+    iv_b: np.ndarray  # uint8[L] initial row of the backward pass
+    key_b: np.ndarray  # uint8[L] lane whitening, backward pass
+    row_f: np.ndarray  # uint8[R] row whitening, forward and tail passes
+    row_b: np.ndarray  # uint8[R] row whitening, backward pass
+    mul_f: np.ndarray  # uint8[256] multiplication by g_f in GF(2^8)
+    mul_b: np.ndarray  # uint8[256] multiplication by g_b in GF(2^8)
+
+
+# --------------------------------------------------------------------------- keying
+
+
+def _check(key: bytes, nonce: bytes) -> None:
+    if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_SIZE:
+        raise ValueError(f"chaos key must be {KEY_SIZE} bytes")
+    if not isinstance(nonce, (bytes, bytearray)) or len(nonce) != NONCE_SIZE:
+        raise ValueError(f"chaos nonce must be {NONCE_SIZE} bytes")
+
+
+def _hkdf(key: bytes, nonce: bytes, label: bytes, length: int) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=bytes(nonce), info=label).derive(
+        bytes(key)
+    )
+
+
+def _unit(b: bytes) -> float:
+    """8 big-endian bytes → a double in [0, 1) with 53 random bits (exact)."""
+    return (int.from_bytes(b, "big") >> 11) * 2.0**-53
+
+
+def _map_params(b: bytes) -> tuple[float, float]:
+    """16 bytes → (x0, r) of a logistic map, in the documented ranges."""
+    x0 = X_MIN + X_SPAN * _unit(b[:8])
+    r = R_MIN + R_SPAN * _unit(b[8:16])
+    return x0, r
+
+
+def _sbox_stream(x0: float, r: float) -> object:
+    """Yield bytes of one logistic map: x ← (r·x)·(1−x), sample = floor(x·2^32) mod 256."""
+    x = x0
+    for _ in range(SBOX_TRANSIENT):
+        x = (r * x) * (1.0 - x)
+    while True:
+        x = (r * x) * (1.0 - x)
+        yield int(x * QUANT) & 0xFF
+
+
+def _stream_bytes(x0: float, r: float, count: int) -> np.ndarray:
+    """``count`` bytes from STREAM_LANES logistic maps iterated together.
+
+    Lane ``j`` starts at ``x0 + j·2^-32``; after STREAM_TRANSIENT discarded iterations each
+    iteration yields one byte per lane, lane order within an iteration.
+    """
+    x = x0 + np.arange(STREAM_LANES, dtype=np.float64) * STREAM_LANE_STEP
+    for _ in range(STREAM_TRANSIENT):
+        x = (r * x) * (1.0 - x)
+    steps = -(-count // STREAM_LANES)
+    out = np.empty((steps, STREAM_LANES), dtype=np.uint8)
+    for t in range(steps):
+        x = (r * x) * (1.0 - x)
+        out[t] = (x * QUANT).astype(np.uint64) & 0xFF
+    return out.reshape(-1)[:count]
+
+
+def _draw_invertible(stream: object) -> np.ndarray:
+    """Draw 8 bytes at a time (rows of a GF(2) matrix) until the matrix is invertible."""
+    while True:
+        rows = np.array([next(stream) for _ in range(8)], dtype=np.uint8)  # type: ignore[call-overload]
+        if _gf.rank(rows) == 8:
+            return rows
+
+
+@lru_cache(maxsize=64)
+def _sbox_cached(key: bytes, nonce: bytes) -> tuple[bytes, bytes]:
+    x0, r = _map_params(_hkdf(key, nonce, LABEL_SBOX, 16))
+    stream = _sbox_stream(x0, r)
+    a1 = _draw_invertible(stream)
+    c1 = next(stream)  # type: ignore[call-overload]
+    a2 = _draw_invertible(stream)
+    c2 = next(stream)  # type: ignore[call-overload]
+    x = np.arange(256, dtype=np.uint8)
+    s = _gf.affine(a2, c2, _gf.INV[_gf.affine(a1, c1, x)])
+    inv = np.empty(256, dtype=np.uint8)
+    inv[s] = x
+    return s.tobytes(), inv.tobytes()
+
+
+def sbox(key: bytes, nonce: bytes) -> np.ndarray:
+    """The 256-entry uint8 S-box of the image keyed by ``key`` and ``nonce``."""
+    _check(key, nonce)
+    s, _ = _sbox_cached(bytes(key), bytes(nonce))
+    return np.frombuffer(s, dtype=np.uint8).copy()
+
+
+def _layout(n: int) -> _Layout:
+    k = 0  # the largest k <= MAX_LANE_BITS with n >= MIN_ROWS * 2^k
+    while k < MAX_LANE_BITS and (n >> (k + 1)) >= MIN_ROWS:
+        k += 1
+    lanes = 1 << k
+    rows = -(-n // lanes)
+    last = n - (rows - 1) * lanes
+    tail_start = max(1, rows - (k + TAIL_EXTRA_ROWS))
+    return _Layout(n, k, lanes, rows, last, tail_start)
+
+
+def _params(key: bytes, nonce: bytes, lay: _Layout) -> _Params:
+    s, inv = _sbox_cached(bytes(key), bytes(nonce))
+    x0, r = _map_params(_hkdf(key, nonce, LABEL_STREAM, 16))
+    L, R = lay.lanes, lay.rows
+    st = _stream_bytes(x0, r, 4 * L + 2 * R)
+    g = _hkdf(key, nonce, LABEL_GF, 2)
+    return _Params(
+        sbox=np.frombuffer(s, dtype=np.uint8),
+        inv_sbox=np.frombuffer(inv, dtype=np.uint8),
+        iv_f=st[0:L],
+        key_f=st[L : 2 * L],
+        iv_b=st[2 * L : 3 * L],
+        key_b=st[3 * L : 4 * L],
+        row_f=st[4 * L : 4 * L + R],
+        row_b=st[4 * L + R : 4 * L + 2 * R],
+        mul_f=_gf.mul_table(2 + g[0] % 254),
+        mul_b=_gf.mul_table(2 + g[1] % 254),
+    )
+
+
+# --------------------------------------------------------------------------- buffers
+
+
+def _to_bytes(data: np.ndarray) -> np.ndarray:
+    if not isinstance(data, np.ndarray):
+        raise ValueError("chaos cipher input must be a numpy array")
+    dt = data.dtype
+    if dt.kind != "u" or dt.itemsize not in (1, 2):
+        raise ValueError(f"unsupported dtype {dt}: the chaos cipher takes uint8 or uint16 pixels")
+    flat = np.ascontiguousarray(data).astype(dt.newbyteorder("<"), copy=False)
+    return flat.reshape(-1).view(np.uint8)
+
+
+def _from_bytes(buf: np.ndarray, like: np.ndarray) -> np.ndarray:
+    le = buf.view(like.dtype.newbyteorder("<")).reshape(like.shape)
+    return le.astype(like.dtype, copy=True) if le.dtype != like.dtype else le
+
+
+def _matrix(buf: np.ndarray, lay: _Layout) -> np.ndarray:
+    m = np.zeros(lay.rows * lay.lanes, dtype=np.uint8)
+    m[: lay.n] = buf
+    return m.reshape(lay.rows, lay.lanes)
+
+
+# --------------------------------------------------------------------------- numpy path
+
+
+def _row_numpy(
+    out: np.ndarray, x: np.ndarray, prev: np.ndarray, d: int, s_xnor: np.ndarray, mul: np.ndarray
+) -> None:
+    """out = S[XNOR(x, prev)] + mul[prev[(j+d) mod L]] (x already whitened)."""
+    sv = s_xnor[x ^ prev]
+    gp = mul[prev]
+    n = out.shape[0] - d
+    np.add(sv[:n], gp[d:], out=out[:n])
+    np.add(sv[n:], gp[:d], out=out[n:])
+
+
+def _shift(i: int, k: int) -> int:
+    return (1 << (i % k)) if k else 0
+
+
+def _encrypt_numpy(m: np.ndarray, p: _Params, lay: _Layout) -> None:
+    k, R, last = lay.lane_bits, lay.rows, lay.last
+    s_xnor = p.sbox[np.arange(256, dtype=np.uint8) ^ 0xFF]  # S[~v]: XNOR folded into the table
+    # forward pass over rows 0..R-1
+    x = m ^ p.key_f[None, :] ^ p.row_f[:, None]
+    prev = p.iv_f
+    for i in range(R):
+        _row_numpy(m[i], x[i], prev, _shift(i, k), s_xnor, p.mul_f)
+        prev = m[i]
+    # backward pass over rows R-1..0; the unused lanes of the last row hold iv_b
+    m[R - 1, last:] = p.iv_b[last:]
+    x = m ^ p.key_b[None, :] ^ p.row_b[:, None]
+    prev = p.iv_b
+    tmp = np.empty(lay.lanes, dtype=np.uint8)
+    for i in range(R - 1, -1, -1):
+        _row_numpy(tmp, x[i], prev, _shift(i, k), s_xnor, p.mul_b)
+        width = last if i == R - 1 else lay.lanes
+        m[i, :width] = tmp[:width]
+        prev = m[i]
+    # tail pass: forward again over the last k+2 rows, chained from the row above
+    t0 = lay.tail_start
+    x = m[t0:] ^ p.key_f[None, :] ^ p.row_f[t0:, None]
+    for i in range(t0, R):
+        _row_numpy(m[i], x[i - t0], m[i - 1], _shift(i, k), s_xnor, p.mul_f)
+
+
+# --------------------------------------------------------------------------- inverse (vectorised)
+
+
+def _inv_rows(
+    c: np.ndarray, prev: np.ndarray, shifts: np.ndarray, inv_sbox: np.ndarray, mul: np.ndarray
+) -> np.ndarray:
+    """Whole-block inverse of rows: v = S⁻¹[c − mul[prev[(j+d) mod L]]], x = XNOR(v, prev)."""
+    gp = mul[prev]
+    for d in np.unique(shifts):  # at most log2(L) distinct rotations
+        sel = shifts == d
+        gp[sel] = np.roll(gp[sel], -int(d), axis=1)
+    np.subtract(c, gp, out=gp)
+    v = inv_sbox[gp]
+    np.bitwise_xor(v, prev, out=v)
+    return np.bitwise_not(v, out=v)
+
+
+def _decrypt_matrix(m: np.ndarray, p: _Params, lay: _Layout) -> None:
+    k, R, last = lay.lane_bits, lay.rows, lay.last
+    shifts = np.array([_shift(i, k) for i in range(R)], dtype=np.int64)
+    # undo the tail pass: predecessor of row i is final row i-1
+    t0 = lay.tail_start
+    if t0 < R:
+        x = _inv_rows(m[t0:], m[t0 - 1 : R - 1], shifts[t0:], p.inv_sbox, p.mul_f)
+        m[t0:] = x ^ p.key_f[None, :] ^ p.row_f[t0:, None]
+    # undo the backward pass: predecessor of row i is row i+1 (iv_b for the last row)
+    m[R - 1, last:] = p.iv_b[last:]
+    prev = np.concatenate([m[1:], p.iv_b[None, :]])
+    x = _inv_rows(m, prev, shifts, p.inv_sbox, p.mul_b)
+    m[:] = x ^ p.key_b[None, :] ^ p.row_b[:, None]
+    # undo the forward pass: predecessor of row i is row i-1 (iv_f for row 0)
+    prev = np.concatenate([p.iv_f[None, :], m[:-1]])
+    x = _inv_rows(m, prev, shifts, p.inv_sbox, p.mul_f)
+    m[:] = x ^ p.key_f[None, :] ^ p.row_f[:, None]
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def _backend(name: str | None) -> str:
+    name = name or os.environ.get("SCANFORT_CHAOS_BACKEND", "auto")
+    if name == "auto":
+        from cipher import _kernels
+
+        return "numba" if _kernels.AVAILABLE else "numpy"
+    if name not in ("numba", "numpy"):
+        raise ValueError(f"unknown chaos backend {name!r} (auto, numba or numpy)")
+    return name
+
+
+def _encrypt_with(data: np.ndarray, key: bytes, nonce: bytes, backend: str | None) -> np.ndarray:
+    _check(key, nonce)
+    buf = _to_bytes(data)
+    if buf.size == 0:
+        return data.copy()
+    lay = _layout(buf.size)
+    p = _params(bytes(key), bytes(nonce), lay)
+    m = _matrix(buf, lay)
+    if _backend(backend) == "numba":
+        from cipher import _kernels
+
+        _kernels.encrypt_matrix(m, p, lay)
+    else:
+        _encrypt_numpy(m, p, lay)
+    return _from_bytes(m.reshape(-1)[: lay.n], data)
+
+
+def encrypt(data: np.ndarray, key: bytes, nonce: bytes) -> np.ndarray:
+    """Encrypt a uint8/uint16 pixel array of any shape; same shape and dtype out.
+
+    ``key`` is a 32-byte image key and ``nonce`` 16 bytes; a key/nonce pair must protect
+    one image only. The result is not authenticated: callers add integrity (see SPEC.md).
+    """
+    return _encrypt_with(data, key, nonce, None)
+
+
+def decrypt(data: np.ndarray, key: bytes, nonce: bytes) -> np.ndarray:
+    """Exact inverse of :func:`encrypt` for the same key and nonce."""
+    _check(key, nonce)
+    buf = _to_bytes(data)
+    if buf.size == 0:
+        return data.copy()
+    lay = _layout(buf.size)
+    p = _params(bytes(key), bytes(nonce), lay)
+    m = _matrix(buf, lay)
+    _decrypt_matrix(m, p, lay)
+    return _from_bytes(m.reshape(-1)[: lay.n], data)
