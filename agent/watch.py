@@ -1,0 +1,236 @@
+"""Finding new scans: watchdog observers, a periodic reconcile scan, and settle detection.
+
+watchdog misses events on network shares and when its buffer overflows, so every watched
+folder is also walked at start-up and every ``reconcile_seconds``. Whatever the source,
+a path becomes a *candidate* in the :class:`Settler`, which only releases it once its size
+and mtime stayed unchanged for the settle time (a debouncer: a storm of writes becomes one
+decision). Time and ``stat`` are injected so tests can drive the settler directly.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from agent.config import FolderConfig
+
+log = logging.getLogger(__name__)
+IGNORED_SUFFIXES = (".partial", ".tmp")
+
+
+def wanted(folder: FolderConfig, path: str) -> bool:
+    """Whether ``path`` (absolute, inside ``folder``) is a scan this folder should take."""
+    name = os.path.basename(path)
+    if not name or name.startswith(".") or name.lower().endswith(IGNORED_SUFFIXES):
+        return False
+    try:
+        rel = os.path.relpath(path, folder.path)
+    except ValueError:
+        return False
+    if rel.startswith(".."):
+        return False
+    parts = Path(rel).parts
+    if any(p.startswith(".") for p in parts[:-1]):
+        return False  # hidden directories (our own ``.scanfort`` temp files included)
+    if not folder.recursive and len(parts) != 1:
+        return False
+    def match(pattern: str) -> bool:
+        return fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(rel, pattern)
+    if not any(match(p) for p in folder.include):
+        return False
+    return not any(match(p) for p in folder.exclude)
+
+
+@dataclass(frozen=True)
+class Settled:
+    path: str
+    folder: int
+    size: int
+    mtime_ns: int
+    first_seen: float
+
+
+@dataclass
+class _Candidate:
+    folder: int
+    size: int
+    mtime_ns: int
+    stable_since: float
+    first_seen: float
+    not_before: float = 0.0
+
+
+class Settler:
+    """Releases a path once size and mtime have not changed for ``settle_s`` seconds."""
+
+    def __init__(self, settle_s: float, clock: Callable[[], float] = time.monotonic,
+                 stat: Callable[[str], os.stat_result] = os.stat) -> None:
+        self.settle_s = settle_s
+        self.clock = clock
+        self.stat = stat
+        self._lock = threading.Lock()
+        self._candidates: dict[str, _Candidate] = {}
+        self.wakeup = threading.Event()
+
+    def __contains__(self, path: str) -> bool:
+        with self._lock:
+            return path in self._candidates
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._candidates)
+
+    def offer(self, path: str, folder: int, delay: float = 0.0,
+              first_seen: float | None = None) -> bool:
+        """Add ``path``; return False if it was already a candidate."""
+        now = self.clock()
+        with self._lock:
+            if path in self._candidates:
+                return False
+            self._candidates[path] = _Candidate(folder, -1, -1, now, first_seen or now,
+                                                now + delay)
+        self.wakeup.set()
+        return True
+
+    def poll(self) -> list[Settled]:
+        """Stat every candidate; return (and forget) those that have settled."""
+        now = self.clock()
+        ready: list[Settled] = []
+        with self._lock:
+            paths = list(self._candidates.items())
+        for path, cand in paths:
+            if cand.not_before > now:
+                continue
+            try:
+                st = self.stat(path)
+            except OSError:
+                with self._lock:
+                    self._candidates.pop(path, None)  # gone (moved away by the writer)
+                continue
+            if st.st_size != cand.size or st.st_mtime_ns != cand.mtime_ns:
+                cand.size, cand.mtime_ns, cand.stable_since = st.st_size, st.st_mtime_ns, now
+                if self.settle_s > 0:
+                    continue
+            if now - cand.stable_since < self.settle_s:
+                continue
+            if st.st_size == 0:
+                # An empty file may be about to be written; it is never processed (nor
+                # deleted) while empty, and the next event or reconcile offers it again.
+                with self._lock:
+                    self._candidates.pop(path, None)
+                continue
+            if os.name == "nt" and not _openable(path):
+                continue  # still held open by the writer (sharing violation)
+            with self._lock:
+                self._candidates.pop(path, None)
+            ready.append(Settled(path, cand.folder, st.st_size, st.st_mtime_ns, cand.first_seen))
+        return ready
+
+    def next_check_in(self) -> float:
+        """Seconds until a candidate could settle (bounded, for the intake loop)."""
+        with self._lock:
+            if not self._candidates:
+                return 1.0
+        return max(0.05, min(0.5, self.settle_s / 4))
+
+
+def _openable(path: str) -> bool:
+    try:
+        with open(path, "r+b"):
+            return True
+    except PermissionError:
+        return False
+    except OSError:
+        return True
+
+
+def walk(folder: FolderConfig) -> Iterator[str]:
+    """Every wanted file under ``folder`` (not following directory symlinks)."""
+    stack = [str(folder.path)]
+    while stack:
+        top = stack.pop()
+        try:
+            entries = list(os.scandir(top))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if folder.recursive and not entry.name.startswith("."):
+                        stack.append(entry.path)
+                elif entry.is_file() and wanted(folder, entry.path):
+                    yield entry.path
+            except OSError:
+                continue
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, index: int, folder: FolderConfig, sink: Callable[[str, int], None]):
+        self.index, self.folder, self.sink = index, folder, sink
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory or event.event_type in ("deleted", "opened", "closed_no_write"):
+            return
+        raw = event.dest_path if event.event_type == "moved" else event.src_path
+        path = os.fsdecode(raw)
+        if wanted(self.folder, path):
+            self.sink(path, self.index)
+
+
+class Watcher:
+    """watchdog observers for every folder; restarted if one dies (e.g. buffer overflow)."""
+
+    def __init__(self, folders: tuple[FolderConfig, ...], sink: Callable[[str, int], None]):
+        self.folders = folders
+        self.sink = sink
+        self.observers: list[BaseObserver | None] = [None] * len(folders)
+        self.restarts = 0
+
+    def _start(self, i: int) -> None:
+        folder = self.folders[i]
+        observer: BaseObserver = PollingObserver(timeout=2) if folder.polling else Observer()
+        observer.schedule(_Handler(i, folder, self.sink), str(folder.path),
+                          recursive=folder.recursive)
+        observer.daemon = True
+        observer.start()
+        self.observers[i] = observer
+
+    def start(self) -> None:
+        for i, folder in enumerate(self.folders):
+            folder.path.mkdir(parents=True, exist_ok=True)
+            self._start(i)
+
+    def check(self) -> int:
+        """Restart dead observers; return how many are alive."""
+        alive = 0
+        for i, obs in enumerate(self.observers):
+            if obs is not None and obs.is_alive():
+                alive += 1
+                continue
+            self.restarts += 1
+            log.warning("observer for folder %d stopped; restarting (reconcile covers the gap)", i)
+            try:
+                self._start(i)
+                alive += 1
+            except OSError as exc:
+                log.error("cannot watch folder %d: %s", i, exc.strerror)
+        return alive
+
+    def stop(self) -> None:
+        for obs in self.observers:
+            if obs is not None:
+                obs.stop()
+        for obs in self.observers:
+            if obs is not None:
+                obs.join(timeout=5)
