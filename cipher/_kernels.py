@@ -15,11 +15,10 @@ if TYPE_CHECKING:
 
 try:
     import numba
-
-    AVAILABLE = True
 except ImportError:  # pragma: no cover - exercised where numba is absent
-    numba = None
     AVAILABLE = False
+else:
+    AVAILABLE = True
 
 
 def _pass_py(
