@@ -119,7 +119,8 @@ class Journal:
             raise JournalError(f"cannot open journal: {exc}") from exc
         self._known: set[tuple[str, int, int]] = set()
         if not readonly:
-            for p, s, m in self._db.execute("SELECT path, size, mtime_ns FROM items"):
+            for p, s, m in self._db.execute("SELECT path, size, mtime_ns FROM items "
+                                            "WHERE state<>'discovered'"):
                 self._known.add((p, s, m))
             self.salt = self._salt()
 
@@ -164,9 +165,21 @@ class Journal:
                 "INSERT INTO items(path, size, mtime_ns, folder, file_id, state, discovered_at,"
                 " settled_at, updated_at) VALUES (?,?,?,?,?, 'discovered', ?, ?, ?)",
                 (path, size, mtime_ns, folder, fid, now, now, now))
-            self._known.add((path, size, mtime_ns))
             item_id = int(cur.lastrowid or 0)
         return Item(item_id, path, size, mtime_ns, None, folder, fid, "discovered", now, now)
+
+    def find(self, path: str, size: int, mtime_ns: int) -> Item | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_ITEM_COLS} FROM items WHERE path=? AND size=? AND mtime_ns=? "
+                "ORDER BY id DESC LIMIT 1", (path, size, mtime_ns)).fetchone()
+        return None if row is None else Item(*row)
+
+    def _remember(self, db: sqlite3.Connection, item_id: int) -> None:
+        row = db.execute("SELECT path, size, mtime_ns FROM items WHERE id=?",
+                         (item_id,)).fetchone()
+        if row is not None:
+            self._known.add((row[0], row[1], row[2]))
 
     def item(self, item_id: int) -> Item:
         with self._lock:
@@ -203,16 +216,18 @@ class Journal:
             db.execute("UPDATE items SET state='protected', sha256=?, updated_at=? WHERE id=?",
                        (sha256, now, item_id))
             self._bump(db, "protected")
+            self._remember(db, item_id)
 
     def set_state(self, item_id: int, state: str, reason: str | None = None,
                   counter: str | None = None) -> None:
         with self._tx() as db:
             db.execute("UPDATE items SET state=?, reason=?, updated_at=? WHERE id=?",
                        (state, reason, self.clock(), item_id))
-            if state in ("done", "quarantined"):
+            self._remember(db, item_id)
+            if state != "protected":
                 db.execute("DELETE FROM artifacts WHERE item_id=?", (item_id,))
                 db.execute("UPDATE deliveries SET state='dropped' WHERE item_id=? AND "
-                           "state='pending'", (item_id,)) if state == "quarantined" else None
+                           "state='pending'", (item_id,))
             if counter:
                 self._bump(db, counter)
 
@@ -256,6 +271,12 @@ class Journal:
             db.execute("UPDATE deliveries SET attempts=attempts+1, next_at=?, last_error=? "
                        "WHERE item_id=? AND dest=?", (next_at, error, item_id, dest))
             self._bump(db, "retries")
+
+    def has_pending(self, item_id: int) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM deliveries WHERE item_id=? AND "
+                                   "state='pending' LIMIT 1", (item_id,)).fetchone()
+        return row is not None
 
     def pending_count(self, dest: str | None = None) -> int:
         with self._lock:

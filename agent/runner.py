@@ -1,11 +1,225 @@
-"""The agent's main loop, shared by ``scanfort agent run`` and the OS-service host."""
+"""The agent's main loop, shared by ``scanfort agent run`` and the OS-service host.
+
+Threads, each with a stop event: watchdog observers → the settler (intake thread) → a
+queue → ``workers`` protect threads → the journal → one sender group per destination.
+A reconcile thread walks the folders at start and every ``reconcile_seconds``; a status
+thread sends heartbeats and events. The calling thread checks health, disk watermarks and
+writes ``status.json`` once a second.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import queue
 import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
-from agent.config import AgentConfig
+import cipher
+from agent.config import AgentConfig, DestinationConfig
+from agent.dispatch import Backoff, DestinationSender
+from agent.forward import Forwarder, make_forwarder
+from agent.journal import Journal
+from agent.logs import setup_logging, teardown_logging
+from agent.pipeline import Pipeline
+from agent.status import Reporter
+from agent.watch import Settled, Settler, Watcher, walk
+
+log = logging.getLogger(__name__)
+TICK_S = 1.0
+
+
+class Agent:
+    """All the agent's parts; :func:`run` drives one. Tests may inject the moving parts."""
+
+    def __init__(self, config: AgentConfig,
+                 forwarder_factory: Callable[[AgentConfig, DestinationConfig], Forwarder]
+                 = make_forwarder,
+                 protect: Callable[..., Any] = cipher.protect,
+                 backoff: Backoff | None = None) -> None:
+        self.config = config
+        config.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(config.journal_path)
+        self.reporter = Reporter(config, self.journal)
+        self.pipeline = Pipeline(config, self.journal, self.reporter, protect=protect)
+        self.settler = Settler(config.settle_s)
+        self.watcher = Watcher(config.folders, self.offer)
+        self.senders = {d.name: DestinationSender(config, d, self.journal, self.reporter,
+                                                  self.pipeline.finalize,
+                                                  self.pipeline.quarantine,
+                                                  factory=forwarder_factory, backoff=backoff)
+                        for d in config.destinations}
+        self.queue: queue.Queue[Settled | None] = queue.Queue()
+        self.inflight: set[str] = set()
+        self._lock = threading.Lock()
+        self.stop_event = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.intake_paused = False
+
+    # -- discovery -------------------------------------------------------------------------
+    def offer(self, path: str, folder: int, delay: float = 0.0,
+              first_seen: float | None = None) -> bool:
+        """A path may be new: hand it to the settler unless the journal already has it."""
+        with self._lock:
+            if path in self.inflight:
+                return False
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        if self.journal.is_known(path, st.st_size, st.st_mtime_ns):
+            return False
+        return self.settler.offer(path, folder, delay, first_seen)
+
+    def reconcile(self, startup: bool = False) -> int:
+        found = 0
+        for i, folder in enumerate(self.config.folders):
+            for path in walk(folder):
+                if self.stop_event.is_set():
+                    return found
+                if path not in self.settler and self.offer(path, i):
+                    found += 1
+        if found and not startup:
+            self.reporter.watcher["reconcile_finds"] += found
+            log.info("reconcile scan found %d file(s) the watcher had not reported", found)
+        return found
+
+    # -- threads ---------------------------------------------------------------------------
+    def _intake_loop(self) -> None:
+        while not self.stop_event.is_set():
+            self.settler.wakeup.wait(self.settler.next_check_in())
+            self.settler.wakeup.clear()
+            if self.intake_paused:
+                continue  # files stay where the modality wrote them
+            for s in self.settler.poll():
+                with self._lock:
+                    self.inflight.add(s.path)
+                self.queue.put(s)
+
+    def _protect_loop(self) -> None:
+        while True:
+            s = self.queue.get()
+            if s is None:
+                return
+            try:
+                outcome = self.pipeline.process(s)
+                if outcome.kind == "protected" and outcome.item_id is not None:
+                    for name in self.config.folders[s.folder].destinations:
+                        self.senders[name].wake()
+                elif outcome.kind in ("changed", "incomplete"):
+                    retry_in = max(self.config.settle_s, 1.0)
+                    with self._lock:
+                        self.inflight.discard(s.path)
+                    self.offer(s.path, s.folder, delay=retry_in, first_seen=s.first_seen)
+                    if outcome.kind == "changed" and outcome.item_id is not None:
+                        self.journal.set_state(outcome.item_id, "superseded")
+            except OSError as exc:
+                # Spool full or unwritable: park the file, it is still in place.
+                log.error("cannot protect %s: %s", self.journal.file_id(s.path), exc.strerror)
+                self.reporter.event("error", "error", f"protect failed: {exc.strerror}")
+                with self._lock:
+                    self.inflight.discard(s.path)
+                self.offer(s.path, s.folder, delay=30.0, first_seen=s.first_seen)
+            except Exception:
+                log.exception("unexpected error protecting %s", self.journal.file_id(s.path))
+            finally:
+                with self._lock:
+                    self.inflight.discard(s.path)
+
+    def _reconcile_loop(self) -> None:
+        while not self.stop_event.wait(self.config.reconcile_interval_s):
+            self.reconcile()
+
+    def _status_loop(self) -> None:
+        interval = self.config.central.heartbeat_interval_s
+        while True:
+            try:
+                self.reporter.run_once()
+            except Exception:
+                log.exception("status report failed")
+            if self.stop_event.wait(interval):
+                return
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Resume what a previous run left in flight (after a crash or a stop)."""
+        tmp = self.config.spool_dir / "tmp"
+        for leftover in tmp.glob("*.tmp"):
+            leftover.unlink(missing_ok=True)
+        names = self.journal.artifact_names()
+        for art in self.config.spool_dir.glob("*.*"):
+            if art.suffix in (".file", ".dicom") and art.name not in names:
+                art.unlink(missing_ok=True)  # renamed into the spool just before a crash
+        for item in self.journal.items_in("discovered"):
+            try:
+                st = os.stat(item.path)
+                same = (st.st_size, st.st_mtime_ns) == (item.size, item.mtime_ns)
+            except OSError:
+                same = False
+            if same:
+                self.settler.offer(item.path, item.folder)
+            else:
+                self.journal.set_state(item.id, "superseded")
+        for item in self.journal.items_in("protected"):
+            if not self.journal.has_pending(item.id):
+                self.pipeline.finalize(item.id)
+
+    def start(self) -> None:
+        self.recover()
+        self.intake_paused = self.reporter.check_disk()
+        self.watcher.start()
+        self.reconcile(startup=True)
+        for sender in self.senders.values():
+            sender.start()
+        for i in range(self.config.workers):
+            self._spawn(self._protect_loop, f"protect-{i}")
+        self._spawn(self._intake_loop, "intake")
+        self._spawn(self._reconcile_loop, "reconcile")
+        self._spawn(self._status_loop, "status")
+        self.reporter.event("started", message=f"{len(self.config.folders)} folder(s)")
+
+    def tick(self) -> bool:
+        """Periodic checks from the main thread; True while healthy."""
+        self.intake_paused = self.reporter.check_disk()
+        alive = self.watcher.check()
+        self.reporter.watcher["observers_alive"] = alive
+        self.reporter.watcher["overflows"] = self.watcher.restarts
+        self.reporter.write_status_file()
+        healthy = alive == len(self.config.folders)
+        healthy &= all(t.is_alive() for t in self.threads)
+        return healthy and all(s.alive() for s in self.senders.values())
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.stop_event.set()
+        self.settler.wakeup.set()
+        self.watcher.stop()
+        for _ in range(self.config.workers):
+            self.queue.put(None)
+        for sender in self.senders.values():
+            sender.stop()
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+        for sender in self.senders.values():
+            sender.join(max(0.1, deadline - time.monotonic()))
+        self.reporter.event("stopped")
+        try:
+            self.reporter.write_status_file()
+        except OSError:
+            pass
+        stuck = [t.name for t in self.threads if t.is_alive()]
+        stuck += [t.name for s in self.senders.values() for t in s.threads if t.is_alive()]
+        if stuck:
+            log.warning("threads still busy at stop: %s (their work resumes next start)", stuck)
+        else:
+            self.journal.close()
 
 
 def run(
@@ -20,4 +234,18 @@ def run(
     few seconds while the agent is healthy (systemd watchdog). On stop, in-flight work is
     finished or parked in the journal, from where the next start resumes it.
     """
-    raise NotImplementedError
+    handler = setup_logging(config, foreground=False)
+    agent = Agent(config)
+    try:
+        agent.start()
+        log.info("agent started: %d folder(s), %d destination(s)", len(config.folders),
+                 len(config.destinations))
+        if on_ready is not None:
+            on_ready()
+        while not stop.wait(TICK_S):
+            if agent.tick() and on_tick is not None:
+                on_tick()
+    finally:
+        agent.stop()
+        log.info("agent stopped")
+        teardown_logging(handler)

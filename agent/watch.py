@@ -176,7 +176,7 @@ def walk(folder: FolderConfig) -> Iterator[str]:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, index: int, folder: FolderConfig, sink: Callable[[str, int], None]):
+    def __init__(self, index: int, folder: FolderConfig, sink: Callable[[str, int], object]):
         self.index, self.folder, self.sink = index, folder, sink
 
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -191,7 +191,7 @@ class _Handler(FileSystemEventHandler):
 class Watcher:
     """watchdog observers for every folder; restarted if one dies (e.g. buffer overflow)."""
 
-    def __init__(self, folders: tuple[FolderConfig, ...], sink: Callable[[str, int], None]):
+    def __init__(self, folders: tuple[FolderConfig, ...], sink: Callable[[str, int], object]):
         self.folders = folders
         self.sink = sink
         self.observers: list[BaseObserver | None] = [None] * len(folders)

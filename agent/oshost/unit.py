@@ -2,7 +2,8 @@
 
 ``ProtectSystem=strict`` makes the whole file system read-only for the service; the only
 writable places are systemd's own ``StateDirectory`` (``/var/lib/scanfort``) and
-``LogsDirectory`` (``/var/log/scanfort``) plus ``ReadWritePaths``: the watched folders
+``LogsDirectory`` (``/var/log/scanfort``), ``CacheDirectory`` (``/var/cache/scanfort``, numba's
+kernel cache) plus ``ReadWritePaths``: the watched folders
 (plaintext is moved or deleted there once every destination acknowledged it), the spool
 and any local destination or "move to" folder named in the config. That list comes from
 the config, which is why the unit is generated rather than static.
@@ -119,8 +120,12 @@ def render_unit(spec: UnitSpec) -> str:
         "StateDirectoryMode=0750",
         "LogsDirectory=scanfort",
         "LogsDirectoryMode=0750",
+        "CacheDirectory=scanfort",
+        "CacheDirectoryMode=0750",
         "WorkingDirectory=/var/lib/scanfort",
         "UMask=0027",
+        # numba's compiled-kernel cache (cache=True); the bundle itself is read-only.
+        "Environment=NUMBA_CACHE_DIR=/var/cache/scanfort/numba",
     ]
     lines += [f"Environment={_quote(e, exec_line=False)}" for e in spec.extra_environment]
     lines += [

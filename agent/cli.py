@@ -1,0 +1,240 @@
+"""``scanfort agent init|check|run|status|enroll``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import re
+import signal
+import socket
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from agent.config import (
+    AgentConfig,
+    default_config_path,
+    default_data_dir,
+    load_config,
+)
+from agent.errors import ConfigError
+from agent.template import TEMPLATE
+from scanfort import __version__
+from scanfort.protocol import API_PREFIX, EnrollRequest, EnrollResponse, ProtocolError, to_dict
+
+
+def _error(message: str, hint: str | None = None) -> int:
+    sys.stderr.write(f"scanfort: error: {message}\n")
+    if hint:
+        sys.stderr.write(f"scanfort: hint: {hint}\n")
+    return 1
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config) if args.config else default_config_path()
+
+
+def _load(args: argparse.Namespace) -> AgentConfig | None:
+    try:
+        return load_config(_config_path(args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            sys.stderr.write(f"scanfort: error: {problem}\n")
+        sys.stderr.write(f"scanfort: hint: fix {_config_path(args)} and run scanfort agent "
+                         "check\n")
+        return None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write atomically with mode 0600 (the file may hold the agent token)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _template(recipients: list[str]) -> str:
+    base = default_data_dir()
+    return TEMPLATE.format(recipients=", ".join(json.dumps(r) for r in recipients),
+                           spool_dir=base / "spool", inbox=base / "inbox",
+                           outbox=base / "outbox")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    if path.exists() and not args.force:
+        return _error(f"{path} already exists", "use --force to overwrite it")
+    try:
+        _write_private(path, _template(args.recipient or []))
+    except OSError as exc:
+        return _error(f"cannot write {path}: {exc.strerror}",
+                      "pass --config PATH to write it somewhere else")
+    print(path)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return 1
+    print(f"{config.source}: ok ({len(config.folders)} folder(s), "
+          f"{len(config.destinations)} destination(s), {len(config.recipients)} recipient(s))")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return 1
+    from agent.runner import run
+
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("agent").addHandler(stream)
+    try:
+        run(config, stop, on_ready=lambda: print("scanfort agent: watching", flush=True))
+    except Exception as exc:  # startup failures (journal, folders) end the run cleanly
+        return _error(f"agent stopped: {exc}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return 1
+    status_file = config.spool_dir / "status.json"
+    try:
+        doc: dict[str, Any] = json.loads(status_file.read_text())
+    except (OSError, ValueError):
+        doc = {}
+    states: dict[str, int] = {}
+    if config.journal_path.exists():
+        try:
+            db = sqlite3.connect(f"file:{config.journal_path}?mode=ro", uri=True, timeout=5)
+            states = dict(db.execute("SELECT state, COUNT(*) FROM items GROUP BY state"))
+            db.close()
+        except sqlite3.Error as exc:
+            return _error(f"cannot read the journal: {exc}")
+    if args.json:
+        print(json.dumps({"status": doc, "states": states}, indent=1))
+        return 0
+    age = time.time() - float(doc.get("sent_at", 0))
+    running = bool(doc) and age < 10
+    print(f"agent:        {'running' if running else 'not running'}"
+          + (f" (status {age:.0f}s old)" if doc else ""))
+    print(f"spool:        {doc.get('spool_depth', 0)} item(s), {doc.get('spool_bytes', 0)} bytes")
+    print(f"intake:       {'PAUSED (disk below low watermark)' if doc.get('intake_paused') else 'ok'}")
+    print("journal:      " + (", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "empty"))
+    for d in doc.get("destinations", []):
+        state = "PAUSED" if d.get("paused") else "ok"
+        err = f", last error: {d['last_error']}" if d.get("last_error") else ""
+        print(f"destination:  {d['name']} ({d['kind']}) {state}, {d.get('pending', 0)} pending{err}")
+    counters = doc.get("counters", {})
+    if counters:
+        print("counters:     " + ", ".join(f"{k} {v}" for k, v in sorted(counters.items())))
+    return 0
+
+
+def _set_key(text: str, table: str, key: str, value: str) -> str:
+    """Set ``key = value`` inside ``[table]`` (replacing a commented-out line if any)."""
+    header = re.search(rf"(?m)^\[{re.escape(table)}\]\s*$", text)
+    line = f"{key} = {value}"
+    if header is None:
+        return text.rstrip("\n") + f"\n\n[{table}]\n{line}\n"
+    nxt = re.search(r"(?m)^\[", text[header.end():])
+    end = header.end() + (nxt.start() if nxt else len(text) - header.end())
+    body = text[header.end():end]
+    pattern = rf"(?m)^[ \t]*#?[ \t]*{re.escape(key)}[ \t]*=.*$"
+    if re.search(pattern, body):
+        body = re.sub(pattern, lambda _: line, body, count=1)
+    else:
+        body = f"\n{line}" + body
+    return text[:header.end()] + body + text[end:]
+
+
+def _set_recipients(text: str, recipients: list[str]) -> str:
+    line = "recipients = [" + ", ".join(json.dumps(r) for r in recipients) + "]"
+    pattern = r"(?ms)^recipients[ \t]*=[ \t]*\[.*?\]"
+    if re.search(pattern, text):
+        return re.sub(pattern, lambda _: line, text, count=1)
+    return line + "\n" + text
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    url = args.central.rstrip("/")
+    request = EnrollRequest(host=socket.gethostname()[:256],
+                            os=f"{platform.system()} {platform.release()}"[:256],
+                            version=__version__)
+    try:
+        resp = requests.post(f"{url}{API_PREFIX}/enroll", json=to_dict(request), timeout=30,
+                             headers={"Authorization": f"Bearer {args.token}"})
+    except requests.RequestException as exc:
+        return _error(f"cannot reach {url}: {type(exc).__name__}",
+                      "check the URL and that the central service is running")
+    if resp.status_code in (401, 403):
+        return _error("the central service refused the enrollment token",
+                      "enrollment tokens are single-use; ask for a new one")
+    if resp.status_code != 200:
+        return _error(f"enrollment failed: HTTP {resp.status_code}")
+    try:
+        answer = EnrollResponse.from_dict(resp.json())
+    except (ValueError, ProtocolError) as exc:
+        return _error(f"unexpected enrollment answer: {exc}")
+    try:
+        text = path.read_text(encoding="utf-8") if path.exists() else _template([])
+        text = _set_recipients(text, list(answer.recipients))
+        for key, value in (("url", url), ("agent_id", answer.agent_id),
+                           ("token", answer.agent_token)):
+            text = _set_key(text, "central", key, json.dumps(value))
+        text = _set_key(text, "central", "heartbeat_seconds",
+                        repr(float(answer.heartbeat_interval_s)))
+        _write_private(path, text)
+    except OSError as exc:
+        return _error(f"cannot write {path}: {exc.strerror}")
+    print(f"enrolled as {answer.agent_id}; wrote {path}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    agent = subparsers.add_parser("agent", help="the edge agent (watch, protect, forward)")
+    sub = agent.add_subparsers(dest="agent_command", metavar="SUBCOMMAND",
+                               parser_class=type(agent))
+    agent.set_defaults(func=lambda args: (agent.print_help(sys.stderr), 2)[1])
+
+    def add(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", metavar="PATH",
+                       help=f"config file (default {default_config_path()})")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("init", "write a commented config template", cmd_init)
+    p.add_argument("-r", "--recipient", action="append", help="age recipient (repeatable)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    add("check", "validate the config and report every problem", cmd_check)
+    add("run", "run the agent in the foreground", cmd_run)
+    p = add("status", "print the local state (works while the agent runs)", cmd_status)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add("enroll", "enroll with the central service and write the config", cmd_enroll)
+    p.add_argument("--central", required=True, metavar="URL", help="central service URL")
+    p.add_argument("--token", required=True, help="one-time enrollment token")

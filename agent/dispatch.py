@@ -1,0 +1,168 @@
+"""Per-destination senders: claim due deliveries, send, record, retry with backoff.
+
+Each destination gets ``concurrency`` threads, each with its own forwarder. A failed
+delivery waits ``initial * 2**attempts`` seconds (capped), with jitter so that a fleet
+coming back after an outage does not stampede; transient errors are retried forever.
+401/403 pause the whole destination (one probe per backoff period, nothing dropped);
+permanent errors quarantine the item.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+
+from agent.config import AgentConfig, DestinationConfig
+from agent.errors import DeliveryError
+from agent.forward import Forwarder, Outgoing, make_forwarder
+from agent.journal import Delivery, Journal
+from agent.status import Reporter
+
+log = logging.getLogger(__name__)
+MAX_IDLE_WAIT = 5.0
+
+
+class Backoff:
+    """Exponential backoff with equal jitter: half fixed, half random."""
+
+    def __init__(self, initial: float, cap: float, rng: random.Random | None = None) -> None:
+        self.initial, self.cap = initial, cap
+        self.rng = rng or random.Random()
+
+    def delay(self, attempts: int) -> float:
+        base = min(self.cap, self.initial * (2 ** min(attempts, 40)))
+        return base / 2 + self.rng.uniform(0, base / 2)
+
+
+class DestinationSender:
+    def __init__(self, config: AgentConfig, dest: DestinationConfig, journal: Journal,
+                 reporter: Reporter, on_resolved: Callable[[int], None],
+                 on_permanent: Callable[[int, str], None],
+                 factory: Callable[[AgentConfig, DestinationConfig], Forwarder] = make_forwarder,
+                 clock: Callable[[], float] = time.time,
+                 backoff: Backoff | None = None) -> None:
+        self.config, self.dest, self.journal, self.reporter = config, dest, journal, reporter
+        self.on_resolved, self.on_permanent = on_resolved, on_permanent
+        self.factory, self.clock = factory, clock
+        self.backoff = backoff or Backoff(config.retry_initial_s, config.retry_max_s)
+        self._cond = threading.Condition()
+        self._claimed: set[int] = set()
+        self._stop = threading.Event()
+        self._paused_until = 0.0
+        self._pause_attempts = 0
+        self.threads = [threading.Thread(target=self._loop, name=f"send-{dest.name}-{i}",
+                                         daemon=True) for i in range(dest.concurrency)]
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wake()
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def alive(self) -> bool:
+        return all(t.is_alive() for t in self.threads)
+
+    def _claim(self, limit: int) -> list[Delivery]:
+        with self._cond:
+            while not self._stop.is_set():
+                now = self.clock()
+                if now >= self._paused_until:
+                    # While paused, a single probe at a time goes out.
+                    n = 1 if self.reporter.destinations[self.dest.name].paused else limit
+                    batch = self.journal.due(self.dest.name, now, n, self._claimed)
+                    if batch:
+                        self._claimed.update(d.item_id for d in batch)
+                        return batch
+                    nxt = self.journal.next_due_at(self.dest.name)
+                    wait = MAX_IDLE_WAIT if nxt is None else nxt - now
+                else:
+                    wait = self._paused_until - now
+                self._cond.wait(max(0.01, min(MAX_IDLE_WAIT, wait)))
+            return []
+
+    def _loop(self) -> None:
+        forwarder: Forwarder | None = None
+        try:
+            while not self._stop.is_set():
+                if forwarder is None:
+                    try:
+                        forwarder = self.factory(self.config, self.dest)
+                    except DeliveryError as exc:
+                        self._pause(str(exc))
+                        self._stop.wait(self._paused_until - self.clock())
+                        continue
+                batch = self._claim(forwarder.batch_size)
+                if not batch:
+                    continue
+                try:
+                    self._send(forwarder, batch)
+                finally:
+                    with self._cond:
+                        self._claimed.difference_update(d.item_id for d in batch)
+        finally:
+            if forwarder is not None:
+                forwarder.close()
+
+    def _send(self, forwarder: Forwarder, batch: list[Delivery]) -> None:
+        objs: list[Outgoing] = []
+        for d in batch:
+            item = self.journal.item(d.item_id)
+            art = self.journal.artifacts(d.item_id).get(d.mode)
+            if art is None or item.state != "protected":
+                continue  # finalized or quarantined meanwhile
+            folder = self.config.folders[item.folder]
+            try:
+                relpath = os.path.relpath(item.path, folder.path)
+            except ValueError:
+                relpath = item.file_id
+            objs.append(Outgoing(d.item_id, item.file_id, self.config.spool_dir / art.name,
+                                 art.sha256, art.size, art.mode, relpath, art.sop_instance_uid))
+        if not objs:
+            return
+        try:
+            results = forwarder.send_many(objs)
+        except Exception as exc:  # a forwarder bug must not kill the sender thread
+            log.exception("destination %s: unexpected error", self.dest.name)
+            results = [DeliveryError(f"internal: {type(exc).__name__}") for _ in objs]
+        for obj, err in zip(objs, results, strict=True):
+            if err is None:
+                self.reporter.delivery_ok(self.dest.name)
+                self._pause_attempts = 0
+                if self.journal.delivery_done(obj.item_id, self.dest.name):
+                    self.on_resolved(obj.item_id)
+                continue
+            self.reporter.delivery_failed(self.dest.name, str(err), auth=err.auth)
+            if err.permanent:
+                self.reporter.event("error", "warning", str(err), obj.file_id, self.dest.name)
+                self.on_permanent(obj.item_id, f"{self.dest.name}: {err}")
+            elif err.auth:
+                self._pause(str(err))
+                self.journal.delivery_retry(obj.item_id, self.dest.name, self.clock(), str(err))
+            else:
+                attempts = next((d.attempts for d in batch if d.item_id == obj.item_id), 0)
+                delay = self.backoff.delay(attempts)
+                log.info("destination %s: %s; retry of %s in %.1fs", self.dest.name, err,
+                         obj.file_id, delay)
+                self.journal.delivery_retry(obj.item_id, self.dest.name, self.clock() + delay,
+                                            str(err))
+
+    def _pause(self, error: str) -> None:
+        self.reporter.delivery_failed(self.dest.name, error, auth=True)
+        with self._cond:
+            self._paused_until = self.clock() + self.backoff.delay(self._pause_attempts)
+            self._pause_attempts += 1
