@@ -1,0 +1,265 @@
+"""Agent API under ``/api/v1``: enroll, heartbeat, events, protected-object upload.
+
+Bodies are the ``scanfort.protocol`` messages; each is validated against the schema the
+OpenAPI document publishes (``service.schemas``) before use. Every endpoint except enroll
+needs a valid, unrevoked agent token; enroll needs a one-time enrollment token.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from scanfort.protocol import (
+    API_PREFIX,
+    SHA256_RE,
+    Ack,
+    EnrollRequest,
+    EnrollResponse,
+    EventBatch,
+    Heartbeat,
+    ObjectReceipt,
+    to_dict,
+)
+from service.context import AppContext, Ctx
+from service.errors import ObjectRejected
+from service.schemas import SchemaError, parse_body
+from service.store import AgentAuth
+
+MAX_JSON_BYTES = 8 * 1024 * 1024
+
+router = APIRouter(prefix=API_PREFIX, tags=["agent"])
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"schema": {"$ref": f"#/components/schemas/{name}"}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": _ref("Error")}}
+
+
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _error("missing, unknown or revoked token"),
+}
+_BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("body is not JSON"),
+    413: _error("body too large"),
+    422: _error("body does not match the schema"),
+}
+
+
+def _json_request(name: str) -> dict[str, Any]:
+    return {
+        "requestBody": {"required": True, "content": {"application/json": _ref(name)}},
+        "security": [{"bearer": []}],
+    }
+
+
+def _ok(name: str, description: str = "ok") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": _ref(name)}}
+
+
+def _problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _unauthorized() -> JSONResponse:
+    return _problem(401, "invalid token", {"WWW-Authenticate": "Bearer"})
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > 256:
+        return None
+    return token
+
+
+async def _authenticate(request: Request, ctx: AppContext) -> AgentAuth | None:
+    token = bearer_token(request)
+    if token is None:
+        ctx.counters.inc("auth_failures")
+        return None
+    auth = await run_in_threadpool(ctx.store.authenticate_agent, token)
+    if auth is None:
+        ctx.counters.inc("auth_failures")
+    return auth
+
+
+async def _read_json(request: Request, message: type[Any]) -> Any:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_JSON_BYTES:
+        raise ObjectRejected(413, "body too large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BYTES:
+            raise ObjectRejected(413, "body too large")
+    if not body:
+        raise ObjectRejected(400, "empty body")
+    try:
+        return parse_body(bytes(body), message)
+    except SchemaError as exc:
+        status = 400 if str(exc).startswith("invalid JSON") else 422
+        raise ObjectRejected(status, str(exc)) from exc
+
+
+@router.post(
+    "/enroll",
+    summary="Enroll an agent with a one-time enrollment token",
+    response_class=JSONResponse,
+    responses={200: _ok("EnrollResponse", "enrolled"), **_AUTH_ERRORS, **_BODY_ERRORS},
+    openapi_extra=_json_request("EnrollRequest"),
+)
+async def enroll(request: Request, ctx: Ctx) -> Response:
+    token = bearer_token(request)
+    if token is None:
+        return _unauthorized()
+    try:
+        req: EnrollRequest = await _read_json(request, EnrollRequest)
+    except ObjectRejected as exc:
+        return _problem(exc.status, exc.reason)
+    result = await run_in_threadpool(ctx.store.enroll, token, req)
+    if result is None:
+        ctx.counters.inc("auth_failures")
+        return _problem(
+            401,
+            "enrollment token unknown, used, revoked or expired",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    agent_id, agent_token = result
+    ctx.counters.inc("enrollments")
+    response = EnrollResponse(
+        agent_id=agent_id,
+        agent_token=agent_token,
+        recipients=list(ctx.settings.recipients),
+        heartbeat_interval_s=ctx.settings.heartbeat_interval_s,
+    )
+    return JSONResponse(to_dict(response))
+
+
+@router.post(
+    "/heartbeat",
+    summary="Report the agent's current status",
+    response_class=JSONResponse,
+    responses={
+        200: _ok("Ack"),
+        **_AUTH_ERRORS,
+        403: _error("agent_id does not belong to this token"),
+        **_BODY_ERRORS,
+    },
+    openapi_extra=_json_request("Heartbeat"),
+)
+async def heartbeat(request: Request, ctx: Ctx) -> Response:
+    auth = await _authenticate(request, ctx)
+    if auth is None:
+        return _unauthorized()
+    try:
+        hb: Heartbeat = await _read_json(request, Heartbeat)
+    except ObjectRejected as exc:
+        return _problem(exc.status, exc.reason)
+    if hb.agent_id != auth.agent_id:
+        return _problem(403, "agent_id does not match the token")
+    server_time = await run_in_threadpool(ctx.store.record_heartbeat, auth, hb)
+    ctx.counters.inc("heartbeats")
+    return JSONResponse(to_dict(Ack(ok=True, server_time=server_time)))
+
+
+@router.post(
+    "/events",
+    summary="Send a batch of events (resent events are ignored by event_id)",
+    response_class=JSONResponse,
+    responses={
+        200: _ok("Ack"),
+        **_AUTH_ERRORS,
+        403: _error("agent_id does not belong to this token"),
+        **_BODY_ERRORS,
+    },
+    openapi_extra=_json_request("EventBatch"),
+)
+async def events(request: Request, ctx: Ctx) -> Response:
+    auth = await _authenticate(request, ctx)
+    if auth is None:
+        return _unauthorized()
+    try:
+        batch: EventBatch = await _read_json(request, EventBatch)
+    except ObjectRejected as exc:
+        return _problem(exc.status, exc.reason)
+    if batch.agent_id != auth.agent_id:
+        return _problem(403, "agent_id does not match the token")
+    added = await run_in_threadpool(ctx.store.record_events, auth.agent_id, batch.events)
+    ctx.counters.inc("events", added)
+    return JSONResponse(to_dict(Ack(ok=True, server_time=ctx.clock())))
+
+
+_SHA_PARAM = Path(
+    description="lowercase hex SHA-256 of the object's bytes",
+    json_schema_extra={"pattern": SHA256_RE.pattern},
+)
+
+
+@router.put(
+    "/objects/{sha256}",
+    summary="Upload a protected object, addressed by the SHA-256 of its bytes (idempotent)",
+    response_class=JSONResponse,
+    responses={
+        200: _ok("ObjectReceipt", "already stored"),
+        201: _ok("ObjectReceipt", "stored"),
+        **_AUTH_ERRORS,
+        413: _error("object larger than the configured limit"),
+        422: _error("malformed sha256 or content does not match it"),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        },
+        "security": [{"bearer": []}],
+    },
+)
+async def put_object(request: Request, ctx: Ctx, sha256: Annotated[str, _SHA_PARAM]) -> Response:
+    auth = await _authenticate(request, ctx)
+    if auth is None:
+        return _unauthorized()
+    if not SHA256_RE.match(sha256):
+        return _problem(422, "sha256 must be 64 lowercase hex digits")
+    limit = ctx.settings.max_object_bytes
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        return _problem(413, f"object larger than {limit} bytes")
+    try:
+        size, created = await ctx.objects.put(sha256, request.stream(), limit)
+    except ObjectRejected as exc:
+        return _problem(exc.status, exc.reason)
+    await run_in_threadpool(ctx.store.record_object, sha256, size, auth.agent_id)
+    if created:
+        ctx.counters.inc("objects_stored")
+        ctx.counters.inc("object_bytes_stored", size)
+    receipt = ObjectReceipt(sha256=sha256, size=size, created=created)
+    return JSONResponse(to_dict(receipt), status_code=201 if created else 200)
+
+
+@router.head(
+    "/objects/{sha256}",
+    summary="Whether an object is stored",
+    responses={
+        200: {"description": "stored"},
+        401: {"description": "missing, unknown or revoked token"},
+        404: {"description": "not stored"},
+    },
+    openapi_extra={"security": [{"bearer": []}]},
+)
+async def head_object(request: Request, ctx: Ctx, sha256: Annotated[str, _SHA_PARAM]) -> Response:
+    auth = await _authenticate(request, ctx)
+    if auth is None:
+        return Response(status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    if not SHA256_RE.match(sha256) or not ctx.objects.exists(sha256):
+        return Response(status_code=404)
+    return Response(status_code=200, headers={"Content-Length": str(ctx.objects.size(sha256))})

@@ -1,0 +1,165 @@
+"""The ASGI application of the central service.
+
+``create_app(settings)`` is the one entry point (the CLI, the tests, the demo and uvicorn
+all use it); it opens the database, creates missing tables and mounts the agent API, the
+dashboard, ``/metrics``, ``/healthz`` and the OpenAPI document (``/openapi.json``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from scanfort import __version__
+from service import api, dashboard, schemas
+from service.context import AppContext, get_context
+from service.metrics import render_metrics
+from service.objects import ObjectStore
+from service.settings import Settings
+from service.store import Store
+
+log = logging.getLogger("scanfort.central")
+
+_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
+_PRUNE_PERIOD_S = 3600.0
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    store: Store | None = None,
+) -> FastAPI:
+    """Build the application for ``settings`` (database tables are created if missing)."""
+    store = store or Store(settings.database_url, clock=clock)
+    store.create_schema()
+    objects = ObjectStore(settings.objects_dir)
+    ctx = AppContext(settings=settings, store=store, objects=objects, clock=clock)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_prune_forever(ctx))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(
+        title="ScanFort central",
+        version=__version__,
+        description=(
+            "Status service for ScanFort edge agents: enrollment, heartbeats, events and "
+            "upload of protected (encrypted) objects. Agent endpoints take a bearer token."
+        ),
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.scanfort = ctx
+    app.include_router(api.router)
+    app.include_router(dashboard.router)
+    app.mount(
+        "/static", StaticFiles(directory=str(Path(__file__).parent / "static")), name="static"
+    )
+
+    @app.get(
+        "/healthz",
+        tags=["ops"],
+        summary="Liveness and readiness: database reachable, object store writable",
+        response_class=JSONResponse,
+        responses={
+            200: {"description": "healthy", "content": {"application/json": {"schema": _HEALTH}}},
+            503: {"description": "unhealthy", "content": {"application/json": {"schema": _HEALTH}}},
+        },
+    )
+    async def healthz(request: Request) -> Response:
+        ctx = get_context(request)
+        problems: list[str] = []
+        try:
+            await run_in_threadpool(ctx.store.ping)
+        except Exception as exc:  # any database failure makes the process unready
+            problems.append(f"database: {type(exc).__name__}")
+        if not await run_in_threadpool(ctx.objects.writable):
+            problems.append("object store not writable")
+        body = {"status": "ok" if not problems else "fail", "problems": problems}
+        return JSONResponse(body, status_code=200 if not problems else 503)
+
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
+    async def metrics(request: Request) -> Response:
+        text = await run_in_threadpool(render_metrics, get_context(request))
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.middleware("http")
+    async def security_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("Content-Security-Policy", _CSP)
+        if ctx.settings.cookie_secure:
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        return response
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {}).update(schemas.component_schemas())
+            components["securitySchemes"] = {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "agent token (enroll: one-time enrollment token)",
+                }
+            }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+_HEALTH: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "fail"]},
+        "problems": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["status", "problems"],
+}
+
+
+async def _prune_forever(ctx: AppContext) -> None:
+    while True:
+        try:
+            await run_in_threadpool(ctx.store.prune, ctx.settings.event_retention_days * 86400)
+        except Exception:  # pruning is housekeeping; the next round retries
+            log.warning("pruning old events failed", exc_info=True)
+        await asyncio.sleep(_PRUNE_PERIOD_S)

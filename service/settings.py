@@ -1,0 +1,188 @@
+"""Central service configuration: one frozen dataclass, loaded from ``central.toml``.
+
+The file lives in the data directory (``scanfort central init`` writes it). Command-line
+flags override single keys; every problem is reported with its key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from scanfort.protocol import MAX_OBJECT_BYTES
+from service.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_NAME = "central.toml"
+DB_NAME = "central.sqlite3"
+DATA_DIR_ENV = "SCANFORT_CENTRAL_DATA_DIR"
+
+
+def default_data_dir() -> Path:
+    """``$SCANFORT_CENTRAL_DATA_DIR`` or the platformdirs user data dir + ``central``."""
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    return platformdirs.user_data_path("scanfort", appauthor=False) / "central"
+
+
+def normalize_db_url(url: str) -> str:
+    """Map ``postgresql://`` / ``postgres://`` to the psycopg 3 driver SQLAlchemy needs."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the central service needs; passed explicitly, never global."""
+
+    data_dir: Path
+    db_url: str = ""  # empty: SQLite file in data_dir
+    heartbeat_interval_s: float = 30.0  # told to agents at enrollment
+    stale_after_s: float = 90.0  # no heartbeat for this long: stale
+    offline_after_s: float = 600.0  # no heartbeat for this long: offline
+    spool_growth_window_s: float = 600.0  # spool rising for this long: alert
+    spool_age_alert_s: float = 3600.0  # oldest spooled item older than this: alert
+    max_object_bytes: int = MAX_OBJECT_BYTES
+    recipients: tuple[str, ...] = ()
+    login_failure_delay_s: float = 1.0  # doubled per recent failure, capped at 8x
+    session_lifetime_s: float = 8 * 3600.0
+    refresh_interval_s: float = 10.0  # dashboard auto-refresh
+    enrollment_token_ttl_s: float = 7 * 24 * 3600.0
+    event_retention_days: float = 30.0
+    cookie_secure: bool = False  # set true behind TLS so cookies never travel in clear
+
+    @property
+    def database_url(self) -> str:
+        if self.db_url:
+            return normalize_db_url(self.db_url)
+        return f"sqlite:///{self.data_dir / DB_NAME}"
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.data_dir / "objects"
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / CONFIG_NAME
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` listing every invalid key."""
+        problems: list[str] = []
+        positive = (
+            "heartbeat_interval_s",
+            "stale_after_s",
+            "offline_after_s",
+            "spool_growth_window_s",
+            "spool_age_alert_s",
+            "session_lifetime_s",
+            "refresh_interval_s",
+            "enrollment_token_ttl_s",
+            "event_retention_days",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                problems.append(f"{name}: must be a positive number")
+        if (
+            not isinstance(self.login_failure_delay_s, (int, float))
+            or self.login_failure_delay_s < 0
+        ):
+            problems.append("login_failure_delay_s: must be a number >= 0")
+        if not problems and self.offline_after_s <= self.stale_after_s:
+            problems.append("offline_after_s: must be greater than stale_after_s")
+        if (
+            isinstance(self.max_object_bytes, bool)
+            or not isinstance(self.max_object_bytes, int)
+            or not 0 < self.max_object_bytes <= MAX_OBJECT_BYTES
+        ):
+            problems.append(f"max_object_bytes: must be an integer in 1..{MAX_OBJECT_BYTES}")
+        if not all(isinstance(r, str) and r.strip() for r in self.recipients):
+            problems.append("recipients: must be a list of non-empty strings")
+        if not isinstance(self.cookie_secure, bool):
+            problems.append("cookie_secure: must be true or false")
+        url = self.database_url
+        if not (url.startswith("sqlite") or url.startswith("postgresql")):
+            problems.append("db_url: only sqlite:/// and postgresql:// URLs are supported")
+        if problems:
+            raise ConfigError(problems)
+
+
+_TOML_KEYS = {f.name for f in dataclasses.fields(Settings)} - {"data_dir"}
+
+
+def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
+    """Read ``central.toml`` from ``data_dir`` (if present), apply ``overrides``, validate.
+
+    ``overrides`` with value ``None`` are ignored, so CLI flags can be passed through as-is.
+    """
+    data_dir = (data_dir or default_data_dir()).expanduser().resolve()
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    path = data_dir / CONFIG_NAME
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError([f"{path}: {exc}"]) from exc
+        for key, value in raw.items():
+            if key not in _TOML_KEYS:
+                problems.append(f"{key}: unknown key")
+            else:
+                values[key] = value
+    for key, value in overrides.items():
+        if key not in _TOML_KEYS:
+            raise TypeError(f"unknown setting {key!r}")
+        if value is not None:
+            values[key] = value
+    if problems:
+        raise ConfigError(problems)
+    if "recipients" in values:
+        recips = values["recipients"]
+        values["recipients"] = tuple(recips) if isinstance(recips, (list, tuple)) else recips
+    for key in ("max_object_bytes",):
+        if isinstance(values.get(key), float) and values[key].is_integer():
+            values[key] = int(values[key])
+    try:
+        settings = Settings(data_dir=data_dir, **values)
+    except TypeError as exc:  # pragma: no cover - keys are checked above
+        raise ConfigError([str(exc)]) from exc
+    settings.validate()
+    return settings
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def render_config(settings: Settings) -> str:
+    """A commented ``central.toml`` holding every key (defaults included)."""
+    lines = [
+        "# ScanFort central service configuration (read by `scanfort central run`).",
+        "# db_url empty = SQLite in this directory; postgresql://user@host/db for larger sites.",
+    ]
+    for f in dataclasses.fields(Settings):
+        if f.name == "data_dir":
+            continue
+        lines.append(f"{f.name} = {_toml_value(getattr(settings, f.name))}")
+    return "\n".join(lines) + "\n"
