@@ -1,0 +1,217 @@
+"""Shared helpers for the agent tests (and bench/bench_agent.py); no tests here.
+
+- :func:`write_config` writes a real TOML config and loads it through ``load_config``;
+- :class:`Receiver` is a small real HTTP server on loopback that implements the central
+  service's object upload (PUT by SHA-256, hash verified), heartbeats and events;
+- :func:`ct_slice` makes a synthetic CT slice (no patient data).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from agent.config import AgentConfig, load_config
+
+TOKEN = "agent-token-for-tests"
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+def write_config(tmp: Path, recipients: list[str], destinations: dict[str, dict[str, Any]],
+                 folder: dict[str, Any] | None = None, central: dict[str, Any] | None = None,
+                 **top: Any) -> AgentConfig:
+    inbox = tmp / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    values: dict[str, Any] = {
+        "recipients": recipients, "spool_dir": str(tmp / "spool"), "settle_seconds": 0.3,
+        "reconcile_seconds": 2, "log_dir": str(tmp / "logs"), "workers": 2,
+        "incomplete_grace_seconds": 2,
+    }
+    values.update(top)
+    lines = [f"{k} = {toml_value(v)}" for k, v in values.items()]
+    lines += ["[retry]", "initial_seconds = 0.2", "max_seconds = 1"]
+    lines += ["[disk]", 'low_watermark = "1 MB"', 'high_watermark = "2 MB"']
+    if central:
+        lines.append("[central]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in central.items()]
+    f = {"path": str(inbox), "destinations": list(destinations)}
+    f.update(folder or {})
+    lines.append("[[folders]]")
+    lines += [f"{k} = {toml_value(v)}" for k, v in f.items()]
+    for name, d in destinations.items():
+        lines.append(f"[destinations.{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in d.items()]
+    path = tmp / "agent.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return load_config(path)
+
+
+def ct_slice(rows: int = 64, cols: int = 64, seed: int = 0) -> bytes:
+    """A synthetic CT slice as Part 10 bytes (random pixels, made-up names)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientName = "Test^Synthetic"
+    ds.PatientID = f"SYN{seed:06d}"
+    ds.Modality = "CT"
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.random.default_rng(seed).integers(0, 4096, (rows, cols),
+                                                        dtype=np.uint16).tobytes()
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def drop(path: Path, data: bytes) -> None:
+    """Write like a careful modality: a .partial name, then rename."""
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_bytes(data)
+    tmp.rename(path)
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 30.0, every: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(every)
+    raise AssertionError(f"condition not met after {timeout:.0f}s")
+
+
+class Receiver:
+    """The central's agent API, for real over HTTP on loopback (objects kept in memory)."""
+
+    def __init__(self, token: str = TOKEN) -> None:
+        self.token = token
+        self.objects: dict[str, bytes] = {}
+        self.puts = 0
+        self.heartbeats: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.fail_with: int | None = None  # answer every request with this status
+        self.ack_times: dict[str, float] = {}
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _reply(self, code: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _body(self) -> bytes:
+                return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+
+            def _check(self) -> bool:
+                body = self._body()
+                self._data = body
+                if receiver.fail_with is not None:
+                    self._reply(receiver.fail_with, {"error": "injected"})
+                    return False
+                if self.headers.get("Authorization") != f"Bearer {receiver.token}":
+                    self._reply(401, {"error": "bad token"})
+                    return False
+                return True
+
+            def do_PUT(self) -> None:
+                if not self._check():
+                    return
+                sha = self.path.rsplit("/", 1)[-1]
+                if not self.path.startswith("/api/v1/objects/") or \
+                        hashlib.sha256(self._data).hexdigest() != sha:
+                    self._reply(400, {"error": "hash mismatch"})
+                    return
+                with receiver.lock:
+                    created = sha not in receiver.objects
+                    receiver.objects[sha] = self._data
+                    receiver.puts += 1
+                    receiver.ack_times.setdefault(sha, time.time())
+                self._reply(201 if created else 200,
+                            {"sha256": sha, "size": len(self._data), "created": created})
+
+            def do_POST(self) -> None:
+                if not self._check():
+                    return
+                doc = json.loads(self._data)
+                with receiver.lock:
+                    if self.path.endswith("/heartbeat"):
+                        receiver.heartbeats.append(doc)
+                    elif self.path.endswith("/events"):
+                        receiver.events.extend(doc["events"])
+                self._reply(200, {"ok": True, "server_time": time.time()})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextlib.contextmanager
+def running(config: AgentConfig, **kwargs: Any) -> Iterator[Any]:
+    """An in-process agent, stopped (threads joined) at the end of the block."""
+    from agent.runner import Agent
+
+    agent = Agent(config, **kwargs)
+    agent.start()
+    stop = threading.Event()
+
+    def ticker() -> None:
+        while not stop.wait(0.5):
+            agent.tick()
+
+    t = threading.Thread(target=ticker, daemon=True)
+    t.start()
+    try:
+        yield agent
+    finally:
+        stop.set()
+        t.join()
+        agent.stop()
