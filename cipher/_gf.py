@@ -72,3 +72,14 @@ def rank(rows: np.ndarray) -> int:
                 work[i] ^= work[rank]
         rank += 1
     return rank
+
+
+def matrix_qword(rows: bytes | np.ndarray) -> int:
+    """The 64-bit matrix operand of x86 GF2P8AFFINEQB: row i (output bit i) in byte 7−i."""
+    return sum(int(r) << (8 * (7 - i)) for i, r in enumerate(bytes(rows)))
+
+
+def mul_rows(g: int) -> bytes:
+    """Row bytes of the GF(2) matrix of multiplication by ``g`` in GF(2^8)."""
+    cols = mul_table(g)[[1 << b for b in range(8)]]
+    return bytes(sum(((int(cols[b]) >> i) & 1) << b for b in range(8)) for i in range(8))

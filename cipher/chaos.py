@@ -73,6 +73,8 @@ class _Params:
     row_b: np.ndarray  # uint8[R] row whitening, backward pass
     mul_f: np.ndarray  # uint8[256] multiplication by g_f in GF(2^8)
     mul_b: np.ndarray  # uint8[256] multiplication by g_b in GF(2^8)
+    affine: tuple[bytes, int, bytes, int]  # (A1 rows, c1, A2 rows, c2) of the S-box
+    g: tuple[int, int]  # (g_f, g_b)
 
 
 # --------------------------------------------------------------------------- keying
@@ -113,12 +115,16 @@ def _sbox_stream(x0: float, r: float) -> object:
         yield int(x * QUANT) & 0xFF
 
 
-def _stream_bytes(x0: float, r: float, count: int) -> np.ndarray:
+def _stream_bytes(x0: float, r: float, count: int, compiled: bool) -> np.ndarray:
     """``count`` bytes from STREAM_LANES logistic maps iterated together.
 
     Lane ``j`` starts at ``x0 + j·2^-32``; after STREAM_TRANSIENT discarded iterations each
     iteration yields one byte per lane, lane order within an iteration.
     """
+    if compiled:
+        from cipher import _kernels
+
+        return _kernels.stream_bytes(x0, r, count, STREAM_LANES, STREAM_LANE_STEP, STREAM_TRANSIENT, QUANT)
     x = x0 + np.arange(STREAM_LANES, dtype=np.float64) * STREAM_LANE_STEP
     for _ in range(STREAM_TRANSIENT):
         x = (r * x) * (1.0 - x)
@@ -139,7 +145,7 @@ def _draw_invertible(stream: object) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _sbox_cached(key: bytes, nonce: bytes) -> tuple[bytes, bytes]:
+def _sbox_cached(key: bytes, nonce: bytes) -> tuple[bytes, bytes, tuple[bytes, int, bytes, int]]:
     x0, r = _map_params(_hkdf(key, nonce, LABEL_SBOX, 16))
     stream = _sbox_stream(x0, r)
     a1 = _draw_invertible(stream)
@@ -150,13 +156,13 @@ def _sbox_cached(key: bytes, nonce: bytes) -> tuple[bytes, bytes]:
     s = _gf.affine(a2, c2, _gf.INV[_gf.affine(a1, c1, x)])
     inv = np.empty(256, dtype=np.uint8)
     inv[s] = x
-    return s.tobytes(), inv.tobytes()
+    return s.tobytes(), inv.tobytes(), (a1.tobytes(), int(c1), a2.tobytes(), int(c2))
 
 
 def sbox(key: bytes, nonce: bytes) -> np.ndarray:
     """The 256-entry uint8 S-box of the image keyed by ``key`` and ``nonce``."""
     _check(key, nonce)
-    s, _ = _sbox_cached(bytes(key), bytes(nonce))
+    s, _, _ = _sbox_cached(bytes(key), bytes(nonce))
     return np.frombuffer(s, dtype=np.uint8).copy()
 
 
@@ -171,12 +177,13 @@ def _layout(n: int) -> _Layout:
     return _Layout(n, k, lanes, rows, last, tail_start)
 
 
-def _params(key: bytes, nonce: bytes, lay: _Layout) -> _Params:
-    s, inv = _sbox_cached(bytes(key), bytes(nonce))
+def _params(key: bytes, nonce: bytes, lay: _Layout, compiled: bool) -> _Params:
+    s, inv, affine = _sbox_cached(bytes(key), bytes(nonce))
     x0, r = _map_params(_hkdf(key, nonce, LABEL_STREAM, 16))
     L, R = lay.lanes, lay.rows
-    st = _stream_bytes(x0, r, 4 * L + 2 * R)
+    st = _stream_bytes(x0, r, 4 * L + 2 * R, compiled)
     g = _hkdf(key, nonce, LABEL_GF, 2)
+    g_f, g_b = 2 + g[0] % 254, 2 + g[1] % 254
     return _Params(
         sbox=np.frombuffer(s, dtype=np.uint8),
         inv_sbox=np.frombuffer(inv, dtype=np.uint8),
@@ -186,8 +193,10 @@ def _params(key: bytes, nonce: bytes, lay: _Layout) -> _Params:
         key_b=st[3 * L : 4 * L],
         row_f=st[4 * L : 4 * L + R],
         row_b=st[4 * L + R : 4 * L + 2 * R],
-        mul_f=_gf.mul_table(2 + g[0] % 254),
-        mul_b=_gf.mul_table(2 + g[1] % 254),
+        mul_f=_gf.mul_table(g_f),
+        mul_b=_gf.mul_table(g_b),
+        affine=affine,
+        g=(g_f, g_b),
     )
 
 
@@ -210,8 +219,9 @@ def _from_bytes(buf: np.ndarray, like: np.ndarray) -> np.ndarray:
 
 
 def _matrix(buf: np.ndarray, lay: _Layout) -> np.ndarray:
-    m = np.zeros(lay.rows * lay.lanes, dtype=np.uint8)
+    m = np.empty(lay.rows * lay.lanes, dtype=np.uint8)
     m[: lay.n] = buf
+    m[lay.n :] = 0
     return m.reshape(lay.rows, lay.lanes)
 
 
@@ -315,9 +325,10 @@ def _encrypt_with(data: np.ndarray, key: bytes, nonce: bytes, backend: str | Non
     if buf.size == 0:
         return data.copy()
     lay = _layout(buf.size)
-    p = _params(bytes(key), bytes(nonce), lay)
+    compiled = _backend(backend) == "numba"
+    p = _params(bytes(key), bytes(nonce), lay, compiled)
     m = _matrix(buf, lay)
-    if _backend(backend) == "numba":
+    if compiled:
         from cipher import _kernels
 
         _kernels.encrypt_matrix(m, p, lay)
@@ -335,14 +346,24 @@ def encrypt(data: np.ndarray, key: bytes, nonce: bytes) -> np.ndarray:
     return _encrypt_with(data, key, nonce, None)
 
 
-def decrypt(data: np.ndarray, key: bytes, nonce: bytes) -> np.ndarray:
-    """Exact inverse of :func:`encrypt` for the same key and nonce."""
+def _decrypt_with(data: np.ndarray, key: bytes, nonce: bytes, backend: str | None) -> np.ndarray:
     _check(key, nonce)
     buf = _to_bytes(data)
     if buf.size == 0:
         return data.copy()
     lay = _layout(buf.size)
-    p = _params(bytes(key), bytes(nonce), lay)
+    compiled = _backend(backend) == "numba"
+    p = _params(bytes(key), bytes(nonce), lay, compiled)
     m = _matrix(buf, lay)
-    _decrypt_matrix(m, p, lay)
+    if compiled:
+        from cipher import _kernels
+
+        _kernels.decrypt_matrix(m, p, lay)
+    else:
+        _decrypt_matrix(m, p, lay)
     return _from_bytes(m.reshape(-1)[: lay.n], data)
+
+
+def decrypt(data: np.ndarray, key: bytes, nonce: bytes) -> np.ndarray:
+    """Exact inverse of :func:`encrypt` for the same key and nonce."""
+    return _decrypt_with(data, key, nonce, None)
