@@ -11,7 +11,7 @@ _LEFT, _BOTTOM, _TOP = 40, 24, 12
 
 
 def scans_per_hour_svg(buckets: list[int], now: float) -> Markup:
-    """Bars for ``buckets`` (oldest first, one per hour, the last ending at ``now``)."""
+    """Bars for ``buckets`` (oldest first, one per clock hour, the last holding ``now``)."""
     n = len(buckets)
     peak = max(max(buckets, default=0), 1)
     plot_w = _W - _LEFT - 8
@@ -28,8 +28,8 @@ def scans_per_hour_svg(buckets: list[int], now: float) -> Markup:
         height = plot_h * count / peak
         x = _LEFT + i * slot + 1
         y = _TOP + plot_h - height
-        hour_end = now - (n - 1 - i) * 3600
-        label = time.strftime("%H:00", time.localtime(hour_end - 3600))
+        hour_start = (int(now // 3600) - (n - 1 - i)) * 3600
+        label = time.strftime("%H:%M", time.localtime(hour_start))
         parts.append(
             f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{max(slot - 2, 1):.1f}" '
             f'height="{height:.1f}" fill="#2f6fb3"><title>{escape(label)}: {count} scans</title></rect>'

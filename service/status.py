@@ -153,10 +153,11 @@ def format_bytes(size: int | None) -> str:
 
 
 def hourly_buckets(times: list[float], now: float, hours: int = 24) -> list[int]:
-    """Counts per hour, oldest first; the last bucket is the hour ending ``now``."""
+    """Counts per clock hour, oldest first; the last bucket is the hour ``now`` falls in."""
     buckets = [0] * hours
+    current = int(now // 3600)
     for t in times:
-        index = int((now - t) // 3600)
+        index = current - int(t // 3600)
         if 0 <= index < hours:
             buckets[hours - 1 - index] += 1
     return buckets

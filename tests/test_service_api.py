@@ -71,15 +71,40 @@ def postgres_server() -> Iterator[str]:
     data = base / "data"
     port = _free_port()
     subprocess.run(
-        [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "scanfort", "--auth=trust",
-         "-E", "UTF8", "--no-sync", "--no-instructions"],
-        check=True, capture_output=True,
+        [
+            *as_user,
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "scanfort",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--no-instructions",
+        ],
+        check=True,
+        capture_output=True,
     )
     opts = f"-h 127.0.0.1 -p {port} -k {base} -F -c max_connections=200"
     subprocess.run(
-        [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w",
-         "-t", "60", "-o", opts, "start"],
-        check=True, capture_output=True,
+        [
+            *as_user,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(base / "log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            opts,
+            "start",
+        ],
+        check=True,
+        capture_output=True,
     )
     try:
         yield f"postgresql://scanfort@127.0.0.1:{port}"
@@ -93,8 +118,10 @@ def postgres_server() -> Iterator[str]:
 
 def _new_pg_database(server: str) -> str:
     name = "sf_" + uuid.uuid4().hex[:12]
-    engine = sa.create_engine(server.replace("postgresql://", "postgresql+psycopg://") + "/postgres",
-                              isolation_level="AUTOCOMMIT")
+    engine = sa.create_engine(
+        server.replace("postgresql://", "postgresql+psycopg://") + "/postgres",
+        isolation_level="AUTOCOMMIT",
+    )
     with engine.connect() as conn:
         conn.exec_driver_sql(f"CREATE DATABASE {name}")
     engine.dispose()
@@ -112,7 +139,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 class FakeClock:
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
+    def __init__(self, start: float = 1_800_001_800.0) -> None:  # mid-hour
         self.now = start
 
     def __call__(self) -> float:
@@ -125,9 +152,16 @@ def clock() -> FakeClock:
 
 
 def _settings(tmp_path: Path, db_url: str, **overrides: Any) -> Settings:
-    base = Settings(data_dir=tmp_path / "central", db_url=db_url, recipients=("age1siterecipient",),
-                    stale_after_s=60, offline_after_s=300, spool_growth_window_s=120,
-                    login_failure_delay_s=0.25, max_object_bytes=64 * 1024)
+    base = Settings(
+        data_dir=tmp_path / "central",
+        db_url=db_url,
+        recipients=("age1siterecipient",),
+        stale_after_s=60,
+        offline_after_s=300,
+        spool_growth_window_s=120,
+        login_failure_delay_s=0.25,
+        max_object_bytes=64 * 1024,
+    )
     return Settings(**{**base.__dict__, **overrides})
 
 
@@ -158,17 +192,28 @@ def bearer(token: str) -> dict[str, str]:
 
 def enroll(client: TestClient, store: Store, host: str = "ct-console-1") -> EnrollResponse:
     _id, token = store.mint_enrollment_token(3600)
-    r = client.post("/api/v1/enroll", json={"host": host, "os": "Linux", "version": "0.1.0"},
-                    headers=bearer(token))
+    r = client.post(
+        "/api/v1/enroll",
+        json={"host": host, "os": "Linux", "version": "0.1.0"},
+        headers=bearer(token),
+    )
     assert r.status_code == 200, r.text
     return EnrollResponse.from_dict(r.json())
 
 
 def heartbeat(agent_id: str, **fields: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "agent_id": agent_id, "version": "0.1.0", "host": "ct-console-1", "os": "Linux",
-        "uptime_s": 12.5, "sent_at": time.time(), "watched_folders": 1, "spool_depth": 0,
-        "spool_bytes": 0, "counters": {"seen": 3, "protected": 3}, "destinations": [],
+        "agent_id": agent_id,
+        "version": "0.1.0",
+        "host": "ct-console-1",
+        "os": "Linux",
+        "uptime_s": 12.5,
+        "sent_at": time.time(),
+        "watched_folders": 1,
+        "spool_depth": 0,
+        "spool_bytes": 0,
+        "counters": {"seen": 3, "protected": 3},
+        "destinations": [],
     }
     body.update(fields)
     return body
@@ -178,8 +223,11 @@ def login(client: TestClient, password: str = PASSWORD) -> str:
     """Log in through the form; returns the session's CSRF token."""
     page = client.get("/login")
     csrf = page.text.split('name="csrf" value="')[1].split('"')[0]
-    r = client.post("/login", data={"username": "admin", "password": password, "csrf": csrf,
-                                     "next": "/"}, follow_redirects=False)
+    r = client.post(
+        "/login",
+        data={"username": "admin", "password": password, "csrf": csrf, "next": "/"},
+        follow_redirects=False,
+    )
     assert r.status_code == 303, r.text
     home = client.get("/")
     return home.text.split('name="csrf" value="')[1].split('"')[0]
@@ -204,8 +252,13 @@ def test_enroll_consumes_the_one_time_token_and_stores_only_hashes(client, store
     assert client.post("/api/v1/enroll", json=body).status_code == 401
 
     with store.engine.connect() as conn:
-        dump = json.dumps([list(map(str, row)) for t in (tables.agents, tables.enrollment_tokens)
-                           for row in conn.execute(sa.select(t))])
+        dump = json.dumps(
+            [
+                list(map(str, row))
+                for t in (tables.agents, tables.enrollment_tokens)
+                for row in conn.execute(sa.select(t))
+            ]
+        )
     assert resp.agent_token not in dump and token not in dump
     assert hashlib.sha256(resp.agent_token.encode()).hexdigest() in dump
 
@@ -224,16 +277,21 @@ def test_one_enrollment_token_wins_once_across_two_central_processes(settings, s
     """Two app instances on one database (as two central processes) race for one token."""
     _id, token = store.mint_enrollment_token(3600)
     other_store = Store(settings.database_url, clock=clock)
-    apps = [create_app(settings, clock=clock, store=store),
-            create_app(settings, clock=clock, store=other_store)]
+    apps = [
+        create_app(settings, clock=clock, store=store),
+        create_app(settings, clock=clock, store=other_store),
+    ]
     results: list[int] = []
     barrier = threading.Barrier(8)
 
     def attempt(i: int) -> None:
         with TestClient(apps[i % 2]) as c:
             barrier.wait()
-            r = c.post("/api/v1/enroll", json={"host": f"h{i}", "os": "Linux", "version": "1"},
-                       headers=bearer(token))
+            r = c.post(
+                "/api/v1/enroll",
+                json={"host": f"h{i}", "os": "Linux", "version": "1"},
+                headers=bearer(token),
+            )
             results.append(r.status_code)
 
     threads = [threading.Thread(target=attempt, args=(i,)) for i in range(8)]
@@ -269,29 +327,52 @@ def test_heartbeat_needs_the_agents_own_valid_token(client, store):
 )
 def test_malformed_bodies_are_client_errors(client, store, raw):
     a = enroll(client, store)
-    r = client.post("/api/v1/heartbeat", content=raw,
-                    headers={**bearer(a.agent_token), "Content-Type": "application/json"})
+    r = client.post(
+        "/api/v1/heartbeat",
+        content=raw,
+        headers={**bearer(a.agent_token), "Content-Type": "application/json"},
+    )
     assert r.status_code in (400, 422)
     assert isinstance(r.json()["detail"], str)
 
 
 def test_heartbeat_schema_violations_are_rejected_with_the_field(client, store):
     a = enroll(client, store)
-    for bad, field in [({"spool_depth": -1}, "spool_depth"), ({"intake_paused": "yes"}, "intake_paused"),
-                       ({"counters": {"seen": "3"}}, "counters.seen"), ({"host": 7}, "host")]:
-        r = client.post("/api/v1/heartbeat", json=heartbeat(a.agent_id, **bad),
-                        headers=bearer(a.agent_token))
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"spool_depth": -1}, "spool_depth"),
+        ({"intake_paused": "yes"}, "intake_paused"),
+        ({"counters": {"seen": "3"}}, "counters.seen"),
+        ({"host": 7}, "host"),
+    ]
+    for bad, field in cases:
+        r = client.post(
+            "/api/v1/heartbeat", json=heartbeat(a.agent_id, **bad), headers=bearer(a.agent_token)
+        )
         assert r.status_code == 422, (bad, r.text)
         assert field in r.json()["detail"]
 
 
 def test_states_follow_heartbeat_age_and_alerts_name_the_problem(client, store, settings, clock):
     a = enroll(client, store, "ct-1")
-    dest = {"name": "pacs", "kind": "dicomweb", "pending": 4, "paused": True,
-            "last_error": "401 from destination", "last_error_at": clock.now}
-    hb = heartbeat(a.agent_id, host="ct-1", spool_depth=4, spool_bytes=4096, intake_paused=True,
-                   destinations=[dest])
-    assert client.post("/api/v1/heartbeat", json=hb, headers=bearer(a.agent_token)).status_code == 200
+    dest = {
+        "name": "pacs",
+        "kind": "dicomweb",
+        "pending": 4,
+        "paused": True,
+        "last_error": "401 from destination",
+        "last_error_at": clock.now,
+    }
+    hb = heartbeat(
+        a.agent_id,
+        host="ct-1",
+        spool_depth=4,
+        spool_bytes=4096,
+        intake_paused=True,
+        destinations=[dest],
+    )
+    assert (
+        client.post("/api/v1/heartbeat", json=hb, headers=bearer(a.agent_token)).status_code == 200
+    )
     row = store.get_agent(a.agent_id)
     assert row is not None
     assert status.agent_state(row, settings, clock.now) == status.ONLINE
@@ -306,17 +387,25 @@ def test_states_follow_heartbeat_age_and_alerts_name_the_problem(client, store, 
     assert "offline" in {al.kind for al in status.alerts_for([row], settings, clock.now, {})}
 
 
-def test_a_spool_that_keeps_growing_raises_an_alert_and_clears_when_it_drains(client, store, settings, clock):
+def test_a_spool_that_keeps_growing_raises_an_alert_and_clears_when_it_drains(
+    client, store, settings, clock
+):
     a = enroll(client, store)
     for depth in (1, 3, 5, 8):
-        r = client.post("/api/v1/heartbeat", json=heartbeat(a.agent_id, spool_depth=depth),
-                        headers=bearer(a.agent_token))
+        r = client.post(
+            "/api/v1/heartbeat",
+            json=heartbeat(a.agent_id, spool_depth=depth),
+            headers=bearer(a.agent_token),
+        )
         assert r.status_code == 200
         clock.now += 50
     row = store.get_agent(a.agent_id)
     assert row is not None and status.spool_growing(row, settings, clock.now)
-    client.post("/api/v1/heartbeat", json=heartbeat(a.agent_id, spool_depth=2),
-                headers=bearer(a.agent_token))
+    client.post(
+        "/api/v1/heartbeat",
+        json=heartbeat(a.agent_id, spool_depth=2),
+        headers=bearer(a.agent_token),
+    )
     row = store.get_agent(a.agent_id)
     assert row is not None and not status.spool_growing(row, settings, clock.now)
 
@@ -345,7 +434,9 @@ def test_events_are_deduplicated_and_feed_the_hourly_chart(client, store, clock)
     bad = {"agent_id": a.agent_id, "events": [_event("exploded", clock.now)]}
     assert client.post("/api/v1/events", json=bad, headers=bearer(a.agent_token)).status_code == 422
     other = {"agent_id": "ag_someoneelse", "events": []}
-    assert client.post("/api/v1/events", json=other, headers=bearer(a.agent_token)).status_code == 403
+    assert (
+        client.post("/api/v1/events", json=other, headers=bearer(a.agent_token)).status_code == 403
+    )
 
 
 # -- objects ----------------------------------------------------------------------------
@@ -373,12 +464,19 @@ def test_objects_are_content_addressed_idempotent_and_verified(client, store, se
     assert r.status_code == 422
     assert not (settings.objects_dir / fake_sha[:2] / fake_sha[2:4] / fake_sha).exists()
     big = os.urandom(settings.max_object_bytes + 1)
-    r = client.put(f"/api/v1/objects/{hashlib.sha256(big).hexdigest()}", content=big,
-                   headers=bearer(a.agent_token))
+    r = client.put(
+        f"/api/v1/objects/{hashlib.sha256(big).hexdigest()}",
+        content=big,
+        headers=bearer(a.agent_token),
+    )
     assert r.status_code == 413
     assert client.put(url, content=data).status_code == 401
-    assert client.put("/api/v1/objects/NOTAHASH", content=data,
-                      headers=bearer(a.agent_token)).status_code == 422
+    assert (
+        client.put(
+            "/api/v1/objects/NOTAHASH", content=data, headers=bearer(a.agent_token)
+        ).status_code
+        == 422
+    )
     assert list((settings.objects_dir / "tmp").iterdir()) == []
 
 
@@ -390,14 +488,21 @@ def test_dashboard_requires_login_and_shows_the_agent(client, store):
     assert r.status_code == 303 and r.headers["location"].startswith("/login")
     assert client.get("/partials/overview").status_code == 401
     a = enroll(client, store, "xray-2")
-    client.post("/api/v1/heartbeat", json=heartbeat(a.agent_id, host="xray-2", spool_depth=7),
-                headers=bearer(a.agent_token))
+    client.post(
+        "/api/v1/heartbeat",
+        json=heartbeat(a.agent_id, host="xray-2", spool_depth=7),
+        headers=bearer(a.agent_token),
+    )
     login(client)
     page = client.get("/")
     assert f'data-agent-id="{a.agent_id}" data-state="online"' in page.text
     assert "xray-2" in page.text and "Content-Security-Policy" in page.headers
     detail = client.get(f"/agents/{a.agent_id}")
-    assert detail.status_code == 200 and "<svg" in detail.text and 'id="agent-state">online' in detail.text
+    assert (
+        detail.status_code == 200
+        and "<svg" in detail.text
+        and 'id="agent-state">online' in detail.text
+    )
 
 
 def test_failed_login_is_delayed_more_each_time(client, store, settings, monkeypatch):
@@ -446,8 +551,11 @@ def test_enrollment_tokens_can_be_minted_from_the_dashboard(client, store):
 
 def test_metrics_and_healthz(client, store):
     a = enroll(client, store, "ct-metrics")
-    client.post("/api/v1/heartbeat", json=heartbeat(a.agent_id, host="ct-metrics", spool_depth=2),
-                headers=bearer(a.agent_token))
+    client.post(
+        "/api/v1/heartbeat",
+        json=heartbeat(a.agent_id, host="ct-metrics", spool_depth=2),
+        headers=bearer(a.agent_token),
+    )
     text = client.get("/metrics").text
     assert 'scanfort_agents{state="online"} 1' in text
     assert f'scanfort_agent_spool_items{{agent_id="{a.agent_id}",host="ct-metrics"}} 2' in text
@@ -458,8 +566,12 @@ def test_metrics_and_healthz(client, store):
 
 def test_openapi_documents_the_protocol_messages(client):
     doc = client.get("/openapi.json").json()
-    assert {"/api/v1/enroll", "/api/v1/heartbeat", "/api/v1/events",
-            "/api/v1/objects/{sha256}"} <= set(doc["paths"])
+    assert {
+        "/api/v1/enroll",
+        "/api/v1/heartbeat",
+        "/api/v1/events",
+        "/api/v1/objects/{sha256}",
+    } <= set(doc["paths"])
     hb = doc["components"]["schemas"]["Heartbeat"]
     assert set(hb["required"]) == {"agent_id", "version", "host", "os", "uptime_s", "sent_at"}
     assert "/login" not in doc["paths"]

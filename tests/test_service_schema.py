@@ -22,13 +22,18 @@ from service.settings import Settings
 from service.store import Store
 
 _DATA_DIR = Path(tempfile.mkdtemp(prefix="sf-schema-"))
-_SETTINGS = Settings(data_dir=_DATA_DIR, recipients=("age1siterecipient",), max_object_bytes=4096,
-                     login_failure_delay_s=0)
+_SETTINGS = Settings(
+    data_dir=_DATA_DIR,
+    recipients=("age1siterecipient",),
+    max_object_bytes=4096,
+    login_failure_delay_s=0,
+)
 _STORE = Store(_SETTINGS.database_url)
 _STORE.create_schema()
 _STORE.set_user("admin", "schema-test-password")
-_ENROLLED = _STORE.enroll(_STORE.mint_enrollment_token(3600)[1],
-                          EnrollRequest(host="fuzz", os="Linux", version="0"))
+_ENROLLED = _STORE.enroll(
+    _STORE.mint_enrollment_token(3600)[1], EnrollRequest(host="fuzz", os="Linux", version="0")
+)
 assert _ENROLLED is not None
 _TOKEN = _ENROLLED[1]
 
@@ -43,8 +48,11 @@ def _cleanup() -> Iterator[None]:
 
 
 @schema.parametrize()
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 def test_api_conforms_to_its_schema(case: schemathesis.Case) -> None:
     headers = dict(case.headers or {})
     headers.setdefault("Authorization", f"Bearer {_TOKEN}")
