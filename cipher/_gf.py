@@ -83,3 +83,13 @@ def mul_rows(g: int) -> bytes:
     """Row bytes of the GF(2) matrix of multiplication by ``g`` in GF(2^8)."""
     cols = mul_table(g)[[1 << b for b in range(8)]]
     return bytes(sum(((int(cols[b]) >> i) & 1) << b for b in range(8)) for i in range(8))
+
+
+def inverse_rows(rows: bytes | np.ndarray) -> bytes:
+    """Row bytes of the inverse of an invertible GF(2) matrix."""
+    arr = np.frombuffer(bytes(rows), dtype=np.uint8)
+    images = affine(arr, 0, np.arange(256, dtype=np.uint8))
+    pre = np.empty(256, dtype=np.uint8)
+    pre[images] = np.arange(256, dtype=np.uint8)  # pre[A·x] = x
+    cols = pre[[1 << b for b in range(8)]]
+    return bytes(sum(((int(cols[b]) >> i) & 1) << b for b in range(8)) for i in range(8))

@@ -79,6 +79,38 @@ def _round_block_impl(typingctx: Any, m: Any, off: Any, prev: Any, poff: Any, ro
 _round_block: Any = intrinsic(_round_block_impl)
 
 
+def _inverse_block_impl(typingctx: Any, m: Any, off: Any, prev: Any, poff: Any, rot: Any, roff: Any, lkey: Any, koff: Any, consts: Any) -> Any:
+    """m[off:off+64] = S⁻¹(m − g·rot) ⊕ prev ⊕ lkey ⊕ w' (the inverse round).
+
+    consts = (w', b2, b1, A2⁻¹, A1⁻¹, Mg): S⁻¹(y) = A1⁻¹·inv(A2⁻¹·y ⊕ b2) ⊕ b1 with
+    b2 = A2⁻¹·c2 and b1 = A1⁻¹·c1; w' = w ⊕ 0xFF folds the XNOR's complement.
+    """
+    sig = types.void(m, off, prev, poff, rot, roff, lkey, koff, consts)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        am, o, ap, po, ar, ro, ak, ko, cs = args
+        tys = signature.args
+        w, b2, b1, a2i, a1i, mg = (builder.extract_value(cs, i) for i in range(6))
+        zero = ir.Constant(_I8, 0)
+        affine = _fn(builder, "llvm.x86.vgf2p8affineqb.512")
+        affinv = _fn(builder, "llvm.x86.vgf2p8affineinvqb.512")
+        dst = _ptr(context, builder, tys[0], am, o)
+        g = builder.call(affine, [builder.load(_ptr(context, builder, tys[4], ar, ro), align=1), _splat_q(builder, mg), zero])
+        y = builder.sub(builder.load(dst, align=1), g)
+        t = builder.xor(builder.call(affine, [y, _splat_q(builder, a2i), zero]), _splat_b(builder, builder.trunc(b2, _I8)))
+        u = builder.call(affinv, [t, _splat_q(builder, a1i), zero])
+        u = builder.xor(u, _splat_b(builder, builder.trunc(builder.xor(b1, w), _I8)))
+        u = builder.xor(u, builder.load(_ptr(context, builder, tys[2], ap, po), align=1))
+        u = builder.xor(u, builder.load(_ptr(context, builder, tys[6], ak, ko), align=1))
+        builder.store(u, dst, align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_inverse_block: Any = intrinsic(_inverse_block_impl)
+
+
 @njit(cache=True, nogil=True, boundscheck=False)
 def gfni_pass(
     m: np.ndarray,
@@ -136,3 +168,50 @@ def gfni_pass(
                 jj -= L
             v = m[base + jr] ^ lane_key[jr] ^ rk ^ prev[pbase + jr]
             m[base + jr] = (s_xnor[v] + mul[prev[pbase + jj]]) & 0xFF
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def gfni_unpass(
+    m: np.ndarray,
+    L: int,
+    first: int,
+    stop: int,
+    step: int,
+    chain: int,
+    iv: np.ndarray,
+    lane_key: np.ndarray,
+    row_key: np.ndarray,
+    k: int,
+    iv_row: int,
+    b2: int,
+    b1: int,
+    a2i: np.uint64,
+    a1i: np.uint64,
+    mg: np.uint64,
+) -> None:
+    """Inverse of one pass over the flat matrix; same semantics as ``_kernels._unpass_py``
+    (L is a multiple of 64 here)."""
+    tmp = np.empty(64, dtype=np.uint8)
+    for i in range(first, stop, step):
+        if i == iv_row:
+            prev = iv
+            pbase = 0
+        else:
+            prev = m
+            pbase = (i + chain) * L
+        d = (1 << (i % k)) if k > 0 else 0
+        consts = (np.uint64(row_key[i] ^ 0xFF), np.uint64(b2), np.uint64(b1), np.uint64(a2i), np.uint64(a1i), np.uint64(mg))
+        base = i * L
+        for j in range(0, L, 64):
+            jj = j + d
+            if jj >= L:
+                jj -= L
+            if jj + 64 <= L:
+                _inverse_block(m, base + j, prev, pbase + j, prev, pbase + jj, lane_key, j, consts)
+            else:
+                for t in range(64):
+                    u = jj + t
+                    if u >= L:
+                        u -= L
+                    tmp[t] = prev[pbase + u]
+                _inverse_block(m, base + j, prev, pbase + j, tmp, 0, lane_key, j, consts)

@@ -129,6 +129,9 @@ def decrypt_matrix(m: np.ndarray, p: _Params, lay: _Layout) -> None:
     if not AVAILABLE:
         raise RuntimeError("numba is not installed (pip install 'scanfort[fast]')")
     k, R, last = lay.lane_bits, lay.rows, lay.last
+    if GFNI and lay.lanes >= 64:
+        _decrypt_gfni(m, p, lay)
+        return
     inv = p.inv_sbox
     t0 = lay.tail_start
     _unpass(m, R - 1, t0 - 1, -1, -1, p.iv_f, p.key_f, p.row_f, inv, p.mul_f, k, -1)
@@ -166,3 +169,22 @@ def _encrypt_gfni(m: np.ndarray, p: _Params, lay: _Layout, s_xnor: np.ndarray) -
     m[R - 1, last:] = p.iv_b[last:]
     gfni_pass(flat, L, R, R - 1, -1, -1, p.iv_b, p.key_b, p.row_b, s_xnor, p.mul_b, k, last, False, c1x, c2, q1, q2, mb)
     gfni_pass(flat, L, R, lay.tail_start, R, 1, p.iv_f, p.key_f, p.row_f, s_xnor, p.mul_f, k, last, True, c1x, c2, q1, q2, mf)
+
+
+def _decrypt_gfni(m: np.ndarray, p: _Params, lay: _Layout) -> None:
+    from cipher import _gf
+    from cipher._gfni import gfni_unpass
+
+    k, R, L, last = lay.lane_bits, lay.rows, lay.lanes, lay.last
+    a1, c1, a2, c2 = p.affine
+    a1i, a2i = _gf.inverse_rows(a1), _gf.inverse_rows(a2)
+    b1 = int(_gf.affine(np.frombuffer(a1i, np.uint8), 0, np.array([c1], np.uint8))[0])
+    b2 = int(_gf.affine(np.frombuffer(a2i, np.uint8), 0, np.array([c2], np.uint8))[0])
+    q1, q2 = np.uint64(_gf.matrix_qword(a1i)), np.uint64(_gf.matrix_qword(a2i))
+    mf, mb = (np.uint64(_gf.matrix_qword(_gf.mul_rows(g))) for g in p.g)
+    flat = m.reshape(-1)
+    t0 = lay.tail_start
+    gfni_unpass(flat, L, R - 1, t0 - 1, -1, -1, p.iv_f, p.key_f, p.row_f, k, -1, b2, b1, q2, q1, mf)
+    m[R - 1, last:] = p.iv_b[last:]
+    gfni_unpass(flat, L, 0, R, 1, 1, p.iv_b, p.key_b, p.row_b, k, R - 1, b2, b1, q2, q1, mb)
+    gfni_unpass(flat, L, R - 1, -1, -1, -1, p.iv_f, p.key_f, p.row_f, k, 0, b2, b1, q2, q1, mf)

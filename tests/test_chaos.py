@@ -220,3 +220,12 @@ def test_gfni_and_table_kernels_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     fast = chaos._encrypt_with(plain, KEY, NONCE, "numba")
     monkeypatch.setattr(_kernels, "GFNI", False)
     assert np.array_equal(fast, chaos._encrypt_with(plain, KEY, NONCE, "numba"))
+
+
+@pytest.mark.skipif(not _kernels.GFNI, reason="CPU without GFNI/AVX-512BW: the table kernel is used")
+def test_gfni_decrypt_matches_table_decrypt(monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = np.random.default_rng(12).integers(0, 256, (1021, 997), dtype=np.uint8)
+    ct = chaos.encrypt(plain, KEY, NONCE)
+    assert np.array_equal(chaos._decrypt_with(ct, KEY, NONCE, "numba"), plain)
+    monkeypatch.setattr(_kernels, "GFNI", False)
+    assert np.array_equal(chaos._decrypt_with(ct, KEY, NONCE, "numba"), plain)
