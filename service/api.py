@@ -7,6 +7,7 @@ needs a valid, unrevoked agent token; enroll needs a one-time enrollment token.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
@@ -91,7 +92,7 @@ async def _authenticate(request: Request, ctx: AppContext) -> AgentAuth | None:
     return auth
 
 
-async def _read_json(request: Request, message: type[Any]) -> Any:
+async def _read_raw(request: Request) -> bytes:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_JSON_BYTES:
         raise ObjectRejected(413, "body too large")
@@ -100,13 +101,38 @@ async def _read_json(request: Request, message: type[Any]) -> Any:
         body += chunk
         if len(body) > MAX_JSON_BYTES:
             raise ObjectRejected(413, "body too large")
-    if not body:
+    return bytes(body)
+
+
+def _parse(raw: bytes, message: type[Any]) -> Any:
+    if not raw:
         raise ObjectRejected(400, "empty body")
     try:
-        return parse_body(bytes(body), message)
+        return parse_body(raw, message)
     except SchemaError as exc:
         status = 400 if str(exc).startswith("invalid JSON") else 422
         raise ObjectRejected(status, str(exc)) from exc
+
+
+def _report(
+    ctx: AppContext,
+    token: str | None,
+    raw: bytes,
+    message: type[Any],
+    record: Callable[[AgentAuth, Any], float | int],
+) -> tuple[Response | None, float | int]:
+    """Authenticate, validate and record an agent report in one worker-thread hop."""
+    auth = ctx.store.authenticate_agent(token) if token is not None else None
+    if auth is None:
+        ctx.counters.inc("auth_failures")
+        return _unauthorized(), 0
+    try:
+        body = _parse(raw, message)
+    except ObjectRejected as exc:
+        return _problem(exc.status, exc.reason), 0
+    if body.agent_id != auth.agent_id:
+        return _problem(403, "agent_id does not match the token"), 0
+    return None, record(auth, body)
 
 
 @router.post(
@@ -121,7 +147,7 @@ async def enroll(request: Request, ctx: Ctx) -> Response:
     if token is None:
         return _unauthorized()
     try:
-        req: EnrollRequest = await _read_json(request, EnrollRequest)
+        req: EnrollRequest = _parse(await _read_raw(request), EnrollRequest)
     except ObjectRejected as exc:
         return _problem(exc.status, exc.reason)
     result = await run_in_threadpool(ctx.store.enroll, token, req)
@@ -156,18 +182,17 @@ async def enroll(request: Request, ctx: Ctx) -> Response:
     openapi_extra=_json_request("Heartbeat"),
 )
 async def heartbeat(request: Request, ctx: Ctx) -> Response:
-    auth = await _authenticate(request, ctx)
-    if auth is None:
-        return _unauthorized()
     try:
-        hb: Heartbeat = await _read_json(request, Heartbeat)
+        raw = await _read_raw(request)
     except ObjectRejected as exc:
         return _problem(exc.status, exc.reason)
-    if hb.agent_id != auth.agent_id:
-        return _problem(403, "agent_id does not match the token")
-    server_time = await run_in_threadpool(ctx.store.record_heartbeat, auth, hb)
+    error, server_time = await run_in_threadpool(
+        _report, ctx, bearer_token(request), raw, Heartbeat, ctx.store.record_heartbeat
+    )
+    if error is not None:
+        return error
     ctx.counters.inc("heartbeats")
-    return JSONResponse(to_dict(Ack(ok=True, server_time=server_time)))
+    return JSONResponse(to_dict(Ack(ok=True, server_time=float(server_time))))
 
 
 @router.post(
@@ -183,17 +208,20 @@ async def heartbeat(request: Request, ctx: Ctx) -> Response:
     openapi_extra=_json_request("EventBatch"),
 )
 async def events(request: Request, ctx: Ctx) -> Response:
-    auth = await _authenticate(request, ctx)
-    if auth is None:
-        return _unauthorized()
     try:
-        batch: EventBatch = await _read_json(request, EventBatch)
+        raw = await _read_raw(request)
     except ObjectRejected as exc:
         return _problem(exc.status, exc.reason)
-    if batch.agent_id != auth.agent_id:
-        return _problem(403, "agent_id does not match the token")
-    added = await run_in_threadpool(ctx.store.record_events, auth.agent_id, batch.events)
-    ctx.counters.inc("events", added)
+
+    def record(auth: AgentAuth, batch: EventBatch) -> int:
+        return ctx.store.record_events(auth.agent_id, batch.events)
+
+    error, added = await run_in_threadpool(
+        _report, ctx, bearer_token(request), raw, EventBatch, record
+    )
+    if error is not None:
+        return error
+    ctx.counters.inc("events", int(added))
     return JSONResponse(to_dict(Ack(ok=True, server_time=ctx.clock())))
 
 
