@@ -258,7 +258,7 @@ def _destination(name: str, table: Any, problems: list[str], base: Path) -> Dest
         ae_title=r.get("ae_title", str, "ANY-SCP") if kind == "dicom" else "ANY-SCP",
         calling_ae_title=r.get("calling_ae_title", str, "SCANFORT") if kind == "dicom" else "SCANFORT",
         path=r.path("path", required=True) if kind == "folder" else None,
-        concurrency=r.integer("concurrency", 2, 1, 32),
+        concurrency=r.integer("concurrency", 1 if kind == "dicom" else 2, 1, 32),
         timeout_s=r.number("timeout_seconds", 30.0, 0.1),
         verify_tls=r.get("verify_tls", bool, True),
     )

@@ -77,7 +77,8 @@ class DestinationSender:
     def alive(self) -> bool:
         return all(t.is_alive() for t in self.threads)
 
-    def _claim(self, limit: int) -> list[Delivery]:
+    def _claim(self, limit: int, forwarder: Forwarder) -> list[Delivery]:
+        idle = False
         with self._cond:
             while not self._stop.is_set():
                 now = self.clock()
@@ -92,6 +93,9 @@ class DestinationSender:
                     wait = MAX_IDLE_WAIT if nxt is None else nxt - now
                 else:
                     wait = self._paused_until - now
+                if not idle:
+                    idle = True
+                    forwarder.idle()
                 self._cond.wait(max(0.01, min(MAX_IDLE_WAIT, wait)))
             return []
 
@@ -106,7 +110,7 @@ class DestinationSender:
                         self._pause(str(exc))
                         self._stop.wait(self._paused_until - self.clock())
                         continue
-                batch = self._claim(forwarder.batch_size)
+                batch = self._claim(forwarder.batch_size, forwarder)
                 if not batch:
                     continue
                 try:

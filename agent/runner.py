@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import cipher
@@ -38,11 +39,12 @@ class Agent:
                  forwarder_factory: Callable[[AgentConfig, DestinationConfig], Forwarder]
                  = make_forwarder,
                  protect: Callable[..., Any] = cipher.protect,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None,
+                 disk_free: Callable[[Path], int] | None = None) -> None:
         self.config = config
         config.spool_dir.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(config.journal_path)
-        self.reporter = Reporter(config, self.journal)
+        self.reporter = Reporter(config, self.journal, disk_free=disk_free)
         self.pipeline = Pipeline(config, self.journal, self.reporter, protect=protect)
         self.settler = Settler(config.settle_s)
         self.watcher = Watcher(config.folders, self.offer)

@@ -21,6 +21,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import requests
 
@@ -56,8 +57,10 @@ class Reporter:
 
     def __init__(self, config: AgentConfig, journal: Journal,
                  clock: Callable[[], float] = time.time,
-                 session: requests.Session | None = None) -> None:
+                 session: requests.Session | None = None,
+                 disk_free: Callable[[Path], int] | None = None) -> None:
         self.config, self.journal, self.clock = config, journal, clock
+        self.disk_free = disk_free or (lambda p: shutil.disk_usage(p).free)
         self.started = clock()
         self.destinations = {d.name: DestinationState(d.name, d.kind) for d in config.destinations}
         self.intake_paused = False
@@ -150,7 +153,7 @@ class Reporter:
 
     def check_disk(self) -> bool:
         """Apply the watermarks to the spool volume; return True while intake is paused."""
-        free = shutil.disk_usage(self.config.spool_dir).free
+        free = self.disk_free(self.config.spool_dir)
         if free < self.config.disk_low_bytes:
             self.set_intake_paused(True, free)
         elif free >= self.config.disk_high_bytes:

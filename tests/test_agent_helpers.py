@@ -114,7 +114,7 @@ def wait_until(pred: Callable[[], bool], timeout: float = 30.0, every: float = 0
 class Receiver:
     """The central's agent API, for real over HTTP on loopback (objects kept in memory)."""
 
-    def __init__(self, token: str = TOKEN) -> None:
+    def __init__(self, token: str = TOKEN, port: int = 0) -> None:
         self.token = token
         self.objects: dict[str, bytes] = {}
         self.puts = 0
@@ -180,7 +180,7 @@ class Receiver:
                         receiver.events.extend(doc["events"])
                 self._reply(200, {"ok": True, "server_time": time.time()})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

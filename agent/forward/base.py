@@ -46,6 +46,9 @@ class Forwarder(abc.ABC):
                 results.append(exc)
         return results
 
+    def idle(self) -> None:  # noqa: B027 - optional hook
+        """Nothing to send for now: drop connections a peer may need for someone else."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

@@ -76,6 +76,10 @@ class CStoreForwarder(Forwarder):
         raise DeliveryError(f"c-store: status {int(code):04X}",
                             permanent=not _transient(int(code)))
 
+    def idle(self) -> None:
+        # Many SCPs (dcmtk storescp, older PACS) serve one association at a time.
+        self.close()
+
     def close(self) -> None:
         if self.assoc is not None:
             try:

@@ -1,0 +1,185 @@
+"""Fault tests: kill -9 during a burst, destination down then back, slow writer, full disk."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+import cipher
+from cipher import keys
+from tests.peers import OrthancPeer, free_port
+from tests.test_agent_helpers import (
+    TOKEN,
+    Receiver,
+    ct_slice,
+    drop,
+    running,
+    wait_until,
+    write_config,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def keypair() -> tuple[str, str]:
+    return keys.generate_identity()
+
+
+def decrypt(data: bytes, identity: str) -> bytes:
+    out = io.BytesIO()
+    cipher.unprotect(io.BytesIO(data), out, [identity])
+    return out.getvalue()
+
+
+def journal_states(path: Path) -> dict[str, int]:
+    if not path.exists():
+        return {}
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            return dict(db.execute("SELECT state, COUNT(*) FROM items GROUP BY state"))
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return {}
+
+
+def start_agent(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "scanfort", "agent", "run", "--config", str(config_path)],
+            cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.slow
+@pytest.mark.peer
+def test_kill_9_during_burst_loses_nothing(tmp_path: Path, keypair, orthanc: OrthancPeer) -> None:
+    identity, recipient = keypair
+    orthanc.clear()
+    config = write_config(tmp_path, [recipient],
+                          {"pacs": {"kind": "dicomweb", "url": orthanc.dicomweb_url}},
+                          folder={"after_ack": "delete"}, settle_seconds=0.2)
+    assert config.source is not None
+    inbox = config.folders[0].path
+    scans = {f"burst{i:03d}.dcm": ct_slice(seed=1000 + i) for i in range(200)}
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    log = tmp_path / "agent-run.log"
+
+    def writer() -> None:
+        for name, data in scans.items():
+            drop(inbox / name, data)
+            time.sleep(0.01)
+
+    proc = start_agent(config.source, log)
+    t = threading.Thread(target=writer)
+    t.start()
+    kills = 0
+    try:
+        for _ in range(4):  # kill at random moments, during and after the burst
+            time.sleep(rng.uniform(0.5, 2.5))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            proc = start_agent(config.source, log)
+        t.join()
+        wait_until(lambda: journal_states(config.journal_path).get("done") == len(scans),
+                   timeout=150, every=0.5)
+    finally:
+        t.join()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert kills == 4, f"seed {seed}"
+    assert journal_states(config.journal_path) == {"done": len(scans)}, f"seed {seed}"
+    assert list(inbox.iterdir()) == []  # plaintext deleted, but only after the ack
+    instances = orthanc.instances()
+    assert len(instances) == len(scans), f"seed {seed}"  # exactly once each
+    for data in scans.values():
+        uid = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+        oid = orthanc.find_instance(uid)
+        assert oid is not None, f"seed {seed}: missing instance"
+        restored = pydicom.dcmread(io.BytesIO(decrypt(orthanc.instance_file(oid), identity)))
+        original = pydicom.dcmread(io.BytesIO(data))
+        assert restored.PixelData == original.PixelData
+        assert restored.PatientID == original.PatientID
+
+
+def test_destination_down_then_back(tmp_path: Path, keypair) -> None:
+    identity, recipient = keypair
+    port = free_port()
+    config = write_config(
+        tmp_path, [recipient], {"central": {"kind": "central"}},
+        central={"url": f"http://127.0.0.1:{port}", "token": TOKEN, "heartbeat_seconds": 1})
+    inbox = config.folders[0].path
+    payloads = {f"f{i}.raw": os.urandom(3000 + i) for i in range(10)}
+    with running(config) as agent:
+        for name, data in payloads.items():
+            drop(inbox / name, data)
+        wait_until(lambda: agent.journal.counters().get("retries", 0) >= 10)
+        assert agent.journal.state_counts() == {"protected": 10}
+        with Receiver(port=port) as rx:  # the central comes back
+            wait_until(lambda: agent.journal.state_counts().get("done") == 10)
+            # heartbeats and events buffered during the outage arrive too
+            wait_until(lambda: any(e["kind"] == "started" for e in rx.events))
+            assert rx.heartbeats
+    assert sorted(decrypt(o, identity) for o in rx.objects.values()) == sorted(payloads.values())
+
+
+def test_slow_writer_is_processed_once_and_complete(tmp_path: Path, keypair) -> None:
+    identity, recipient = keypair
+    with Receiver() as rx:
+        config = write_config(tmp_path, [recipient], {"central": {"kind": "central"}},
+                              central={"url": rx.url, "token": TOKEN}, settle_seconds=1.0)
+        data = ct_slice(128, 128, seed=5)
+        pieces = [data[i:i + len(data) // 6 + 1] for i in range(0, len(data), len(data) // 6 + 1)]
+        with running(config) as agent:
+            with open(config.folders[0].path / "slow.dcm", "wb") as fh:
+                for piece in pieces:  # no .partial name: the settle time must do the work
+                    fh.write(piece)
+                    fh.flush()
+                    time.sleep(0.6)
+            wait_until(lambda: agent.journal.state_counts().get("done") == 1)
+            time.sleep(1.5)
+            counts = agent.journal.state_counts()
+        assert counts == {"done": 1}
+        assert [decrypt(o, identity) for o in rx.objects.values()] == [data]
+
+
+def test_disk_below_watermark_pauses_intake(tmp_path: Path, keypair) -> None:
+    identity, recipient = keypair
+    free = {"bytes": 500_000}  # below the 1 MB low watermark
+    outbox = tmp_path / "outbox"
+    config = write_config(tmp_path, [recipient], {"share": {"kind": "folder", "path": str(outbox)}})
+    inbox = config.folders[0].path
+    payloads = {f"w{i}.raw": os.urandom(1000) for i in range(5)}
+    with running(config, disk_free=lambda _: free["bytes"]) as agent:
+        for name, data in payloads.items():
+            drop(inbox / name, data)
+        time.sleep(2.0)
+        assert agent.journal.state_counts() == {}  # nothing taken
+        assert all((inbox / n).exists() for n in payloads)
+        wait_until(lambda: '"intake_paused": true' in
+                   (config.spool_dir / "status.json").read_text())
+        free["bytes"] = 1_500_000  # between the watermarks: still paused (hysteresis)
+        time.sleep(1.0)
+        assert agent.journal.state_counts() == {}
+        free["bytes"] = 10_000_000
+        wait_until(lambda: agent.journal.state_counts().get("done") == 5)
+    for name, data in payloads.items():
+        assert decrypt((outbox / (name + ".age")).read_bytes(), identity) == data
