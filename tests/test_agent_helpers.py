@@ -120,6 +120,7 @@ class Receiver:
         self.puts = 0
         self.heartbeats: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
+        self.recipients: list[str] = []  # what enrollment hands out
         self.fail_with: int | None = None  # answer every request with this status
         self.ack_times: dict[str, float] = {}
         self.lock = threading.Lock()
@@ -170,6 +171,15 @@ class Receiver:
                             {"sha256": sha, "size": len(self._data), "created": created})
 
             def do_POST(self) -> None:
+                if self.path == "/api/v1/enroll":
+                    self._data = self._body()
+                    if self.headers.get("Authorization") != "Bearer enroll-once":
+                        self._reply(401, {"error": "bad enrollment token"})
+                        return
+                    self._reply(200, {"agent_id": "agent-1", "agent_token": receiver.token,
+                                      "recipients": receiver.recipients,
+                                      "heartbeat_interval_s": 15.0})
+                    return
                 if not self._check():
                     return
                 doc = json.loads(self._data)
