@@ -122,12 +122,18 @@ def test_windows_binary_path_quotes_spaces() -> None:
 def test_windows_install_plan() -> None:
     steps = windows.install_plan("C:\\Program Files\\ScanFort\\scanfort.exe",
                                  "C:\\ProgramData\\scanfort\\agent.toml",
-                                 "C:\\Program Files\\ScanFort\\_internal\\servicemanager.pyd")
+                                 "C:\\Program Files\\ScanFort\\_internal\\servicemanager.pyd",
+                                 ["D:\\CT\\export", "C:\\ProgramData\\scanfort"])
     argvs = [s.argv for s in steps if isinstance(s, Command)]
     create = argvs[0]
     assert create[:3] == ("sc.exe", "create", "ScanFort")
     assert create[create.index("binPath=") + 1].startswith('"C:\\Program Files\\ScanFort\\')
     assert create[create.index("start=") + 1] == "delayed-auto"
+    assert create[create.index("obj=") + 1] == "NT SERVICE\\ScanFort"  # virtual account
+    grants = [a for a in argvs if a[0] == "icacls.exe"]
+    # The data folder once (listed twice), then the watched folder.
+    assert [g[1] for g in grants] == ["C:\\ProgramData\\scanfort", "D:\\CT\\export"]
+    assert all(g[3] == "NT SERVICE\\ScanFort:(OI)(CI)M" for g in grants)
     failure = next(a for a in argvs if a[1] == "failure")
     assert failure[failure.index("actions=") + 1].startswith("restart/")
     assert ("sc.exe", "failureflag", "ScanFort", "1") in argvs

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.oshost import linux
+from agent.oshost.paths import writable_paths
 from agent.oshost.unit import UnitSpec, exec_line, normalize_paths, protect_home, render_unit
 
 
@@ -140,7 +141,7 @@ destinations = ["share"]
 """
     )
     config = load_config(cfg)
-    paths = linux.writable_paths(config)
+    paths = writable_paths(config)
     assert sorted(paths) == sorted([
         "/var/lib/scanfort/spool", "/var/log/scanfort", "/srv/ct", "/srv/ct-done",
         "/home/mr/out", "/mnt/pacs-share",

@@ -17,6 +17,7 @@ from agent.errors import ConfigError
 from agent.oshost import linux, windows
 from agent.oshost.errors import ServiceError
 from agent.oshost.host import EXIT_CONFIG, run_systemd_host
+from agent.oshost.paths import writable_paths
 from agent.oshost.steps import RunCommand, Step, execute, run_command
 from agent.oshost.unit import DEFAULT_USER, render_unit
 
@@ -61,9 +62,11 @@ def plan(args: argparse.Namespace, platform: str = sys.platform) -> list[Step]:
         if action == "install":
             from agent.oshost import winservice
 
+            path = _config_path(args)
             exe = sys.executable  # the frozen scanfort.exe in an installed bundle
             return windows.install_plan(
-                exe, str(_config_path(args)), winservice.message_file(), start=not args.no_start
+                exe, str(path), winservice.message_file(),
+                writable_paths(_load(path)), start=not args.no_start,
             )
         return {
             "uninstall": windows.uninstall_plan,
@@ -74,7 +77,7 @@ def plan(args: argparse.Namespace, platform: str = sys.platform) -> list[Step]:
     if action == "install":
         path = _config_path(args)
         config = _load(path)
-        spec = linux.unit_spec(path, linux.writable_paths(config), user=args.user)
+        spec = linux.unit_spec(path, writable_paths(config), user=args.user)
         return linux.install_plan(spec, start=not args.no_start)
     return {
         "uninstall": linux.uninstall_plan,
@@ -124,7 +127,7 @@ def cmd_unit(args: argparse.Namespace) -> int:
     paths: list[str] = list(args.read_write or [])
     if not args.no_load:
         try:
-            paths += linux.writable_paths(_load(path))
+            paths += writable_paths(_load(path))
         except ConfigError as exc:
             _report_config_error(exc, path)
             return 1

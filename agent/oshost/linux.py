@@ -13,7 +13,6 @@ import pwd
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 from agent.oshost.steps import Command, RemoveFile, Step, WriteFile
 from agent.oshost.unit import DEFAULT_USER, UNIT_NAME, UnitSpec, render_unit
@@ -33,24 +32,6 @@ def scanfort_argv() -> list[str]:
 def host_argv(config_path: Path, executable: Sequence[str] | None = None) -> list[str]:
     """The service's command line (ExecStart)."""
     return [*(executable or scanfort_argv()), "service", "run-host", "--config", str(config_path)]
-
-
-def writable_paths(config: Any) -> list[str]:
-    """Every path in an ``AgentConfig`` the agent writes to (becomes ReadWritePaths).
-
-    Watched folders (plaintext is moved or deleted once acknowledged, and partial-file
-    checks open them), their ``move_to`` folders, ``folder`` destinations, the spool and
-    the log directory.
-    """
-    paths: list[Path] = [config.spool_dir, config.log_dir]
-    for folder in config.folders:
-        paths.append(folder.path)
-        if folder.move_to is not None:
-            paths.append(folder.move_to)
-    for dest in config.destinations:
-        if dest.kind == "folder" and dest.path is not None:
-            paths.append(dest.path)
-    return [str(p) for p in paths]
 
 
 def unit_spec(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ntpath
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.oshost.steps import Command, Step
@@ -28,6 +28,7 @@ FAILURE_RESET_SECONDS = 86_400
 FAILURE_ACTIONS = "restart/5000/restart/5000/restart/60000"
 # The SCM gives a service this long between STOP_PENDING and STOPPED (issue: within 10 s).
 STOP_WAIT_HINT_MS = 10_000
+SERVICE_ACCOUNT = f"NT SERVICE\\{SERVICE_NAME}"  # a virtual service account
 EVENTLOG_KEY = "HKLM\\SYSTEM\\CurrentControlSet\\Services\\EventLog\\Application\\" + SERVICE_NAME
 
 
@@ -81,16 +82,35 @@ def _sc(*args: str, check: bool = True, passthrough: bool = False) -> Command:
     return Command(("sc.exe", *args), check=check, passthrough=passthrough)
 
 
-def install_plan(exe: str, config_path: str, message_file: str, *, start: bool = True) -> list[Step]:
-    """Register the service, its recovery actions and its Event Log source.
+def grant_command(path: str) -> Command:
+    """Modify rights for the service account on ``path`` and everything below it."""
+    return Command(("icacls.exe", path, "/grant", f"{SERVICE_ACCOUNT}:(OI)(CI)M", "/T", "/Q"))
+
+
+def install_plan(
+    exe: str,
+    config_path: str,
+    message_file: str,
+    writable_paths: Sequence[str] = (),
+    *,
+    start: bool = True,
+) -> list[Step]:
+    """Register the service, its recovery actions, its Event Log source and its rights.
+
+    The service runs as its own virtual account (``NT SERVICE\\ScanFort``, no password,
+    no logon rights), the Windows counterpart of the dedicated system user on Linux; it
+    is granted write access to exactly the folders the config names (the data folder
+    with spool and logs, the watched folders, ``folder`` destinations).
 
     ``message_file`` is pywin32's ``servicemanager`` module inside the bundle: it holds the
     message table the Event Viewer needs to render our entries.
     """
+    data_dir = ntpath.dirname(config_path)
+    grants = [grant_command(p) for p in dict.fromkeys([data_dir, *writable_paths])]
     steps: list[Step] = [
         # sc.exe wants "key=" and the value as two separate arguments.
         _sc("create", SERVICE_NAME, "binPath=", binary_path(exe, config_path),
-            "start=", "delayed-auto", "DisplayName=", DISPLAY_NAME),
+            "start=", "delayed-auto", "obj=", SERVICE_ACCOUNT, "DisplayName=", DISPLAY_NAME),
         _sc("description", SERVICE_NAME, DESCRIPTION),
         _sc("failure", SERVICE_NAME, "reset=", str(FAILURE_RESET_SECONDS),
             "actions=", FAILURE_ACTIONS),
@@ -101,6 +121,7 @@ def install_plan(exe: str, config_path: str, message_file: str, *, start: bool =
                  "REG_EXPAND_SZ", "/d", message_file, "/f")),
         Command(("reg.exe", "add", EVENTLOG_KEY, "/v", "TypesSupported", "/t",
                  "REG_DWORD", "/d", "7", "/f")),
+        *grants,
     ]
     if start:
         steps.append(_sc("start", SERVICE_NAME))
