@@ -284,3 +284,49 @@ def test_reporter_sends_stopping_once(notify_socket: NotifySocket) -> None:
     reporter.stopping()
     reporter.stopping()
     assert len(notify_socket.receive_all()) == 1
+
+
+def test_service_run_host_hosts_the_real_agent_loop(
+    notify_socket: NotifySocket, tmp_path: Path
+) -> None:
+    """`scanfort service run-host` with the real agent.runner: READY, a scan delivered,
+    SIGTERM → STOPPING and exit 0 (the frozen variant is in test_installer.py)."""
+    from cipher import keys
+
+    _, recipient = keys.generate_identity()
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    outbox.mkdir()
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        f'recipients = ["{recipient}"]\n'
+        f'spool_dir = "{tmp_path}/spool"\nlog_dir = "{tmp_path}/logs"\n'
+        "settle_seconds = 0.3\nreconcile_seconds = 1\n"
+        f'[destinations.out]\nkind = "folder"\npath = "{outbox}"\n'
+        f'[[folders]]\npath = "{inbox}"\ndestinations = ["out"]\n'
+    )
+    env = dict(os.environ, NOTIFY_SOCKET=notify_socket.env_value, WATCHDOG_USEC="2000000",
+               PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scanfort", "service", "run-host", "--config", str(cfg)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert notify_socket.receive(timeout=120)[0] == "READY=1"
+        (inbox / "a.bin").write_bytes(os.urandom(10_000))
+        target = outbox / "a.bin.age"
+        for _ in range(600):
+            if target.exists():
+                break
+            threading.Event().wait(0.1)
+        assert target.exists(), "the scan was not delivered within 60 s"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    messages = notify_socket.receive_all()
+    assert ["WATCHDOG=1"] in messages
+    assert messages[-1][0] == "STOPPING=1"
