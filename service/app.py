@@ -68,7 +68,7 @@ def create_app(
             "upload of protected (encrypted) objects. Agent endpoints take a bearer token."
         ),
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # Swagger UI would load scripts from a CDN; the schema is at /openapi.json
         redoc_url=None,
     )
     app.state.scanfort = ctx
