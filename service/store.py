@@ -461,12 +461,14 @@ class Store:
             }
             for e in events
         ]
-        stmt = self._insert(tables.events).on_conflict_do_nothing(
-            index_elements=["agent_id", "event_id"]
+        stmt = (
+            self._insert(tables.events)
+            .on_conflict_do_nothing(index_elements=["agent_id", "event_id"])
+            .returning(tables.events.c.id)
         )
         with self._write() as conn:
-            result = conn.execute(stmt, rows)
-        return max(0, int(result.rowcount)) if result.rowcount is not None else len(rows)
+            # RETURNING lists only inserted rows (driver rowcounts differ for executemany)
+            return len(conn.execute(stmt, rows).all())
 
     def record_object(self, sha256: str, size: int, agent_id: str) -> bool:
         """Remember a stored object; False if it was already known."""

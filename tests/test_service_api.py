@@ -425,6 +425,7 @@ def test_events_are_deduplicated_and_feed_the_hourly_chart(client, store, clock)
     for _ in range(2):  # a resent batch adds nothing
         r = client.post("/api/v1/events", json=batch, headers=bearer(a.agent_token))
         assert r.status_code == 200, r.text
+    assert "scanfort_events_total 5\n" in client.get("/metrics").text  # counted once
     recent = store.recent_events(a.agent_id)
     assert len(recent) == 5 and recent[0].kind == "quarantined"
     times = store.event_times(a.agent_id, "protected", clock.now - 86400)
