@@ -586,3 +586,119 @@ def test_heartbeat_round_trip_keeps_the_reported_status(client, store):
     assert row is not None and row.status is not None
     assert row.status["watcher"] == {"overflows": 1} and row.status["free_disk_bytes"] == 10**12
     assert to_dict(Ack()) == {"ok": True, "server_time": None}
+
+
+@pytest.mark.peer
+def test_two_central_processes_share_one_postgresql(postgres_server, tmp_path):
+    """`central init --db` once, then two `central run` processes serve the same fleet."""
+    import subprocess
+    import sys
+
+    import requests
+
+    from scanfort.cli import main
+
+    url = _new_pg_database(postgres_server)
+    data = tmp_path / "shared"
+    password_file = tmp_path / "pw"
+    password_file.write_text("two-process-password")
+    assert (
+        main(
+            [
+                "central",
+                "init",
+                "--data-dir",
+                str(data),
+                "--db",
+                url,
+                "--json",
+                "--admin-password-file",
+                str(password_file),
+            ]
+        )
+        == 0
+    )
+    assert not (data / "central.sqlite3").exists()
+    store = Store(Settings(data_dir=data, db_url=url).database_url)
+    tokens = [store.mint_enrollment_token(600)[1] for _ in range(2)]
+    ports = [_free_port(), _free_port()]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "scanfort",
+                "central",
+                "run",
+                "--data-dir",
+                str(data),
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for port in ports
+    ]
+    bases = [f"http://127.0.0.1:{port}" for port in ports]
+    try:
+        for base, proc in zip(bases, procs, strict=True):
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                assert proc.poll() is None and time.monotonic() < deadline, "central did not start"
+                time.sleep(0.2)
+        agents = []
+        for i, (base, token) in enumerate(zip(bases, tokens, strict=True)):
+            r = requests.post(
+                f"{base}/api/v1/enroll",
+                headers=bearer(token),
+                timeout=5,
+                json={"host": f"pg-host-{i}", "os": "Linux", "version": "1"},
+            )
+            assert r.status_code == 200, r.text
+            agents.append(r.json())
+        # each agent reports to the *other* process; both processes see both agents
+        for agent, base in zip(agents, reversed(bases), strict=True):
+            r = requests.post(
+                f"{base}/api/v1/heartbeat",
+                headers=bearer(agent["agent_token"]),
+                json=heartbeat(agent["agent_id"]),
+                timeout=5,
+            )
+            assert r.status_code == 200, r.text
+        for base in bases:
+            text = requests.get(f"{base}/metrics", timeout=5).text
+            assert 'scanfort_agents{state="online"} 2' in text
+        # a session made by one process is honoured by the other
+        with requests.Session() as browser:
+            page = browser.get(f"{bases[0]}/login", timeout=5).text
+            csrf = page.split('name="csrf" value="')[1].split('"')[0]
+            r = browser.post(
+                f"{bases[0]}/login",
+                timeout=5,
+                allow_redirects=False,
+                data={
+                    "username": "admin",
+                    "password": "two-process-password",
+                    "csrf": csrf,
+                    "next": "/",
+                },
+            )
+            assert r.status_code == 303
+            other = browser.get(f"{bases[1]}/", timeout=5, allow_redirects=False)
+            assert other.status_code == 200
+            for agent in agents:
+                assert f'data-agent-id="{agent["agent_id"]}" data-state="online"' in other.text
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(15)
+        store.close()
