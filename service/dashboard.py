@@ -90,6 +90,8 @@ def _safe_next(value: str | None) -> str:
 
 @router.get("/login", response_class=HTMLResponse)
 async def login_page(request: Request, ctx: Ctx, next: str | None = None) -> Response:
+    if await _session(request, ctx) is not None:
+        return RedirectResponse(_safe_next(next), status_code=303)
     csrf = secrets.token_urlsafe(24)
     response = _render(
         request, "login.html", {"csrf": csrf, "next": _safe_next(next), "error": None}
