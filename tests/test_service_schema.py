@@ -7,6 +7,7 @@ and storage (schemathesis also checks that dropping the token is refused). The a
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ from service.settings import Settings
 from service.store import Store
 
 _DATA_DIR = Path(tempfile.mkdtemp(prefix="sf-schema-"))
+atexit.register(shutil.rmtree, _DATA_DIR, True)  # also when the module is collected but not run
 _SETTINGS = Settings(
     data_dir=_DATA_DIR,
     recipients=("age1siterecipient",),
