@@ -221,7 +221,9 @@ def start_orthanc(
     binary = require_binary("Orthanc", "orthanc")
     plugin = _find_dicomweb_plugin() if dicomweb else None
     if dicomweb and plugin is None:
-        reason = f"Orthanc DICOMweb plugin {_DICOMWEB_SO} not found (Debian package 'orthanc-dicomweb')"
+        reason = (
+            f"Orthanc DICOMweb plugin {_DICOMWEB_SO} not found (Debian package 'orthanc-dicomweb')"
+        )
         if in_ci():
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
