@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
@@ -105,6 +106,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     def _stop(signum: int, frame: Any) -> None:
         stop.set()
 
+    if hasattr(signal, "SIGUSR1"):  # thread dump on demand, for a stuck agent
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     stream = logging.StreamHandler(sys.stderr)

@@ -30,6 +30,7 @@ from agent.watch import Settled, Settler, Watcher, walk
 
 log = logging.getLogger(__name__)
 TICK_S = 1.0
+STUCK_S = 300.0  # one file protected for longer than this = unhealthy (service restarts it)
 
 
 class Agent:
@@ -59,6 +60,7 @@ class Agent:
         self.stop_event = threading.Event()
         self.threads: list[threading.Thread] = []
         self.intake_paused = False
+        self.busy_since: dict[str, float] = {}
 
     # -- discovery -------------------------------------------------------------------------
     def offer(self, path: str, folder: int, delay: float = 0.0,
@@ -105,6 +107,8 @@ class Agent:
             s = self.queue.get()
             if s is None:
                 return
+            me = threading.current_thread().name
+            self.busy_since[me] = time.monotonic()
             try:
                 outcome = self.pipeline.process(s)
                 if outcome.kind == "protected" and outcome.item_id is not None:
@@ -127,6 +131,7 @@ class Agent:
             except Exception:
                 log.exception("unexpected error protecting %s", self.journal.file_id(s.path))
             finally:
+                self.busy_since.pop(me, None)
                 with self._lock:
                     self.inflight.discard(s.path)
 
@@ -196,6 +201,13 @@ class Agent:
         self.reporter.write_status_file()
         healthy = alive == len(self.config.folders)
         healthy &= all(t.is_alive() for t in self.threads)
+        now = time.monotonic()
+        stuck = [name for name, since in list(self.busy_since.items()) if now - since > STUCK_S]
+        if stuck:
+            # Not ticking lets the OS-service watchdog restart the agent; the file is
+            # still "discovered" in the journal and is protected again after the restart.
+            log.error("protection stuck for more than %.0fs in %s", STUCK_S, stuck)
+            healthy = False
         return healthy and all(s.alive() for s in self.senders.values())
 
     def stop(self, timeout: float = 15.0) -> None:

@@ -1,0 +1,185 @@
+"""Edge agent benchmark (a benchmark, never a timed test): prints a table.
+
+1. Burst: 1000 synthetic CT slices (512×512, 16-bit) dropped into the watched folder at
+   once (renamed in from a staging dir) → time until the local receiver acknowledged all
+   of them, throughput, p50/p99 latency from settled to acknowledged, agent CPU seconds
+   and peak RSS.
+2. Idle: agent CPU over 60 s with nothing to do.
+3. Steady: 20 slices/s for 30 s → p50/p99 settled→acknowledged latency.
+
+The agent runs as its own process (``scanfort agent run``) so its CPU and RSS are measured
+alone; the receiver is the central's object-upload API on loopback, in this process.
+
+Usage: .venv/bin/python bench/bench_agent.py [--slices 1000] [--idle 60] [--steady 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from cipher import keys  # noqa: E402
+from tests.test_agent_helpers import TOKEN, Receiver, ct_slice, write_config  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def latencies(journal: Path) -> dict[int, float]:
+    """item id → seconds from settled to the last destination's acknowledgement."""
+    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = db.execute(
+            "SELECT i.id, MAX(d.done_at) - i.settled_at FROM items i JOIN deliveries d "
+            "ON d.item_id = i.id WHERE i.state = 'done' GROUP BY i.id").fetchall()
+    finally:
+        db.close()
+    return {int(i): float(lat) for i, lat in rows}
+
+
+def done_count(journal: Path) -> int:
+    try:
+        db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=10)
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM items WHERE state='done'").fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def wait_done(journal: Path, n: int, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done_count(journal) >= n:
+            return time.monotonic()
+        time.sleep(0.05)
+    raise RuntimeError(f"bench: only {done_count(journal)} of {n} acknowledged after {timeout}s")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--slices", type=int, default=1000)
+    ap.add_argument("--idle", type=float, default=60.0)
+    ap.add_argument("--steady", type=float, default=30.0)
+    ap.add_argument("--rate", type=float, default=20.0)
+    ap.add_argument("--timeout", type=float, default=600.0)
+    args = ap.parse_args()
+    _, recipient = keys.generate_identity()
+    rows: list[tuple[str, str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="scanfort-bench-") as d, Receiver() as rx:
+        tmp = Path(d)
+        config = write_config(
+            tmp, [recipient], {"central": {"kind": "central"}},
+            folder={"after_ack": "delete"}, settle_seconds=1.0, reconcile_seconds=60,
+            central={"url": rx.url, "token": TOKEN, "agent_id": "bench", "heartbeat_seconds": 30},
+            log_level="warning")
+        assert config.source is not None
+        inbox, staging = config.folders[0].path, tmp / "staging"
+        staging.mkdir()
+        print(f"generating {args.slices} slices…", file=sys.stderr)
+        total = 0
+        for i in range(args.slices):
+            data = ct_slice(512, 512, seed=i)
+            (staging / f"ct{i:05d}.dcm").write_bytes(data)
+            total += len(data)
+        log = open(tmp / "agent.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen([sys.executable, "-m", "scanfort", "agent", "run", "--config",
+                                 str(config.source)], cwd=REPO, stdout=log, stderr=log)
+        try:
+            time.sleep(3.0)  # start-up (imports, numba JIT warm-up happens on first file)
+            cpu0 = cpu_seconds(proc.pid)
+            t0 = time.monotonic()
+            for p in sorted(staging.iterdir()):
+                os.rename(p, inbox / p.name)
+            t_end = wait_done(config.journal_path, args.slices, args.timeout)
+            elapsed = t_end - t0
+            cpu_burst = cpu_seconds(proc.pid) - cpu0
+            lat = list(latencies(config.journal_path).values())
+            rows += [
+                ("burst: slices", f"{args.slices}", "512×512×16 bit"),
+                ("burst: MB (plaintext)", f"{total / 1e6:.0f}", ""),
+                ("burst: drop → all acknowledged", f"{elapsed:.2f} s", "includes 1 s settle"),
+                ("burst: throughput", f"{total / 1e6 / elapsed:.1f} MB/s", "target ≥ 100"),
+                ("burst: settled → ack p50", f"{pct(lat, 0.5) * 1000:.0f} ms", ""),
+                ("burst: settled → ack p99", f"{pct(lat, 0.99) * 1000:.0f} ms", ""),
+                ("burst: agent CPU", f"{cpu_burst:.1f} s", f"{cpu_burst / elapsed:.2f} cores"),
+                ("burst: agent peak RSS", f"{peak_rss_mb(proc.pid):.0f} MB", "target < 150"),
+                ("receiver: objects", f"{len(rx.objects)}", f"{rx.puts} PUTs"),
+            ]
+            if args.idle > 0:
+                time.sleep(2.0)
+                c0 = cpu_seconds(proc.pid)
+                time.sleep(args.idle)
+                idle = (cpu_seconds(proc.pid) - c0) / args.idle * 100
+                rows.append((f"idle: agent CPU over {args.idle:.0f} s", f"{idle:.2f} % of a core",
+                             "target < 1 %"))
+            if args.steady > 0:
+                n = int(args.steady * args.rate)
+                before = set(latencies(config.journal_path))
+                data = [ct_slice(512, 512, seed=100_000 + i) for i in range(n)]
+                start = time.monotonic()
+                for i, blob in enumerate(data):
+                    (staging / f"s{i:05d}.dcm").write_bytes(blob)
+                    delay = start + i / args.rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    os.rename(staging / f"s{i:05d}.dcm", inbox / f"s{i:05d}.dcm")
+                wait_done(config.journal_path, args.slices + n, args.timeout)
+                lat2 = [v for k, v in latencies(config.journal_path).items() if k not in before]
+                rows += [
+                    (f"steady {args.rate:.0f}/s: slices", f"{len(lat2)}", ""),
+                    (f"steady {args.rate:.0f}/s: settled → ack p50",
+                     f"{pct(lat2, 0.5) * 1000:.0f} ms", ""),
+                    (f"steady {args.rate:.0f}/s: settled → ack p99",
+                     f"{pct(lat2, 0.99) * 1000:.0f} ms", "target < 1000"),
+                    ("agent peak RSS (whole run)", f"{peak_rss_mb(proc.pid):.0f} MB", ""),
+                ]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+            if proc.returncode not in (0, -signal.SIGTERM):
+                sys.stderr.write((tmp / "agent.log").read_text()[-3000:])
+    width = max(len(r[0]) for r in rows)
+    vwidth = max(len(r[1]) for r in rows)
+    print(f"| {'measure':<{width}} | {'value':>{vwidth}} | note |")
+    print(f"|{'-' * (width + 2)}|{'-' * (vwidth + 2)}|------|")
+    for name, value, note in rows:
+        print(f"| {name:<{width}} | {value:>{vwidth}} | {note} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
