@@ -233,7 +233,12 @@ async def agent_page(request: Request, agent_id: str, ctx: Ctx) -> Response:
     return _render(
         request,
         "agent.html",
-        {**data, "session": session, "refresh_url": f"/partials/agents/{quote(agent_id)}"},
+        {
+            **data,
+            "session": session,
+            "refresh_url": f"/partials/agents/{quote(agent_id)}",
+            "refresh_s": ctx.settings.refresh_interval_s,
+        },
     )
 
 
