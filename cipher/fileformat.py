@@ -210,7 +210,6 @@ def inspect_file(src: BinaryIO) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "format_version_source": "envelope (the payload header version is read by decrypt)",
         "recipients": header.x25519_recipients,
-        "stanza_types": sorted(set(header.stanza_types) - {""}),
         "file_bytes": total,
         "age_header_bytes": header.length,
         "content_bytes": max(plaintext - HEADER_SIZE, 0),

@@ -1,0 +1,494 @@
+"""``scanfort keygen | encrypt | decrypt | inspect``: protected scans from the command line.
+
+Inputs are files or directories (walked recursively; relative paths are kept under
+``-o OUTDIR``). Every output is written atomically (temporary file in the destination
+directory, fsync, rename), so there is never a partial output, and an input is never
+overwritten. One failing input does not stop the others; exit code 1 then, with a
+summary. Usage errors (bad recipient, unreadable identity file, …) exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
+
+import cipher
+from cipher import keys
+from cipher.errors import (
+    AuthenticationError,
+    CipherError,
+    FormatError,
+    InvalidIdentityError,
+    InvalidRecipientError,
+    NoIdentityMatchError,
+    NotDicomError,
+)
+
+__all__ = ["register"]
+
+AGE_SUFFIX = ".age"
+MODES = ("auto", "file", "dicom")
+
+# One hint per kind of failure, printed once per run after its first error.
+_HINTS: dict[type[BaseException], str] = {
+    NoIdentityMatchError: "decrypt with the identity (-i FILE) of one of the recipients the "
+    "file was encrypted to; a damaged recipient stanza looks the same",
+    AuthenticationError: "nothing was written for this file; get an intact copy from its source",
+    NotDicomError: "use --mode auto (file mode for non-DICOM input) or --mode file",
+    FormatError: "scanfort decrypt and inspect take files written by scanfort encrypt",
+    OSError: "check that the path exists and is readable, and that OUTDIR is writable",
+}
+
+
+class UsageError(Exception):
+    """A problem with the command line itself (exit code 2)."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+# --------------------------------------------------------------------------- output helpers
+
+
+def _error(message: str, hint: str | None = None, stream: TextIO | None = None) -> None:
+    out = stream or sys.stderr
+    out.write(f"scanfort: error: {message}\n")
+    if hint:
+        out.write(f"scanfort: hint: {hint}\n")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return (exc.strerror or str(exc)).lower()
+    return str(exc)
+
+
+@dataclass
+class _Report:
+    """Counts, per-file errors (with each hint once) and the final summary."""
+
+    verb: str
+    ok: int = 0
+    failed: int = 0
+    modes: dict[str, int] = field(default_factory=dict)
+    _hinted: set[type[BaseException]] = field(default_factory=set)
+
+    def success(self, mode: str) -> None:
+        self.ok += 1
+        self.modes[mode] = self.modes.get(mode, 0) + 1
+
+    def failure(self, path: Path, exc: BaseException) -> None:
+        self.failed += 1
+        hint = None
+        for kind, text in _HINTS.items():
+            if isinstance(exc, kind):
+                if kind not in self._hinted:
+                    self._hinted.add(kind)
+                    hint = text
+                break
+        _error(f"{path}: {_describe(exc)}", hint)
+
+    def summary(self, stream: TextIO) -> None:
+        detail = ", ".join(f"{n} {mode} mode" for mode, n in sorted(self.modes.items()))
+        line = f"scanfort: {self.verb} {self.ok} file{'s' if self.ok != 1 else ''}"
+        if detail:
+            line += f" ({detail})"
+        if self.failed:
+            line += f", {self.failed} failed"
+        stream.write(line + "\n")
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+class _Progress:
+    """A one-line progress bar on a terminal's stderr, for runs of several files."""
+
+    WIDTH = 30
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total = total
+        self.done = 0
+        self.stream = stream
+        self.enabled = total > 1 and stream.isatty()
+
+    def step(self) -> None:
+        self.done += 1
+        if self.enabled:
+            filled = self.WIDTH * self.done // self.total
+            bar = "#" * filled + "." * (self.WIDTH - filled)
+            self.stream.write(f"\r[{bar}] {self.done}/{self.total}")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\r" + " " * (self.WIDTH + 24) + "\r")
+            self.stream.flush()
+
+
+@contextlib.contextmanager
+def _atomic_output(target: Path) -> Iterator[BinaryIO]:
+    """Write ``target`` through a temporary file in its directory: fsync, rename, fsync dir.
+
+    On any exception the temporary file is removed and ``target`` is left untouched.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _walk(inputs: Sequence[str], outdir: Path) -> Iterator[tuple[Path, Path]]:
+    """Yield ``(path, relative output path)`` for every file of ``inputs``, sorted.
+
+    A directory contributes its files recursively, relative to itself; a file its name.
+    Files under ``outdir`` are skipped (an output directory inside an input one).
+    """
+    out_resolved = outdir.resolve()
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                root_path = Path(root)
+                if root_path.resolve().is_relative_to(out_resolved):
+                    dirs[:] = []
+                    continue
+                dirs.sort()
+                for name in sorted(files):
+                    child = root_path / name
+                    yield child, child.relative_to(path)
+        else:
+            yield path, Path(path.name)
+
+
+def _collect(inputs: Sequence[str], outdir: Path) -> list[tuple[Path, Path]]:
+    found = list(_walk(inputs, outdir))
+    if not found:
+        raise UsageError("no input files", "give files or directories that contain files")
+    return found
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_outdir(outdir: Path) -> None:
+    if outdir.exists() and not outdir.is_dir():
+        raise UsageError(f"output directory is a file: {outdir}", "-o takes a directory")
+
+
+def _guard_target(source: Path, target: Path) -> None:
+    if _same_file(source, target):
+        raise OSError(17, f"output would overwrite the input {target}")
+
+
+# --------------------------------------------------------------------------- keygen
+
+
+def _identity_text(identity: str, recipient: str) -> str:
+    created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    return f"# created: {created}\n# public key: {recipient}\n{identity}\n"
+
+
+def _write_new_private(path: Path, text: str) -> None:
+    """Create ``path`` (mode 0600) atomically; refuse if it exists (no overwrite, ever)."""
+    if path.exists() or path.is_symlink():
+        raise UsageError(
+            f"{path} already exists", "choose another file; keys are never overwritten"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp_name, path)  # fails if path appeared meanwhile: never overwrites
+        except FileExistsError:
+            raise UsageError(f"{path} already exists", "choose another file") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+
+
+def _read_identities(files: Sequence[str]) -> list[str]:
+    identities: list[str] = []
+    for name in files:
+        try:
+            text = Path(name).read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read identity file {name}: {_describe(exc)}") from None
+        try:
+            identities.extend(keys.parse_identities(text))
+        except InvalidIdentityError as exc:
+            raise UsageError(
+                f"{name}: {exc}",
+                "an identity file holds AGE-SECRET-KEY-1… lines (age-keygen format)",
+            ) from None
+    return identities
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    try:
+        if args.convert:
+            identities = _read_identities([args.convert])
+            for identity in identities:
+                sys.stdout.write(keys.recipient_of(identity) + "\n")
+            return 0
+        identity, recipient = keys.generate_identity()
+        if args.output:
+            _write_new_private(Path(args.output), _identity_text(identity, recipient))
+            sys.stdout.write(recipient + "\n")
+        else:
+            sys.stdout.write(_identity_text(identity, recipient))
+            sys.stderr.write(f"public key: {recipient}\n")
+        return 0
+    except UsageError as exc:
+        _error(str(exc), exc.hint)
+        return 2
+    except OSError as exc:
+        _error(_describe(exc), _HINTS[OSError])
+        return 1
+
+
+# --------------------------------------------------------------------------- encrypt
+
+
+def _recipients(args: argparse.Namespace) -> list[str]:
+    found = list(args.recipient or [])
+    for name in args.recipients_file or []:
+        try:
+            lines = Path(name).read_text().splitlines()
+        except OSError as exc:
+            raise UsageError(f"cannot read recipients file {name}: {_describe(exc)}") from None
+        found += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not found:
+        raise UsageError("no recipient", "give -r age1… (the site's public key) or -R FILE")
+    try:
+        keys.parse_recipients(found)
+    except InvalidRecipientError as exc:
+        raise UsageError(
+            str(exc), "recipients look like age1… (scanfort keygen -y IDENTITY)"
+        ) from None
+    return found
+
+
+def _encrypt_one(
+    path: Path,
+    target_rel: Path,
+    outdir: Path,
+    recipients: list[str],
+    mode: str,
+    policy: cipher.DicomPolicy,
+) -> str:
+    with open(path, "rb") as src:
+        chosen = mode
+        if mode == "auto":
+            chosen = cipher.DICOM_MODE if cipher.is_dicom_with_pixels(src) else cipher.FILE_MODE
+        rel = (
+            target_rel
+            if chosen == cipher.DICOM_MODE
+            else target_rel.with_name(target_rel.name + AGE_SUFFIX)
+        )
+        target = outdir / rel
+        _guard_target(path, target)
+        with _atomic_output(target) as dst:
+            cipher.protect(src, dst, recipients, mode=chosen, policy=policy)
+    return chosen
+
+
+def _cmd_encrypt(args: argparse.Namespace) -> int:
+    try:
+        recipients = _recipients(args)
+        outdir = Path(args.output)
+        _check_outdir(outdir)
+        items = _collect(args.inputs, outdir)
+    except UsageError as exc:
+        _error(str(exc), exc.hint)
+        return 2
+    policy = cipher.DicomPolicy(keep_uids=not args.replace_uids)
+    return _run(
+        items,
+        "encrypted",
+        lambda p, rel: _encrypt_one(p, rel, outdir, recipients, args.mode, policy),
+    )
+
+
+def _run(items: list[tuple[Path, Path]], verb: str, one: Callable[[Path, Path], str]) -> int:
+    report = _Report(verb)
+    progress = _Progress(len(items), sys.stderr)
+    for path, rel in items:
+        try:
+            report.success(one(path, rel))
+        except (CipherError, OSError) as exc:
+            progress.close()
+            report.failure(path, exc)
+        progress.step()
+    progress.close()
+    report.summary(sys.stderr)
+    return report.exit_code
+
+
+# --------------------------------------------------------------------------- decrypt
+
+
+def _decrypt_one(path: Path, target_rel: Path, outdir: Path, identities: list[str]) -> str:
+    with open(path, "rb") as src:
+        mode = cipher.detect_mode(src)
+        rel = target_rel
+        if mode == cipher.FILE_MODE and rel.suffix == AGE_SUFFIX:
+            rel = rel.with_name(rel.name[: -len(AGE_SUFFIX)])
+        target = outdir / rel
+        _guard_target(path, target)
+        with _atomic_output(target) as dst:
+            cipher.unprotect(src, dst, identities)
+    return mode
+
+
+def _cmd_decrypt(args: argparse.Namespace) -> int:
+    try:
+        identities = _read_identities(args.identity)
+        outdir = Path(args.output)
+        _check_outdir(outdir)
+        items = _collect(args.inputs, outdir)
+    except UsageError as exc:
+        _error(str(exc), exc.hint)
+        return 2
+    return _run(items, "decrypted", lambda p, rel: _decrypt_one(p, rel, outdir, identities))
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def _format_text(path: str, info: dict[str, Any]) -> str:
+    lines = [f"{path}:"]
+    for key, value in info.items():
+        if isinstance(value, dict):
+            lines.append(f"  {key}:")
+            lines += [f"    {k}: {v}" for k, v in value.items()]
+        elif isinstance(value, list):
+            lines.append(f"  {key}: {', '.join(str(v) for v in value) or '-'}")
+        else:
+            lines.append(f"  {key}: {value}")
+    return "\n".join(lines) + "\n"
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    results: dict[str, Any] = {}
+    report = _Report("inspected")
+    for name in args.files:
+        try:
+            with open(name, "rb") as src:
+                info = cipher.inspect(src)
+        except (CipherError, OSError) as exc:
+            report.failure(Path(name), exc)
+            continue
+        report.success(str(info.get("mode")))
+        results[name] = info
+        if not args.json:
+            sys.stdout.write(_format_text(name, info))
+    if args.json:
+        payload: Any = results[args.files[0]] if len(args.files) == 1 and results else results
+        sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return report.exit_code
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def register(subparsers: Any) -> None:
+    """Add ``keygen``, ``encrypt``, ``decrypt`` and ``inspect`` to the ``scanfort`` parser."""
+    p = subparsers.add_parser(
+        "keygen",
+        help="create an age identity (private key) and print its recipient",
+        description="Create an age X25519 identity. With -o, write it to FILE (mode 0600, "
+        "never overwriting) and print the recipient (public key) alone on stdout.",
+    )
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("-o", "--output", metavar="FILE", help="write the identity to FILE")
+    group.add_argument(
+        "-y", dest="convert", metavar="FILE", help="print the recipient of identity FILE"
+    )
+    p.set_defaults(func=_cmd_keygen)
+
+    p = subparsers.add_parser(
+        "encrypt",
+        help="protect scans for one or more recipients",
+        description="Protect files and directories (recursively) into OUTDIR. File mode "
+        "writes NAME.age (an age file); DICOM mode keeps NAME and writes a valid DICOM file.",
+    )
+    p.add_argument(
+        "-r", "--recipient", action="append", metavar="RECIPIENT", help="age1… (repeatable)"
+    )
+    p.add_argument(
+        "-R",
+        "--recipients-file",
+        action="append",
+        metavar="FILE",
+        help="file of recipients, one per line (repeatable)",
+    )
+    p.add_argument("--mode", choices=MODES, default="auto", help="default: auto")
+    p.add_argument(
+        "--replace-uids",
+        action="store_true",
+        help="DICOM mode: replace Study/Series/SOP Instance UIDs (restored on decrypt)",
+    )
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.set_defaults(func=_cmd_encrypt)
+
+    p = subparsers.add_parser(
+        "decrypt",
+        help="restore protected scans with an identity",
+        description="Remove both layers of protected files (file or DICOM mode) into OUTDIR.",
+    )
+    p.add_argument(
+        "-i", "--identity", action="append", required=True, metavar="IDENTITY",
+        help="identity file (repeatable)",
+    )  # fmt: skip
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.set_defaults(func=_cmd_decrypt)
+
+    p = subparsers.add_parser(
+        "inspect",
+        help="describe a protected file without any key",
+        description="Mode, format version, number of recipients, sizes and kept UIDs.",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=_cmd_inspect)
