@@ -34,6 +34,8 @@ def serve(
         proxy_headers=True,
         forwarded_allow_ips="127.0.0.1",
         server_header=False,
+        # stop within seconds even if a client holds a connection (e.g. a stuck TLS handshake)
+        timeout_graceful_shutdown=5,
     )
 
 

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from scanfort.cli import main
@@ -126,3 +127,90 @@ def test_run_serves_until_terminated_and_revoke_locks_an_agent_out(tmp_path: Pat
     # uvicorn shuts down gracefully, then re-raises SIGTERM (the conventional exit for it)
     assert proc.returncode in (0, -signal.SIGTERM)
     assert b"Traceback" not in err
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "scanfort-central-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_run_serves_https_with_secure_cookies(tmp_path: Path, capsys):
+    data = tmp_path / "central"
+    assert main(["central", "init", "--data-dir", str(data), "--json"]) == 0
+    capsys.readouterr()
+    cert, key = _self_signed(tmp_path)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "scanfort",
+            "central",
+            "run",
+            "--data-dir",
+            str(data),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--ssl-certfile",
+            str(cert),
+            "--ssl-keyfile",
+            str(key),
+        ],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"{url}/healthz", timeout=1, verify=str(cert)).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "central did not start"
+            time.sleep(0.2)
+        login = requests.get(f"{url}/login", timeout=5, verify=str(cert))
+        assert "secure" in login.headers["set-cookie"].lower()
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(f"{url}/healthz", timeout=5)  # not trusted without the certificate
+    finally:
+        proc.terminate()
+        proc.wait(15)
