@@ -117,11 +117,7 @@ class Journal:
                 self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal: {exc}") from exc
-        self._known: set[tuple[str, int, int]] = set()
         if not readonly:
-            for p, s, m in self._db.execute("SELECT path, size, mtime_ns FROM items "
-                                            "WHERE state<>'discovered'"):
-                self._known.add((p, s, m))
             self.salt = self._salt()
 
     def close(self) -> None:
@@ -154,8 +150,28 @@ class Journal:
 
     # -- items ---------------------------------------------------------------------------
     def is_known(self, path: str, size: int, mtime_ns: int) -> bool:
+        """This exact file version was already taken (an index lookup, no set in memory)."""
         with self._lock:
-            return (path, size, mtime_ns) in self._known
+            row = self._db.execute(
+                "SELECT 1 FROM items WHERE path=? AND size=? AND mtime_ns=? AND "
+                "state<>'discovered' LIMIT 1", (path, size, mtime_ns)).fetchone()
+        return row is not None
+
+    def prune(self, older_than: float, exists: Callable[[str, int, int], bool]) -> int:
+        """Forget finished items older than ``older_than`` whose file version is gone.
+
+        Items whose file is still in place (``after_ack = "keep"``) are kept: they are what
+        stops the reconcile scan from sending that file again.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, path, size, mtime_ns FROM items WHERE updated_at<? AND state IN "
+                "('done','duplicate','superseded','vanished')", (older_than,)).fetchall()
+        gone = [(r[0],) for r in rows if not exists(r[1], r[2], r[3])]
+        with self._tx() as db:
+            db.executemany("DELETE FROM deliveries WHERE item_id=?", gone)
+            db.executemany("DELETE FROM items WHERE id=?", gone)
+        return len(gone)
 
     def add_item(self, path: str, size: int, mtime_ns: int, folder: int) -> Item:
         now = self.clock()
@@ -174,12 +190,6 @@ class Journal:
                 f"SELECT {_ITEM_COLS} FROM items WHERE path=? AND size=? AND mtime_ns=? "
                 "ORDER BY id DESC LIMIT 1", (path, size, mtime_ns)).fetchone()
         return None if row is None else Item(*row)
-
-    def _remember(self, db: sqlite3.Connection, item_id: int) -> None:
-        row = db.execute("SELECT path, size, mtime_ns FROM items WHERE id=?",
-                         (item_id,)).fetchone()
-        if row is not None:
-            self._known.add((row[0], row[1], row[2]))
 
     def item(self, item_id: int) -> Item:
         with self._lock:
@@ -216,14 +226,12 @@ class Journal:
             db.execute("UPDATE items SET state='protected', sha256=?, updated_at=? WHERE id=?",
                        (sha256, now, item_id))
             self._bump(db, "protected")
-            self._remember(db, item_id)
 
     def set_state(self, item_id: int, state: str, reason: str | None = None,
                   counter: str | None = None) -> None:
         with self._tx() as db:
             db.execute("UPDATE items SET state=?, reason=?, updated_at=? WHERE id=?",
                        (state, reason, self.clock(), item_id))
-            self._remember(db, item_id)
             if state != "protected":
                 db.execute("DELETE FROM artifacts WHERE item_id=?", (item_id,))
                 db.execute("UPDATE deliveries SET state='dropped' WHERE item_id=? AND "

@@ -30,6 +30,8 @@ from agent.watch import Settled, Settler, Watcher, walk
 
 log = logging.getLogger(__name__)
 TICK_S = 1.0
+PRUNE_EVERY_S = 86400.0
+PRUNE_AFTER_S = 30 * 86400.0  # finished items are remembered for at least 30 days
 STUCK_S = 300.0  # one file protected for longer than this = unhealthy (service restarts it)
 
 
@@ -136,8 +138,14 @@ class Agent:
                     self.inflight.discard(s.path)
 
     def _reconcile_loop(self) -> None:
+        next_prune = 0.0
         while not self.stop_event.wait(self.config.reconcile_interval_s):
             self.reconcile()
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_EVERY_S
+                pruned = self.journal.prune(time.time() - PRUNE_AFTER_S, _same_version)
+                if pruned:
+                    log.info("journal: forgot %d finished item(s) whose file is gone", pruned)
 
     def _status_loop(self) -> None:
         interval = self.config.central.heartbeat_interval_s
@@ -234,6 +242,14 @@ class Agent:
             log.warning("threads still busy at stop: %s (their work resumes next start)", stuck)
         else:
             self.journal.close()
+
+
+def _same_version(path: str, size: int, mtime_ns: int) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_size, st.st_mtime_ns) == (size, mtime_ns)
 
 
 def run(

@@ -1,0 +1,59 @@
+"""The SQLite journal: states, deliveries, outbox, pruning, concurrent read-only access."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from agent.journal import Artifact, Journal
+
+
+def test_item_lifecycle_and_deliveries(tmp_path: Path) -> None:
+    clock = [100.0]
+    j = Journal(tmp_path / "j.sqlite3", clock=lambda: clock[0])
+    item = j.add_item("/in/a.dcm", 10, 5, 0)
+    assert j.find("/in/a.dcm", 10, 5) == item
+    assert not j.is_known("/in/a.dcm", 10, 5)  # discovered only: resumable, not "known"
+    art = Artifact(item.id, "file", "0000000001.file", "ab" * 32, 20, None)
+    j.set_protected(item.id, "cd" * 32, [art],
+                    [("central", "file", "pending"), ("pacs", "-", "skipped")])
+    assert j.is_known("/in/a.dcm", 10, 5)
+    assert j.artifacts(item.id) == {"file": art}
+    assert [d.item_id for d in j.due("central", 100.0, 10, set())] == [item.id]
+    assert j.due("central", 100.0, 10, {item.id}) == []
+    j.delivery_retry(item.id, "central", 130.0, "HTTP 503")
+    assert j.due("central", 120.0, 10, set()) == []
+    assert j.next_due_at("central") == 130.0
+    assert j.pending_count("central") == 1
+    assert j.delivery_done(item.id, "central") is True  # the skipped one does not block
+    j.set_state(item.id, "done")
+    assert j.artifacts(item.id) == {}
+    assert j.counters() == {"protected": 1, "retries": 1, "forwarded": 1}
+    # another process (``agent status``) can read while this one holds the journal
+    ro = sqlite3.connect(f"file:{tmp_path / 'j.sqlite3'}?mode=ro", uri=True)
+    assert dict(ro.execute("SELECT state, COUNT(*) FROM items GROUP BY state")) == {"done": 1}
+    ro.close()
+    # the salted file id is stable across restarts and never the name
+    fid = j.file_id("/in/a.dcm")
+    j.close()
+    j2 = Journal(tmp_path / "j.sqlite3")
+    assert j2.file_id("/in/a.dcm") == fid and "a.dcm" not in fid
+    # pruning forgets only finished items whose file version is gone
+    clock[0] = 200.0
+    assert j2.prune(older_than=10**12, exists=lambda p, s, m: True) == 0
+    assert j2.prune(older_than=10**12, exists=lambda p, s, m: False) == 1
+    assert j2.state_counts() == {}
+
+
+def test_outbox_is_bounded_and_ordered(tmp_path: Path, monkeypatch) -> None:
+    import agent.journal as journal_mod
+
+    monkeypatch.setattr(journal_mod, "OUTBOX_LIMIT", 5)
+    j = Journal(tmp_path / "j.sqlite3")
+    for i in range(8):
+        j.outbox_add(f"e{i}", float(i), f"{{\"n\": {i}}}")
+    assert j.outbox_size() == 5
+    peek = j.outbox_peek(3)
+    assert [e for e, _ in peek] == ["e3", "e4", "e5"]  # the newest are kept, oldest first
+    j.outbox_remove([e for e, _ in peek])
+    assert [e for e, _ in j.outbox_peek(10)] == ["e6", "e7"]
