@@ -1,0 +1,41 @@
+"""The README's main command: ``scanfort demo`` runs central + agent end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from cipher import unprotect
+from tests.peers import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_once_protects_and_delivers_samples(tmp_path: Path) -> None:
+    root = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "scanfort", "demo", "--dir", str(root), "--port", str(free_port()), "--once", "--timeout", "240"],
+        capture_output=True, text=True, timeout=400, check=False,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "dashboard: http://127.0.0.1:" in done.stdout and "login: admin / " in done.stdout
+    objects = [p for p in (root / "central" / "objects").rglob("*") if p.is_file()]
+    inbox = sorted((root / "inbox").iterdir())
+    assert len(objects) == len(inbox) >= 5
+    identities = [line for line in (root / "site-identity.txt").read_text().splitlines() if line.startswith("AGE-SECRET-KEY-")]
+    for original in inbox:
+        protected = root / "outbox" / original.name
+        plain = original.read_bytes()
+        assert protected.read_bytes() != plain
+        out = BytesIO()
+        with protected.open("rb") as fh:
+            unprotect(fh, out, identities)
+        restored = pydicom.dcmread(BytesIO(out.getvalue()))
+        expected = pydicom.dcmread(original)
+        assert restored == expected
+        assert restored.PixelData == expected.PixelData
