@@ -121,26 +121,43 @@ def _has_command(built: Built, tmp: Path, name: str) -> bool:
 
 
 def test_frozen_keygen_encrypt_decrypt_round_trip(built: Built, tmp_path: Path) -> None:
+    """keygen, then file mode and DICOM mode (pydicom inside the bundle) both ways."""
     if not all(_has_command(built, tmp_path, c) for c in ("keygen", "encrypt", "decrypt")):
         pytest.skip("scanfort keygen/encrypt/decrypt are not registered in this tree yet")
+    import pydicom
+    from pydicom.data import get_testdata_file
+
     key = tmp_path / "site.key"
     result = frozen(built, "keygen", "-o", str(key), tmp=tmp_path)
     assert result.returncode == 0, result.stderr
-    identity = next(line for line in key.read_text().splitlines()
-                    if line.startswith("AGE-SECRET-KEY-1"))
-    from cipher import keys
+    recipient = result.stdout.strip()
+    assert recipient.startswith("age1")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
 
-    recipient = keys.recipient_of(identity)
-    plain = tmp_path / "scan.bin"
-    plain.write_bytes(os.urandom(300_000))
-    enc = tmp_path / "scan.bin.age"
-    dec = tmp_path / "scan.out"
-    r = frozen(built, "encrypt", "-r", recipient, "-o", str(enc), str(plain), tmp=tmp_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    plain = os.urandom(300_000)
+    (src / "scan.bin").write_bytes(plain)
+    ct = get_testdata_file("CT_small.dcm")
+    assert ct is not None
+    shutil.copy(ct, src / "ct.dcm")
+
+    enc, dec = tmp_path / "enc", tmp_path / "dec"
+    r = frozen(built, "encrypt", "-r", recipient, "-o", str(enc), str(src / "scan.bin"),
+               str(src / "ct.dcm"), tmp=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert enc.read_bytes() != plain.read_bytes()
-    r = frozen(built, "decrypt", "-i", str(key), "-o", str(dec), str(enc), tmp=tmp_path)
+    assert (enc / "scan.bin.age").read_bytes()[:21] == b"age-encryption.org/v1"
+    protected = pydicom.dcmread(enc / "ct.dcm")  # DICOM mode: still a valid DICOM file
+    original = pydicom.dcmread(ct)
+    assert protected.PixelData != original.PixelData
+
+    r = frozen(built, "decrypt", "-i", str(key), "-o", str(dec), str(enc / "scan.bin.age"),
+               str(enc / "ct.dcm"), tmp=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert dec.read_bytes() == plain.read_bytes()
+    assert (dec / "scan.bin").read_bytes() == plain
+    restored = pydicom.dcmread(dec / "ct.dcm")
+    assert restored.PixelData == original.PixelData
+    assert restored.SOPInstanceUID == original.SOPInstanceUID
 
 
 @pytest.fixture
