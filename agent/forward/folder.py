@@ -46,5 +46,7 @@ class FolderForwarder(Forwarder):
                 tmp.unlink()
             except OSError:
                 pass
-            # Share unreachable, disk full, permissions: all may heal, so retry.
-            raise DeliveryError(f"folder copy: {exc.strerror or type(exc).__name__}") from exc
+            # Share unreachable or full: may heal, so retry. Access denied is the share's
+            # 401: pause the destination and say so in the status.
+            raise DeliveryError(f"folder copy: {exc.strerror or type(exc).__name__}",
+                                auth=isinstance(exc, PermissionError)) from exc
