@@ -112,13 +112,21 @@ class Journal:
                 self._db = sqlite3.connect(path, check_same_thread=False, timeout=30,
                                            isolation_level=None)
                 self._db.execute("PRAGMA journal_mode=WAL")
-                # FULL: a commit survives power loss, not only a killed process.
-                self._db.execute("PRAGMA synchronous=FULL")
+                # NORMAL in WAL mode: every commit survives a killed process; after a power
+                # loss the last commits may be lost, which only means redoing idempotent
+                # work (re-protect from the plaintext, re-send). The one irreversible step,
+                # touching the plaintext, is preceded by sync().
+                self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal: {exc}") from exc
         if not readonly:
             self.salt = self._salt()
+
+    def sync(self) -> None:
+        """Make every committed transaction durable (a checkpoint syncs the WAL first)."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
         with self._lock:
@@ -181,6 +189,7 @@ class Journal:
                 "INSERT INTO items(path, size, mtime_ns, folder, file_id, state, discovered_at,"
                 " settled_at, updated_at) VALUES (?,?,?,?,?, 'discovered', ?, ?, ?)",
                 (path, size, mtime_ns, folder, fid, now, now, now))
+            self._bump(db, "seen")
             item_id = int(cur.lastrowid or 0)
         return Item(item_id, path, size, mtime_ns, None, folder, fid, "discovered", now, now)
 

@@ -114,7 +114,6 @@ class Pipeline:
             if self.clock() - s.first_seen < self.config.incomplete_grace_s:
                 return Outcome("incomplete")
         item = existing or self.journal.add_item(s.path, s.size, s.mtime_ns, s.folder)
-        self.reporter.count("seen")
         if dicom_kind == "incomplete":
             return self._quarantine(item, "dicom file ends inside an element (truncated) and "
                                           "did not change during the grace period")
@@ -239,6 +238,7 @@ class Pipeline:
         except OSError:
             unchanged = False  # already moved (a resumed finalize) or removed by someone
         if unchanged and item.size > 0 and folder.after_ack != "keep":
+            self.journal.sync()  # every acknowledgement on disk before the irreversible step
             try:
                 if folder.after_ack == "delete":
                     os.unlink(item.path)

@@ -128,6 +128,10 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes: without TCP_NODELAY each reply waits
+            # for the client's delayed ACK (40 ms), which would make the receiver the
+            # bottleneck of every benchmark.
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -28,7 +28,7 @@ def test_item_lifecycle_and_deliveries(tmp_path: Path) -> None:
     assert j.delivery_done(item.id, "central") is True  # the skipped one does not block
     j.set_state(item.id, "done")
     assert j.artifacts(item.id) == {}
-    assert j.counters() == {"protected": 1, "retries": 1, "forwarded": 1}
+    assert j.counters() == {"seen": 1, "protected": 1, "retries": 1, "forwarded": 1}
     # another process (``agent status``) can read while this one holds the journal
     ro = sqlite3.connect(f"file:{tmp_path / 'j.sqlite3'}?mode=ro", uri=True)
     assert dict(ro.execute("SELECT state, COUNT(*) FROM items GROUP BY state")) == {"done": 1}
