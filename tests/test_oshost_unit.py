@@ -88,7 +88,7 @@ def test_verify_would_report_a_broken_unit(fake_exe: Path, tmp_path: Path) -> No
     text = render_unit(UnitSpec(exec_start=[str(fake_exe)]))
     text = text.replace("[Service]\n", "[Service]\nProtectSystem=sometimes\nBogus=1\n")
     result = verify(text, tmp_path)
-    assert "Bogus" in result.stderr and "protect system" in result.stderr.lower()
+    assert "Bogus" in result.stderr and "sometimes" in result.stderr
 
 
 def test_exec_start_quoting_survives_systemd_parsing(fake_exe: Path, tmp_path: Path) -> None:
