@@ -201,3 +201,14 @@ def test_cli_install_dry_run_with_a_valid_config(
     out = capsys.readouterr().out
     assert "write /etc/systemd/system/scanfort.service (mode 0644)" in out
     assert "systemctl daemon-reload" in out
+
+
+@pytest.mark.parametrize("action", ["uninstall", "start", "stop", "status"])
+def test_cli_picks_the_platform_plan(action: str) -> None:
+    import argparse
+
+    from agent.oshost.cli import plan
+
+    args = argparse.Namespace(action=action, config=None, no_start=False, user="scanfort")
+    assert plan(args, platform="win32") == getattr(windows, f"{action}_plan")()
+    assert plan(args, platform="linux") == getattr(linux, f"{action}_plan")()
