@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 import cipher
 from agent import dicomcheck
 from agent.config import AgentConfig, FolderConfig
+from agent.guard import CipherGuard, CipherTimeout
 from agent.journal import Artifact, Item, Journal, fsync_dir
 from agent.status import Reporter
 from agent.watch import Settled
@@ -74,7 +75,7 @@ class _HashingWriter:
 
 @dataclass(frozen=True)
 class Outcome:
-    kind: str  # protected | known | changed | incomplete | quarantined | vanished | duplicate
+    kind: str  # protected | known | changed | incomplete | retry | quarantined | vanished | duplicate
     item_id: int | None = None
 
 
@@ -89,8 +90,10 @@ def file_sha256(path: str) -> str:
 class Pipeline:
     def __init__(self, config: AgentConfig, journal: Journal, reporter: Reporter,
                  protect: Callable[..., Any] = cipher.protect,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 guard: CipherGuard | None = None) -> None:
         self.config, self.journal, self.reporter = config, journal, reporter
+        self.guard = guard or CipherGuard()
         self.protect_fn = protect
         self.clock = clock
         self.tmp_dir = config.spool_dir / "tmp"
@@ -134,6 +137,11 @@ class Pipeline:
         except _Changed:
             self._discard(artifacts)
             return Outcome("changed", item.id)
+        except CipherTimeout as exc:
+            self._discard(artifacts)  # the item stays "discovered": protected again later
+            self.reporter.event("error", "warning", f"{exc}; retrying with a fresh key",
+                                file_id=item.file_id)
+            return Outcome("retry", item.id)
         except FileNotFoundError:
             self._discard(artifacts)
             self.journal.set_state(item.id, "vanished")
@@ -182,7 +190,8 @@ class Pipeline:
         tmp = self.tmp_dir / f"{name}.tmp"
         with open(item.path, "rb") as raw, open(tmp, "wb") as out:
             src, dst = _HashingReader(raw), _HashingWriter(out)
-            info = self.protect_fn(src, dst, list(self.config.recipients), mode)
+            info = self.guard.call(item.size, lambda: self.protect_fn(
+                src, dst, list(self.config.recipients), mode))
             out.flush()
             os.fsync(out.fileno())
         st = os.stat(item.path)

@@ -22,6 +22,7 @@ import cipher
 from agent.config import AgentConfig, DestinationConfig
 from agent.dispatch import Backoff, DestinationSender
 from agent.forward import Forwarder, make_forwarder
+from agent.guard import CipherGuard
 from agent.journal import Journal
 from agent.logs import setup_logging, teardown_logging
 from agent.pipeline import Pipeline
@@ -43,12 +44,14 @@ class Agent:
                  = make_forwarder,
                  protect: Callable[..., Any] = cipher.protect,
                  backoff: Backoff | None = None,
-                 disk_free: Callable[[Path], int] | None = None) -> None:
+                 disk_free: Callable[[Path], int] | None = None,
+                 guard: CipherGuard | None = None) -> None:
         self.config = config
         config.spool_dir.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(config.journal_path)
         self.reporter = Reporter(config, self.journal, disk_free=disk_free)
-        self.pipeline = Pipeline(config, self.journal, self.reporter, protect=protect)
+        self.pipeline = Pipeline(config, self.journal, self.reporter, protect=protect,
+                                 guard=guard)
         self.settler = Settler(config.settle_s)
         self.watcher = Watcher(config.folders, self.offer)
         self.senders = {d.name: DestinationSender(config, d, self.journal, self.reporter,
@@ -116,7 +119,7 @@ class Agent:
                 if outcome.kind == "protected" and outcome.item_id is not None:
                     for name in self.config.folders[s.folder].destinations:
                         self.senders[name].wake()
-                elif outcome.kind in ("changed", "incomplete"):
+                elif outcome.kind in ("changed", "incomplete", "retry"):
                     retry_in = max(self.config.settle_s, 1.0)
                     with self._lock:
                         self.inflight.discard(s.path)
@@ -203,6 +206,8 @@ class Agent:
     def tick(self) -> bool:
         """Periodic checks from the main thread; True while healthy."""
         self.intake_paused = self.reporter.check_disk()
+        if self.pipeline.guard.check():
+            log.error("interrupted a protection that exceeded its time limit; it is retried")
         alive = self.watcher.check()
         self.reporter.watcher["observers_alive"] = alive
         self.reporter.watcher["overflows"] = self.watcher.restarts

@@ -183,3 +183,31 @@ def test_disk_below_watermark_pauses_intake(tmp_path: Path, keypair) -> None:
         wait_until(lambda: agent.journal.state_counts().get("done") == 5)
     for name, data in payloads.items():
         assert decrypt((outbox / (name + ".age")).read_bytes(), identity) == data
+
+
+def test_stuck_protection_is_interrupted_and_retried(tmp_path: Path, keypair) -> None:
+    """A cipher call that never returns (a bug for one unlucky key) does not stall the agent."""
+    from agent.guard import CipherGuard
+
+    identity, recipient = keypair
+    calls = {"n": 0}
+
+    def flaky_protect(src, dst, recipients, mode="file", policy=None):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            while True:  # a Python-level loop that never ends
+                sum(range(1000))
+        return cipher.protect(src, dst, recipients, mode)
+
+    cipher.protect(io.BytesIO(b"warm-up"), io.BytesIO(), [recipient])  # JIT outside the limit
+    outbox = tmp_path / "outbox"
+    config = write_config(tmp_path, [recipient], {"share": {"kind": "folder", "path": str(outbox)}},
+                          workers=1)
+    with running(config, protect=flaky_protect, guard=CipherGuard(base_s=2.0)) as agent:
+        drop(config.folders[0].path / "a.raw", b"payload" * 1000)
+        drop(config.folders[0].path / "b.raw", b"other" * 1000)
+        wait_until(lambda: agent.journal.state_counts().get("done") == 2)
+        assert agent.pipeline.guard.interrupted >= 1  # (a loaded machine may add one more)
+    assert calls["n"] >= 3
+    assert decrypt((outbox / "a.raw.age").read_bytes(), identity) == b"payload" * 1000
+    assert decrypt((outbox / "b.raw.age").read_bytes(), identity) == b"other" * 1000
