@@ -31,7 +31,7 @@ class _Interrupt(BaseException):
 
 
 class CipherGuard:
-    def __init__(self, base_s: float = 30.0, bytes_per_s: float = 5e6,
+    def __init__(self, base_s: float = 10.0, bytes_per_s: float = 5e6,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.base_s, self.bytes_per_s, self.clock = base_s, bytes_per_s, clock
         self._lock = threading.Lock()

@@ -182,17 +182,19 @@ class Journal:
             db.executemany("DELETE FROM items WHERE id=?", gone)
         return len(gone)
 
-    def add_item(self, path: str, size: int, mtime_ns: int, folder: int) -> Item:
+    def add_item(self, path: str, size: int, mtime_ns: int, folder: int,
+                 settled_at: float | None = None) -> Item:
         now = self.clock()
+        settled = settled_at or now
         fid = self.file_id(path)
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO items(path, size, mtime_ns, folder, file_id, state, discovered_at,"
                 " settled_at, updated_at) VALUES (?,?,?,?,?, 'discovered', ?, ?, ?)",
-                (path, size, mtime_ns, folder, fid, now, now, now))
+                (path, size, mtime_ns, folder, fid, now, settled, now))
             self._bump(db, "seen")
             item_id = int(cur.lastrowid or 0)
-        return Item(item_id, path, size, mtime_ns, None, folder, fid, "discovered", now, now)
+        return Item(item_id, path, size, mtime_ns, None, folder, fid, "discovered", now, settled)
 
     def find(self, path: str, size: int, mtime_ns: int) -> Item | None:
         with self._lock:

@@ -116,7 +116,8 @@ class Pipeline:
         if dicom_kind == "incomplete":
             if self.clock() - s.first_seen < self.config.incomplete_grace_s:
                 return Outcome("incomplete")
-        item = existing or self.journal.add_item(s.path, s.size, s.mtime_ns, s.folder)
+        item = existing or self.journal.add_item(s.path, s.size, s.mtime_ns, s.folder,
+                                                 s.settled_at or None)
         if dicom_kind == "incomplete":
             return self._quarantine(item, "dicom file ends inside an element (truncated) and "
                                           "did not change during the grace period")

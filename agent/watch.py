@@ -59,6 +59,7 @@ class Settled:
     size: int
     mtime_ns: int
     first_seen: float
+    settled_at: float = 0.0  # wall-clock time the settler released it
 
 
 @dataclass
@@ -134,7 +135,8 @@ class Settler:
                 continue  # still held open by the writer (sharing violation)
             with self._lock:
                 self._candidates.pop(path, None)
-            ready.append(Settled(path, cand.folder, st.st_size, st.st_mtime_ns, cand.first_seen))
+            ready.append(Settled(path, cand.folder, st.st_size, st.st_mtime_ns, cand.first_seen,
+                                 time.time()))
         return ready
 
     def next_check_in(self) -> float:
