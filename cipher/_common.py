@@ -141,12 +141,27 @@ def age_decrypt(src: BinaryIO, writer: io.RawIOBase, identities: Sequence[str]) 
     by ``writer`` itself (e.g. a bad inner header) propagate unchanged.
     """
     parsed = keys._parse_identity_list(identities)
+    start = src.tell()
     try:
         pyrage.decrypt_io(src, writer, parsed)
     except (pyrage.DecryptError, OSError, ValueError) as exc:
-        if _NO_MATCH_TEXT in str(exc).lower():
+        if _NO_MATCH_TEXT in str(exc).lower() and _has_x25519_stanza(src, start):
             raise NoIdentityMatchError() from None
         raise AuthenticationError() from None
+
+
+def _has_x25519_stanza(src: BinaryIO, start: int) -> bool:
+    """ScanFort writes X25519 stanzas only: a header without one was damaged.
+
+    (A damaged stanza *body* stays indistinguishable from a stanza for someone else.)
+    """
+    from cipher.errors import FormatError
+
+    try:
+        src.seek(start)
+        return parse_age_header(src).x25519_recipients > 0
+    except (FormatError, OSError, ValueError):
+        return False
 
 
 def age_decrypt_bytes(blob: bytes, identities: Sequence[str]) -> bytes:

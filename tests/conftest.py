@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -33,3 +34,17 @@ def age_binary() -> str:
 def dcmdump_binary() -> str:
     """Path of dcmtk's ``dcmdump`` (skip, or fail under CI=true, if missing)."""
     return peers.require_binary("dcmdump", "dcmtk")
+
+
+@pytest.fixture(scope="session")
+def site_keys() -> tuple[str, str]:
+    """A site identity and its recipient, ``(AGE-SECRET-KEY-1…, age1…)``, for the session."""
+    from cipher import keys
+
+    return keys.generate_identity()
+
+
+@pytest.fixture
+def seeded_randbytes() -> Callable[[int], bytes]:
+    """Deterministic randomness for image keys and nonces (reproducible failures)."""
+    return random.Random(20261121).randbytes
