@@ -415,11 +415,26 @@ def _apply(
     return count
 
 
-def _pixel_digest(value: bytes | bytearray, unit: int) -> bytes:
-    """SHA-256 of the Pixel Data value as a little endian transfer syntax encodes it."""
+def _pixel_digest(value: bytes | bytearray, unit: int, ds: Dataset) -> bytes:
+    """SHA-256 of the Pixel Data value as a little endian transfer syntax encodes it,
+    followed by the top-level elements after Pixel Data (explicit VR little endian).
+
+    The trailing elements (usually Data Set Trailing Padding) are covered so that a file
+    cut anywhere after the Pixel Data is still detected as truncated.
+    """
     if unit == UNIT_U16BE and len(value) % 2 == 0:
         value = np.frombuffer(bytes(value), ">u2").astype("<u2").tobytes()
-    return hashlib.sha256(value).digest()
+    h = hashlib.sha256(value)
+    for elem in ds:
+        if elem.tag > PIXEL_DATA:
+            if isinstance(elem.value, (bytes, bytearray)):
+                raw = bytes(elem.value)  # exact length: a cut pad byte still shows
+            else:
+                single = Dataset()
+                single.add(elem)
+                raw = _serialize(single)
+            h.update(struct.pack(">II", int(elem.tag), len(raw)) + raw)
+    return h.digest()
 
 
 # --------------------------------------------------------------------------- blob
@@ -560,7 +575,7 @@ def protect_dicom(
     key, nonce = _common.fresh_key_and_nonce(randbytes)
     _apply(value, layout, key, nonce, chaos.encrypt)
     elem.value = bytes(value)
-    digest = _pixel_digest(value, layout.unit)
+    digest = _pixel_digest(value, layout.unit, ds)
 
     # 3. the blob, age-encrypted, in the private block.
     originals_raw = _serialize(originals) if len(originals) else b""
@@ -618,7 +633,7 @@ def unprotect_dicom(src: BinaryIO, dst: BinaryIO, identities: Sequence[str]) -> 
     if marker != FORMAT_MARKER:
         raise AuthenticationError()
     blob = _Blob.decode(_common.age_decrypt_bytes(sealed, identities))
-    if not hmac.compare_digest(_pixel_digest(value, blob.layout.unit), blob.pixel_sha256):
+    if not hmac.compare_digest(_pixel_digest(value, blob.layout.unit, ds), blob.pixel_sha256):
         raise AuthenticationError()
     try:
         if _apply(value, blob.layout, blob.key, blob.nonce, chaos.decrypt) != blob.layout.count:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Iterator
 
@@ -46,5 +47,8 @@ def site_keys() -> tuple[str, str]:
 
 @pytest.fixture
 def seeded_randbytes() -> Callable[[int], bytes]:
-    """Deterministic randomness for image keys and nonces (reproducible failures)."""
-    return random.Random(20261121).randbytes
+    """Deterministic randomness for image keys and nonces (reproducible failures).
+
+    ``SCANFORT_TEST_SEED`` overrides the seed.
+    """
+    return random.Random(int(os.environ.get("SCANFORT_TEST_SEED", "20"))).randbytes

@@ -13,7 +13,7 @@ import cipher
 from cipher import fileformat, keys
 from cipher.errors import AUTHENTICATION_FAILED, AuthenticationError, FormatError
 
-SMALL_CHUNK = 4096  # several chunks from small inputs
+SMALL_CHUNK = 16384  # several chunks from small inputs
 
 
 def _protect(data: bytes, recipients: list[str], randbytes, chunk_size: int = SMALL_CHUNK) -> bytes:
