@@ -99,9 +99,13 @@ class Settler:
         with self._lock:
             if path in self._candidates:
                 return False
+            first = not self._candidates
             self._candidates[path] = _Candidate(folder, -1, -1, now, first_seen or now,
                                                 now + delay)
-        self.wakeup.set()
+        if first:
+            # Only the first candidate wakes the intake loop early; after that it polls on
+            # its own period, so a burst of N offers costs O(N) stats per period, not O(N²).
+            self.wakeup.set()
         return True
 
     def poll(self) -> list[Settled]:
