@@ -65,6 +65,8 @@ ELEM_BLOB_LENGTH = 0x03  # (0011,xx03) UL  exact length of the age file in (0011
 
 KIND_DICOM = 0x44  # "D"
 PIXEL_DATA = Tag(0x7FE0, 0x0010)
+TRAILING_PADDING = Tag(0xFFFC, 0xFFFC)
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 
 # Labels of the per-unit nonce derivations (see cipher._common.derive_nonce).
 LABEL_FRAME_NONCE = b"scanfort dicom v1 frame"
@@ -417,16 +419,16 @@ def _apply(
 
 def _pixel_digest(value: bytes | bytearray, unit: int, ds: Dataset) -> bytes:
     """SHA-256 of the Pixel Data value as a little endian transfer syntax encodes it,
-    followed by the top-level elements after Pixel Data (explicit VR little endian).
+    followed by the top-level elements after Pixel Data except Data Set Trailing Padding.
 
-    The trailing elements (usually Data Set Trailing Padding) are covered so that a file
-    cut anywhere after the Pixel Data is still detected as truncated.
+    Trailing padding has no meaning and PACS drop it (Orthanc does), so it is left out;
+    a file cut inside it is caught by :func:`_check_complete` instead.
     """
     if unit == UNIT_U16BE and len(value) % 2 == 0:
         value = np.frombuffer(bytes(value), ">u2").astype("<u2").tobytes()
     h = hashlib.sha256(value)
     for elem in ds:
-        if elem.tag > PIXEL_DATA:
+        if elem.tag > PIXEL_DATA and elem.tag != TRAILING_PADDING:
             if isinstance(elem.value, (bytes, bytearray)):
                 raw = bytes(elem.value)  # exact length: a cut pad byte still shows
             else:
@@ -620,13 +622,36 @@ def _block_elements(ds: Dataset) -> tuple[Any, str, bytes]:
     return block, marker, sealed[:length]
 
 
+def _check_complete(ds: Dataset) -> None:
+    """Raise if the last element is shorter than its declared length (a cut file).
+
+    pydicom accepts a last value cut short; its raw element still knows the length.
+    """
+    tags = list(ds.keys())
+    if not tags:
+        raise AuthenticationError()
+    last = ds.get_item(tags[-1])
+    length = getattr(last, "length", None)
+    value = getattr(last, "value", None)
+    if (
+        isinstance(length, int)
+        and length != _UNDEFINED_LENGTH
+        and isinstance(value, (bytes, bytearray))
+        and len(value) != length
+    ):
+        raise AuthenticationError()
+
+
 def unprotect_dicom(src: BinaryIO, dst: BinaryIO, identities: Sequence[str]) -> UnprotectInfo:
     """Restore the original dataset of a DICOM-mode input; see :func:`cipher.unprotect`."""
     raw = src.read()
     try:
         ds = _read(raw)
+        _check_complete(ds)
         pixel = ds[PIXEL_DATA]
         value = bytearray(pixel.value)
+    except AuthenticationError:
+        raise
     except Exception:
         raise AuthenticationError() from None
     block, marker, sealed = _block_elements(ds)
