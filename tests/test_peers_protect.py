@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -123,7 +124,7 @@ def test_orthanc_stow_rs_round_trip(orthanc, site_keys) -> None:
 
 def _c_store(host: str, port: int, aet: str, blobs: list[bytes]) -> list[int]:
     ae = AE(ae_title="SCANFORT")
-    contexts = {}
+    contexts: dict[tuple[str, str], Any] = {}
     datasets = [pydicom.dcmread(io.BytesIO(b)) for b in blobs]
     for ds in datasets:
         key = (ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
