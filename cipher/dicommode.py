@@ -87,9 +87,10 @@ _UNIT_DTYPE: dict[int, np.dtype[Any]] = {
     UNIT_U16BE: np.dtype(">u2"),
 }
 
-# magic, version, kind, reserved, key, nonce, pixel sha256, layout, unit, reserved,
+# magic, version, kind, reserved, key, nonce, pixel sha256, padding sha256, layout, unit,
+# reserved,
 # unit count, frame length, originals length
-_BLOB_HEADER = struct.Struct(">8sBBH32s16s32sBBHIII")
+_BLOB_HEADER = struct.Struct(">8sBBH32s16s32s32sBBHIII")
 _U32 = struct.Struct(">I")
 
 #: Attributes replaced by default (keywords): the PS3.15 Basic Profile's patient,
@@ -421,8 +422,8 @@ def _pixel_digest(value: bytes | bytearray, unit: int, ds: Dataset) -> bytes:
     """SHA-256 of the Pixel Data value as a little endian transfer syntax encodes it,
     followed by the top-level elements after Pixel Data except Data Set Trailing Padding.
 
-    Trailing padding has no meaning and PACS drop it (Orthanc does), so it is left out;
-    a file cut inside it is caught by :func:`_check_complete` instead.
+    Trailing padding has no meaning and PACS drop it (Orthanc does), so it has its own
+    digest, checked only when the padding is still present (:func:`_padding_digest`).
     """
     if unit == UNIT_U16BE and len(value) % 2 == 0:
         value = np.frombuffer(bytes(value), ">u2").astype("<u2").tobytes()
@@ -439,6 +440,14 @@ def _pixel_digest(value: bytes | bytearray, unit: int, ds: Dataset) -> bytes:
     return h.digest()
 
 
+def _padding_digest(ds: Dataset) -> bytes:
+    """SHA-256 of the Data Set Trailing Padding value, or 32 zero bytes without one."""
+    if TRAILING_PADDING not in ds:
+        return bytes(32)
+    value = ds[TRAILING_PADDING].value
+    return hashlib.sha256(value if isinstance(value, bytes) else b"").digest()
+
+
 # --------------------------------------------------------------------------- blob
 
 
@@ -447,6 +456,7 @@ class _Blob:
     key: bytes
     nonce: bytes
     pixel_sha256: bytes
+    padding_sha256: bytes
     layout: _Layout
     originals: bytes
     meta_originals: bytes
@@ -460,6 +470,7 @@ class _Blob:
             self.key,
             self.nonce,
             self.pixel_sha256,
+            self.padding_sha256,
             self.layout.kind,
             self.layout.unit,
             0,
@@ -482,6 +493,7 @@ class _Blob:
                 key,
                 nonce,
                 digest,
+                padding,
                 lkind,
                 unit,
                 reserved2,
@@ -510,7 +522,8 @@ class _Blob:
             or pos + n_meta != len(raw)
         ):
             raise AuthenticationError()
-        return cls(key, nonce, digest, _Layout(lkind, unit, count, frame_length), originals, meta)
+        layout = _Layout(lkind, unit, count, frame_length)
+        return cls(key, nonce, digest, padding, layout, originals, meta)
 
 
 # --------------------------------------------------------------------------- protect
@@ -582,7 +595,8 @@ def protect_dicom(
     # 3. the blob, age-encrypted, in the private block.
     originals_raw = _serialize(originals) if len(originals) else b""
     meta_raw = _serialize(meta_originals) if len(meta_originals) else b""
-    blob = _Blob(key, nonce, digest, layout, originals_raw, meta_raw).encode()
+    padding = _padding_digest(ds)
+    blob = _Blob(key, nonce, digest, padding, layout, originals_raw, meta_raw).encode()
     sealed = _common.age_encrypt_bytes(blob, parsed)
     block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
     block.add_new(ELEM_MARKER, "LO", FORMAT_MARKER)
@@ -659,6 +673,9 @@ def unprotect_dicom(src: BinaryIO, dst: BinaryIO, identities: Sequence[str]) -> 
         raise AuthenticationError()
     blob = _Blob.decode(_common.age_decrypt_bytes(sealed, identities))
     if not hmac.compare_digest(_pixel_digest(value, blob.layout.unit, ds), blob.pixel_sha256):
+        raise AuthenticationError()
+    # Trailing padding may have been dropped (PACS do); if it is still there, it is intact.
+    if TRAILING_PADDING in ds and not hmac.compare_digest(_padding_digest(ds), blob.padding_sha256):
         raise AuthenticationError()
     try:
         if _apply(value, blob.layout, blob.key, blob.nonce, chaos.decrypt) != blob.layout.count:

@@ -271,6 +271,9 @@ def test_flipping_a_byte_in_each_region_is_detected(name, site_keys, seeded_rand
         "marker": marker + 15,
         "blob length": blob + blob_len + 8,  # UL value after the OB element's end
     }
+    if dicommode.TRAILING_PADDING in pd:
+        pad, pad_len = _value_offset(protected, pd, dicommode.TRAILING_PADDING)
+        regions["trailing padding"] = pad + pad_len // 2
     for region, pos in regions.items():
         damaged = bytearray(protected)
         damaged[pos] ^= 0x04
@@ -321,3 +324,17 @@ def test_inspect_is_keyless_and_restores_position(site_keys, seeded_randbytes) -
     assert set(info["uids"]) == {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"}
     assert "PatientName" in info["protected_attributes"]
     assert "ID-4711" not in repr(info) and "Müller" not in repr(info)
+
+
+def test_dropped_trailing_padding_is_accepted(site_keys, seeded_randbytes) -> None:
+    """PACS drop Data Set Trailing Padding (it has no meaning): still decrypts."""
+    identity, recipient = site_keys
+    raw = _testdata("CT_small.dcm")
+    pd = _ds(_protect(raw, recipient, seeded_randbytes))
+    assert dicommode.TRAILING_PADDING in pd
+    del pd[dicommode.TRAILING_PADDING]
+    out = io.BytesIO()
+    pd.save_as(out)
+    restored = _ds(_unprotect(out.getvalue(), identity))
+    assert restored.PixelData == _ds(raw).PixelData
+    assert restored.PatientName == _ds(raw).PatientName
