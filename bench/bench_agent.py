@@ -111,7 +111,7 @@ def main() -> int:
         config = write_config(
             tmp, [recipient], {"central": {"kind": "central"}},
             folder={"after_ack": "delete"}, settle_seconds=1.0, reconcile_seconds=60,
-            central={"url": rx.url, "token": TOKEN, "agent_id": "bench", "heartbeat_seconds": 30},
+            central={"url": rx.url, "token": TOKEN, "agent_id": "bench", "heartbeat_seconds": 5},
             log_level="warning")
         assert config.source is not None
         inbox, staging = config.folders[0].path, tmp / "staging"
@@ -174,6 +174,10 @@ def main() -> int:
                      f"{pct(lat2, 0.99) * 1000:.0f} ms", "target < 1000"),
                     ("agent peak RSS (whole run)", f"{peak_rss_mb(proc.pid):.0f} MB", ""),
                 ]
+            time.sleep(6.0)  # one more heartbeat period: buffered events reach the receiver
+            stuck = sum("exceeded" in e.get("message", "") for e in rx.events)
+            rows.append(("stuck cipher calls interrupted", f"{stuck}",
+                         "each costs a worker 10 s (cipher bug)"))
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
