@@ -111,6 +111,16 @@ def _inverse_block_impl(typingctx: Any, m: Any, off: Any, prev: Any, poff: Any, 
 _inverse_block: Any = intrinsic(_inverse_block_impl)
 
 
+@njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _gather_wrapped(tmp: np.ndarray, prev: np.ndarray, pbase: int, start: int, L: int) -> None:
+    """tmp[t] = prev-row[(start + t) mod L]: the one 64-lane block that wraps around."""
+    for t in range(64):
+        u = start + t
+        if u >= L:
+            u -= L
+        tmp[t] = prev[pbase + u]
+
+
 @njit(cache=True, nogil=True, boundscheck=False)
 def gfni_pass(
     m: np.ndarray,
@@ -155,11 +165,7 @@ def gfni_pass(
             if jj + 64 <= L:
                 _round_block(m, base + j, prev, pbase + j, prev, pbase + jj, lane_key, j, consts)
             else:
-                for t in range(64):
-                    u = jj + t
-                    if u >= L:
-                        u -= L
-                    tmp[t] = prev[pbase + u]
+                _gather_wrapped(tmp, prev, pbase, jj, L)
                 _round_block(m, base + j, prev, pbase + j, tmp, 0, lane_key, j, consts)
             j += 64
         for jr in range(j, width):  # the ragged end of a partial row
@@ -209,9 +215,5 @@ def gfni_unpass(
             if jj + 64 <= L:
                 _inverse_block(m, base + j, prev, pbase + j, prev, pbase + jj, lane_key, j, consts)
             else:
-                for t in range(64):
-                    u = jj + t
-                    if u >= L:
-                        u -= L
-                    tmp[t] = prev[pbase + u]
+                _gather_wrapped(tmp, prev, pbase, jj, L)
                 _inverse_block(m, base + j, prev, pbase + j, tmp, 0, lane_key, j, consts)

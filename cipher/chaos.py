@@ -319,7 +319,8 @@ def _backend(name: str | None) -> str:
     return name
 
 
-def _encrypt_with(data: np.ndarray, key: bytes, nonce: bytes, backend: str | None) -> np.ndarray:
+def _apply(data: np.ndarray, key: bytes, nonce: bytes, backend: str | None, forward: bool) -> np.ndarray:
+    """Encrypt (``forward``) or decrypt ``data`` on the chosen path."""
     _check(key, nonce)
     buf = _to_bytes(data)
     if buf.size == 0:
@@ -331,10 +332,18 @@ def _encrypt_with(data: np.ndarray, key: bytes, nonce: bytes, backend: str | Non
     if compiled:
         from cipher import _kernels
 
-        _kernels.encrypt_matrix(m, p, lay)
+        (_kernels.encrypt_matrix if forward else _kernels.decrypt_matrix)(m, p, lay)
     else:
-        _encrypt_numpy(m, p, lay)
+        (_encrypt_numpy if forward else _decrypt_matrix)(m, p, lay)
     return _from_bytes(m.reshape(-1)[: lay.n], data)
+
+
+def _encrypt_with(data: np.ndarray, key: bytes, nonce: bytes, backend: str | None) -> np.ndarray:
+    return _apply(data, key, nonce, backend, True)
+
+
+def _decrypt_with(data: np.ndarray, key: bytes, nonce: bytes, backend: str | None) -> np.ndarray:
+    return _apply(data, key, nonce, backend, False)
 
 
 def encrypt(data: np.ndarray, key: bytes, nonce: bytes) -> np.ndarray:
@@ -343,27 +352,9 @@ def encrypt(data: np.ndarray, key: bytes, nonce: bytes) -> np.ndarray:
     ``key`` is a 32-byte image key and ``nonce`` 16 bytes; a key/nonce pair must protect
     one image only. The result is not authenticated: callers add integrity (see SPEC.md).
     """
-    return _encrypt_with(data, key, nonce, None)
-
-
-def _decrypt_with(data: np.ndarray, key: bytes, nonce: bytes, backend: str | None) -> np.ndarray:
-    _check(key, nonce)
-    buf = _to_bytes(data)
-    if buf.size == 0:
-        return data.copy()
-    lay = _layout(buf.size)
-    compiled = _backend(backend) == "numba"
-    p = _params(bytes(key), bytes(nonce), lay, compiled)
-    m = _matrix(buf, lay)
-    if compiled:
-        from cipher import _kernels
-
-        _kernels.decrypt_matrix(m, p, lay)
-    else:
-        _decrypt_matrix(m, p, lay)
-    return _from_bytes(m.reshape(-1)[: lay.n], data)
+    return _apply(data, key, nonce, None, True)
 
 
 def decrypt(data: np.ndarray, key: bytes, nonce: bytes) -> np.ndarray:
     """Exact inverse of :func:`encrypt` for the same key and nonce."""
-    return _decrypt_with(data, key, nonce, None)
+    return _apply(data, key, nonce, None, False)
