@@ -64,9 +64,17 @@ class UnprotectInfo:
     format_version: int = 1
 
 
-def fresh_key_and_nonce(randbytes: Callable[[int], bytes] = os.urandom) -> tuple[bytes, bytes]:
+#: The randomness of image keys and nonces: the OS CSPRNG. Tests replace it (through
+#: ``randbytes=`` or this module attribute) to get reproducible ciphertexts.
+urandom: Callable[[int], bytes] = os.urandom
+
+
+def fresh_key_and_nonce(
+    randbytes: Callable[[int], bytes] | None = None,
+) -> tuple[bytes, bytes]:
     """A fresh random image key and nonce for the chaos layer (one pair per protected file)."""
-    return randbytes(IMAGE_KEY_SIZE), randbytes(NONCE_SIZE)
+    draw = randbytes or urandom
+    return draw(IMAGE_KEY_SIZE), draw(NONCE_SIZE)
 
 
 def derive_nonce(label: bytes, nonce: bytes, index: int) -> bytes:

@@ -17,7 +17,6 @@ import copy
 import hashlib
 import hmac
 import io
-import os
 import re
 import struct
 from collections.abc import Callable, Iterator, Sequence
@@ -534,7 +533,7 @@ def protect_dicom(
     dst: BinaryIO,
     recipients: Sequence[str],
     policy: DicomPolicy,
-    randbytes: Callable[[int], bytes] = os.urandom,
+    randbytes: Callable[[int], bytes] | None = None,
 ) -> ProtectInfo:
     """Write the DICOM-mode protection of ``src`` to ``dst``; see :func:`cipher.protect`."""
     parsed = [str(r) for r in _common.keys.parse_recipients(recipients)]

@@ -11,7 +11,6 @@ chunk size: the input is read, enciphered and handed to age one chunk at a time.
 from __future__ import annotations
 
 import io
-import os
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
@@ -157,7 +156,7 @@ def protect_file(
     dst: BinaryIO,
     recipients: Sequence[str],
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    randbytes: Callable[[int], bytes] = os.urandom,
+    randbytes: Callable[[int], bytes] | None = None,
 ) -> ProtectInfo:
     """Write the file-mode protection of ``src`` (any bytes, streamed) to ``dst``."""
     if not 0 < chunk_size <= MAX_CHUNK_SIZE:

@@ -19,6 +19,8 @@ import cipher
 from cipher import dicommode, fileformat, keys
 from cipher.errors import AUTHENTICATION_FAILED, AuthenticationError
 
+pytestmark = pytest.mark.usefixtures("seeded_cipher")
+
 ALL_FILES = sorted(f for f in get_testdata_files() if os.path.isfile(f))
 # Files the issue names explicitly: big-endian, implicit VR, RLE/JPEG/JPEG 2000,
 # multi-frame, RGB, 32-bit; each must go through DICOM mode.

@@ -24,7 +24,7 @@ from pynetdicom.presentation import build_context
 import cipher
 from tests import peers
 
-pytestmark = pytest.mark.peer
+pytestmark = [pytest.mark.peer, pytest.mark.usefixtures("seeded_cipher")]
 
 # A representative subset for the slower network paths, with distinct SOP Instance UIDs
 # (a PACS de-duplicates on them): native explicit VR, RLE, JPEG 2000, multi-frame RGB
