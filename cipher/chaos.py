@@ -16,8 +16,9 @@ row's predecessor is ciphertext, so it is whole-array numpy in both paths.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -43,6 +44,14 @@ STREAM_LANES = 256  # parallel logistic maps of the byte stream generator
 STREAM_LANE_STEP = 2.0**-32  # seed spacing between generator lanes
 STREAM_TRANSIENT = 64  # iterations discarded: 2^-32 spacing grows to O(1) in ~32 steps
 QUANT = 2.0**32  # a sample is the low byte of floor(x * 2^32)
+# Health check of every derived map: the first HEALTH_SAMPLES samples after the transient
+# must take at least HEALTH_MIN_DISTINCT distinct values (random bytes: 162 ± 4). An orbit
+# caught in one of the narrow periodic windows that remain in [3.99, 4) (e.g. period 5 near
+# r = 3.99028) takes at most its period; such a map is derived again with a counter.
+HEALTH_SAMPLES = 256
+HEALTH_MIN_DISTINCT = 128
+MAX_DERIVATIONS = 256
+SBOX_SAMPLES = 34  # A1 (16 samples), c1, A2 (16), c2
 
 MIN_ROWS = 64  # lanes are chosen so that there are at least this many rows
 MAX_LANE_BITS = 16
@@ -105,14 +114,16 @@ def _map_params(b: bytes) -> tuple[float, float]:
     return x0, r
 
 
-def _sbox_stream(x0: float, r: float) -> object:
-    """Yield bytes of one logistic map: x ← (r·x)·(1−x), sample = floor(x·2^32) mod 256."""
+def _scalar_samples(x0: float, r: float, count: int) -> np.ndarray:
+    """``count`` samples of one logistic map after SBOX_TRANSIENT discarded steps."""
     x = x0
     for _ in range(SBOX_TRANSIENT):
         x = (r * x) * (1.0 - x)
-    while True:
+    out = np.empty(count, dtype=np.uint8)
+    for i in range(count):  # a few hundred steps per image, not per pixel
         x = (r * x) * (1.0 - x)
-        yield int(x * QUANT) & 0xFF
+        out[i] = int(x * QUANT) & 0xFF
+    return out
 
 
 def _stream_bytes(x0: float, r: float, count: int, compiled: bool) -> np.ndarray:
@@ -136,27 +147,46 @@ def _stream_bytes(x0: float, r: float, count: int, compiled: bool) -> np.ndarray
     return out.reshape(-1)[:count]
 
 
-def _draw_invertible(stream: object) -> np.ndarray:
-    """Draw 8 bytes at a time (rows of a GF(2) matrix) until the matrix is invertible."""
-    while True:
-        rows = np.array([next(stream) for _ in range(8)], dtype=np.uint8)  # type: ignore[call-overload]
-        if _gf.rank(rows) == 8:
-            return rows
+def _healthy_samples(key: bytes, nonce: bytes, label: bytes, count: int, draw: Callable[[float, float, int], np.ndarray]) -> np.ndarray:
+    """Samples of the first derived map that passes the health check (SPEC §1.3).
+
+    Attempt ``a`` uses the HKDF label, followed by the byte ``a`` when ``a > 0``; the first
+    HEALTH_SAMPLES samples are the check and are not used otherwise.
+    """
+    for attempt in range(MAX_DERIVATIONS):
+        info = label if attempt == 0 else label + bytes([attempt])
+        x0, r = _map_params(_hkdf(key, nonce, info, 16))
+        out = draw(x0, r, HEALTH_SAMPLES + count)
+        if len(np.unique(out[:HEALTH_SAMPLES])) >= HEALTH_MIN_DISTINCT:
+            return out[HEALTH_SAMPLES:]
+    raise RuntimeError("no chaotic logistic map found for this key")  # ~never: each try fails w.p. < 1 %
+
+
+def _invertible(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """The invertible GF(2) matrix L·U from 16 samples: L unit lower-triangular with free
+    bits below the diagonal from ``lower``, U unit upper-triangular from ``upper``."""
+    lo = [(int(b) & ((1 << i) - 1)) | (1 << i) for i, b in enumerate(lower)]
+    up = [(int(b) & ~((1 << (i + 1)) - 1) & 0xFF) | (1 << i) for i, b in enumerate(upper)]
+    rows = []
+    for i in range(8):  # row i of L·U is the XOR of the rows t of U selected by bits of L[i]
+        acc = 0
+        for t in range(8):
+            if (lo[i] >> t) & 1:
+                acc ^= up[t]
+        rows.append(acc)
+    return np.array(rows, dtype=np.uint8)
 
 
 @lru_cache(maxsize=64)
 def _sbox_cached(key: bytes, nonce: bytes) -> tuple[bytes, bytes, tuple[bytes, int, bytes, int]]:
-    x0, r = _map_params(_hkdf(key, nonce, LABEL_SBOX, 16))
-    stream = _sbox_stream(x0, r)
-    a1 = _draw_invertible(stream)
-    c1 = next(stream)  # type: ignore[call-overload]
-    a2 = _draw_invertible(stream)
-    c2 = next(stream)  # type: ignore[call-overload]
+    smp = _healthy_samples(key, nonce, LABEL_SBOX, SBOX_SAMPLES, _scalar_samples)
+    a1, c1 = _invertible(smp[0:8], smp[8:16]), int(smp[16])
+    a2, c2 = _invertible(smp[17:25], smp[25:33]), int(smp[33])
     x = np.arange(256, dtype=np.uint8)
     s = _gf.affine(a2, c2, _gf.INV[_gf.affine(a1, c1, x)])
     inv = np.empty(256, dtype=np.uint8)
     inv[s] = x
-    return s.tobytes(), inv.tobytes(), (a1.tobytes(), int(c1), a2.tobytes(), int(c2))
+    return s.tobytes(), inv.tobytes(), (a1.tobytes(), c1, a2.tobytes(), c2)
 
 
 def sbox(key: bytes, nonce: bytes) -> np.ndarray:
@@ -179,9 +209,8 @@ def _layout(n: int) -> _Layout:
 
 def _params(key: bytes, nonce: bytes, lay: _Layout, compiled: bool) -> _Params:
     s, inv, affine = _sbox_cached(bytes(key), bytes(nonce))
-    x0, r = _map_params(_hkdf(key, nonce, LABEL_STREAM, 16))
     L, R = lay.lanes, lay.rows
-    st = _stream_bytes(x0, r, 4 * L + 2 * R, compiled)
+    st = _healthy_samples(key, nonce, LABEL_STREAM, 4 * L + 2 * R, partial(_stream_bytes, compiled=compiled))
     g = _hkdf(key, nonce, LABEL_GF, 2)
     g_f, g_b = 2 + g[0] % 254, 2 + g[1] % 254
     return _Params(
