@@ -340,3 +340,34 @@ def test_dropped_trailing_padding_is_accepted(site_keys, seeded_randbytes) -> No
     restored = _ds(_unprotect(out.getvalue(), identity))
     assert restored.PixelData == _ds(raw).PixelData
     assert restored.PatientName == _ds(raw).PatientName
+
+
+def test_blob_and_pixels_follow_the_spec(site_keys, seeded_randbytes) -> None:
+    """Decode the blob with the offsets of SPEC 2.3 and re-encipher frame 1 independently."""
+    import hashlib
+    import struct
+
+    import numpy as np
+    import pyrage
+
+    from cipher import chaos
+
+    identity, recipient = site_keys
+    raw = _synthetic(frames=2)
+    protected = _protect(raw, recipient, seeded_randbytes)
+    pd, original = _ds(protected), _ds(raw)
+    block = pd.private_block(0x0011, "SCANFORT 1")
+    length = block[0x03].value
+    plain = pyrage.decrypt(block[0x02].value[:length], [keys.parse_identity(identity)])
+    assert plain[:12] == b"SCANFORT\x01D\x00\x00"
+    key, nonce, digest = plain[12:44], plain[44:60], plain[60:92]
+    assert plain[92:124] == bytes(32)  # no trailing padding in the input
+    layout, unit, _, count, frame_length, n = struct.unpack(">BBHIII", plain[124:140])
+    assert (layout, unit, count, frame_length) == (1, 2, 2, 8 * 8 * 2)
+    assert digest == hashlib.sha256(pd.PixelData).digest()
+    frame_nonce = hashlib.sha256(b"scanfort dicom v1 frame" + nonce + (1).to_bytes(8, "big"))
+    frame = np.frombuffer(original.PixelData[frame_length:], "<u2")
+    ct = chaos.encrypt(frame, key, frame_nonce.digest()[:16])
+    assert pd.PixelData[frame_length:] == ct.tobytes()
+    originals = plain[140 : 140 + n]
+    assert b"ID-4711" in originals  # the original attributes travel inside the blob

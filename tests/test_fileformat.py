@@ -178,3 +178,26 @@ def test_invalid_recipient_and_chunk_size_raise(seeded_randbytes) -> None:
         )
     with pytest.raises(ValueError, match="mode"):
         cipher.protect(io.BytesIO(b"x"), io.BytesIO(), [keys.generate_identity()[1]], mode="x")
+
+
+def test_payload_follows_the_spec_byte_for_byte(site_keys, seeded_randbytes) -> None:
+    """Rebuild the payload from SPEC 2.2 alone (SHA-256 nonces, chaos per chunk)."""
+    import hashlib
+
+    import numpy as np
+
+    from cipher import chaos
+
+    identity, recipient = site_keys
+    data = random.Random(11).randbytes(2 * SMALL_CHUNK + 123)
+    blob = _protect(data, [recipient], seeded_randbytes)
+    payload = pyrage.decrypt(blob, [keys.parse_identity(identity)])
+    key, nonce = payload[16:48], payload[48:64]
+    expected = bytearray(payload[:64])
+    for i in range(0, len(data), SMALL_CHUNK):
+        label = b"scanfort file v1 chunk"
+        unit_nonce = hashlib.sha256(label + nonce + (i // SMALL_CHUNK).to_bytes(8, "big")).digest()
+        chunk = np.frombuffer(data[i : i + SMALL_CHUNK], np.uint8)
+        expected += chaos.encrypt(chunk, key, unit_nonce[:16]).tobytes()
+    assert payload == bytes(expected)
+    assert payload[8:12] == b"\x01F\x00\x00"
