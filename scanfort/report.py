@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 
 from cipher import analysis, chaos
 
-BUNDLED = ("CT_small.dcm", "MR_small.dcm", "SC_rgb_small_odd.dcm", "rtdose_1frame.dcm", "SC_rgb_rle_2frame.dcm")
+BUNDLED = ("CT_small.dcm", "MR_small.dcm", "SC_rgb_small_odd.dcm", "SC_rgb_rle_2frame.dcm", "rtdose_1frame.dcm")
 NPCR_TRIALS = 16
 
 
@@ -50,15 +51,19 @@ def _as_unsigned(arr: np.ndarray) -> np.ndarray:
         return arr.view(arr.dtype.str.replace("i", "u"))
     if arr.dtype.kind == "u" and arr.dtype.itemsize in (1, 2):
         return arr
-    raise ValueError(f"pixel dtype {arr.dtype} is not 8/16-bit")
+    raise ValueError(f"{arr.dtype.itemsize * 8}-bit pixels: the chaos cipher takes 8/16-bit images (DICOM mode encrypts other Pixel Data as bytes)")
 
 
-def load_images(files: Sequence[str]) -> list[tuple[str, np.ndarray]]:
-    """(label, pixels) for each file; bundled pydicom images and a phantom by default."""
+def load_images(files: Sequence[str]) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+    """(label, pixels) for each usable file, and one message per file that was skipped.
+
+    Defaults: a synthetic phantom (8- and 12-bit) and pydicom's bundled images.
+    """
     import pydicom
     from pydicom.data import get_testdata_file
 
     out: list[tuple[str, np.ndarray]] = []
+    skipped: list[str] = []
     paths: list[tuple[str, str]] = []
     if files:
         paths = [(Path(f).name, f) for f in files]
@@ -70,9 +75,13 @@ def load_images(files: Sequence[str]) -> list[tuple[str, np.ndarray]]:
             if found is not None:
                 paths.append((f"pydicom {name}", str(found)))
     for label, path in paths:
-        ds = pydicom.dcmread(path)
-        out.append((label, _as_unsigned(np.ascontiguousarray(ds.pixel_array))))
-    return out
+        try:
+            ds = pydicom.dcmread(path)
+            out.append((label, _as_unsigned(np.ascontiguousarray(ds.pixel_array))))
+        except (OSError, ValueError, AttributeError, pydicom.errors.InvalidDicomError, RuntimeError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            skipped.append(f"{label}: {reason}")
+    return out, skipped
 
 
 def _key(label: str, i: int = 0) -> tuple[bytes, bytes]:
@@ -150,8 +159,10 @@ def sbox_report(samples: int = 8) -> dict[str, Any]:
 def build(files: Sequence[str]) -> dict[str, Any]:
     from cipher import _kernels
 
-    images = [image_report(label, img) for label, img in load_images(files)]
+    loaded, skipped = load_images(files)
+    images = [image_report(label, img) for label, img in loaded]
     return {
+        "skipped": skipped,
         "cipher": "scanfort chaos v1",
         "backend": "numba" if _kernels.AVAILABLE and os.environ.get("SCANFORT_CHAOS_BACKEND", "auto") != "numpy" else "numpy",
         "images": images,
@@ -191,6 +202,8 @@ def render(report: dict[str, Any]) -> str:
         lines.append(
             f"  {r['image'][:28]:28} key {r['key_sensitivity_npcr']:8.4f}  nonce {r['nonce_sensitivity_npcr']:8.4f}  wrong-key decrypt differs {r['wrong_key_decrypt_npcr']:8.4f}"
         )
+    for msg in report["skipped"]:
+        lines.append(f"skipped {msg}")
     sb = report["sbox"]
     lines += ["", f"S-boxes ({sb['samples']} image keys, {sb['distinct']} distinct)", f"  {'#':>2} {'bij':>4} {'NL':>4} {'SAC':>7} {'SAC range':>13} {'BIC-NL':>7} {'BIC-SAC':>8} {'DU':>3} {'LP':>8}"]
     for i, s in enumerate(sb["per_sbox"]):
@@ -202,6 +215,11 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(files: Sequence[str], as_json: bool) -> int:
+    """Print the report; exit 1 when a given file could not be used (the rest is reported)."""
     report = build(files)
     print(json.dumps(report, indent=1) if as_json else render(report))
+    if files and report["skipped"]:
+        for msg in report["skipped"]:
+            sys.stderr.write(f"scanfort: error: {msg}\n")
+        return 1
     return 0
