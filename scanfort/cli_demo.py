@@ -228,7 +228,12 @@ def run_demo(root: Path, port: int, once: bool, timeout: float) -> int:
         _stop(central)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the demo like Ctrl-C: children are stopped too
+
+
 def _demo(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     return run_demo(Path(args.dir), args.port, args.once, args.timeout)
 
 
