@@ -57,6 +57,13 @@ def _pass_py(
             prev = m[i - step]
         else:
             prev = iv
+        cross = prev
+        if L == 1:  # one lane: the multiplier takes the row two steps back (SPEC §1.6)
+            i2 = i - 2 * step
+            if chain_from_matrix:
+                cross = m[i2] if i2 >= 0 else iv
+            else:
+                cross = m[i2] if (i2 - first) * step >= 0 else iv
         d = (1 << (i % k)) if k > 0 else 0
         width = last if i == R - 1 and step < 0 else L
         rk = row_key[i]
@@ -66,7 +73,7 @@ def _pass_py(
             if jj >= L:
                 jj -= L
             v = row[j] ^ lane_key[j] ^ rk ^ prev[j]
-            row[j] = (s_xnor[v] + mul[prev[jj]]) & 0xFF
+            row[j] = (s_xnor[v] + mul[cross[jj]]) & 0xFF
 
 
 def _stream_py(x0: float, r: float, count: int, lanes: int, step: float, transient: int, quant: float) -> np.ndarray:
@@ -105,9 +112,13 @@ def _unpass_py(
 ) -> None:
     """Invert one pass in place, visiting rows so that each predecessor (row i+chain) is
     still ciphertext; the row ``iv_row`` takes ``iv`` as its predecessor."""
-    L = m.shape[1]
+    R, L = m.shape
     for i in range(first, stop, step):
         prev = iv if i == iv_row else m[i + chain]
+        cross = prev
+        if L == 1:  # the row two steps back in encryption order, iv before the first
+            i2 = i + 2 * chain
+            cross = m[i2] if 0 <= i2 < R else iv
         d = (1 << (i % k)) if k > 0 else 0
         rk = row_key[i]
         row = m[i]
@@ -115,7 +126,7 @@ def _unpass_py(
             jj = j + d
             if jj >= L:
                 jj -= L
-            v = inv_s[(row[j] - mul[prev[jj]]) & 0xFF]
+            v = inv_s[(row[j] - mul[cross[jj]]) & 0xFF]
             row[j] = ((~(v ^ prev[j])) ^ lane_key[j] ^ rk) & 0xFF
 
 

@@ -258,11 +258,14 @@ def _matrix(buf: np.ndarray, lay: _Layout) -> np.ndarray:
 
 
 def _row_numpy(
-    out: np.ndarray, x: np.ndarray, prev: np.ndarray, d: int, s_xnor: np.ndarray, mul: np.ndarray
+    out: np.ndarray, x: np.ndarray, prev: np.ndarray, cross: np.ndarray, d: int, s_xnor: np.ndarray, mul: np.ndarray
 ) -> None:
-    """out = S[XNOR(x, prev)] + mul[prev[(j+d) mod L]] (x already whitened)."""
+    """out = S[XNOR(x, prev)] + mul[cross[(j+d) mod L]] (x already whitened).
+
+    ``cross`` is ``prev`` itself when L > 1 and the row two steps back when L = 1 (§1.6).
+    """
     sv = s_xnor[x ^ prev]
-    gp = mul[prev]
+    gp = mul[cross]
     n = out.shape[0] - d
     np.add(sv[:n], gp[d:], out=out[:n])
     np.add(sv[n:], gp[:d], out=out[n:])
@@ -274,38 +277,40 @@ def _shift(i: int, k: int) -> int:
 
 def _encrypt_numpy(m: np.ndarray, p: _Params, lay: _Layout) -> None:
     k, R, last = lay.lane_bits, lay.rows, lay.last
+    single = lay.lanes == 1
     s_xnor = p.sbox[np.arange(256, dtype=np.uint8) ^ 0xFF]  # S[~v]: XNOR folded into the table
     # forward pass over rows 0..R-1
     x = m ^ p.key_f[None, :] ^ p.row_f[:, None]
-    prev = p.iv_f
+    prev = prev2 = p.iv_f
     for i in range(R):
-        _row_numpy(m[i], x[i], prev, _shift(i, k), s_xnor, p.mul_f)
-        prev = m[i]
+        _row_numpy(m[i], x[i], prev, prev2 if single else prev, _shift(i, k), s_xnor, p.mul_f)
+        prev2, prev = prev, m[i]
     # backward pass over rows R-1..0; the unused lanes of the last row hold iv_b
     m[R - 1, last:] = p.iv_b[last:]
     x = m ^ p.key_b[None, :] ^ p.row_b[:, None]
-    prev = p.iv_b
+    prev = prev2 = p.iv_b
     tmp = np.empty(lay.lanes, dtype=np.uint8)
     for i in range(R - 1, -1, -1):
-        _row_numpy(tmp, x[i], prev, _shift(i, k), s_xnor, p.mul_b)
+        _row_numpy(tmp, x[i], prev, prev2 if single else prev, _shift(i, k), s_xnor, p.mul_b)
         width = last if i == R - 1 else lay.lanes
         m[i, :width] = tmp[:width]
-        prev = m[i]
+        prev2, prev = prev, m[i]
     # tail pass: forward again over the last k+2 rows, chained from the row above
     t0 = lay.tail_start
     x = m[t0:] ^ p.key_f[None, :] ^ p.row_f[t0:, None]
     for i in range(t0, R):
-        _row_numpy(m[i], x[i - t0], m[i - 1], _shift(i, k), s_xnor, p.mul_f)
+        cross = (m[i - 2] if i >= 2 else p.iv_f) if single else m[i - 1]
+        _row_numpy(m[i], x[i - t0], m[i - 1], cross, _shift(i, k), s_xnor, p.mul_f)
 
 
 # --------------------------------------------------------------------------- inverse (vectorised)
 
 
 def _inv_rows(
-    c: np.ndarray, prev: np.ndarray, shifts: np.ndarray, inv_sbox: np.ndarray, mul: np.ndarray
+    c: np.ndarray, prev: np.ndarray, cross: np.ndarray, shifts: np.ndarray, inv_sbox: np.ndarray, mul: np.ndarray
 ) -> np.ndarray:
-    """Whole-block inverse of rows: v = S⁻¹[c − mul[prev[(j+d) mod L]]], x = XNOR(v, prev)."""
-    gp = mul[prev]
+    """Whole-block inverse of rows: v = S⁻¹[c − mul[cross[(j+d) mod L]]], x = XNOR(v, prev)."""
+    gp = mul[cross]
     for d in np.unique(shifts):  # at most log2(L) distinct rotations
         sel = shifts == d
         gp[sel] = np.roll(gp[sel], -int(d), axis=1)
@@ -317,20 +322,26 @@ def _inv_rows(
 
 def _decrypt_matrix(m: np.ndarray, p: _Params, lay: _Layout) -> None:
     k, R, last = lay.lane_bits, lay.rows, lay.last
+    single = lay.lanes == 1
     shifts = np.array([_shift(i, k) for i in range(R)], dtype=np.int64)
-    # undo the tail pass: predecessor of row i is final row i-1
+    iv_f, iv_b = p.iv_f[None, :], p.iv_b[None, :]
+    # undo the tail pass: predecessor of row i is final row i-1 (and i-2 for one lane)
     t0 = lay.tail_start
     if t0 < R:
-        x = _inv_rows(m[t0:], m[t0 - 1 : R - 1], shifts[t0:], p.inv_sbox, p.mul_f)
+        prev = m[t0 - 1 : R - 1]
+        cross = np.concatenate([iv_f, iv_f, m[:-2]])[t0:R] if single else prev
+        x = _inv_rows(m[t0:], prev, cross, shifts[t0:], p.inv_sbox, p.mul_f)
         m[t0:] = x ^ p.key_f[None, :] ^ p.row_f[t0:, None]
     # undo the backward pass: predecessor of row i is row i+1 (iv_b for the last row)
     m[R - 1, last:] = p.iv_b[last:]
-    prev = np.concatenate([m[1:], p.iv_b[None, :]])
-    x = _inv_rows(m, prev, shifts, p.inv_sbox, p.mul_b)
+    prev = np.concatenate([m[1:], iv_b])
+    cross = np.concatenate([m[2:], iv_b, iv_b])[:R] if single else prev
+    x = _inv_rows(m, prev, cross, shifts, p.inv_sbox, p.mul_b)
     m[:] = x ^ p.key_b[None, :] ^ p.row_b[:, None]
     # undo the forward pass: predecessor of row i is row i-1 (iv_f for row 0)
-    prev = np.concatenate([p.iv_f[None, :], m[:-1]])
-    x = _inv_rows(m, prev, shifts, p.inv_sbox, p.mul_f)
+    prev = np.concatenate([iv_f, m[:-1]])
+    cross = np.concatenate([iv_f, iv_f, m[:-2]])[:R] if single else prev
+    x = _inv_rows(m, prev, cross, shifts, p.inv_sbox, p.mul_f)
     m[:] = x ^ p.key_f[None, :] ^ p.row_f[:, None]
 
 

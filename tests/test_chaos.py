@@ -253,3 +253,16 @@ def test_random_keys_never_stall() -> None:
     for i in range(400):
         h = hashlib.sha256(b"stall %d" % i).digest()
         assert len(np.unique(chaos.sbox(h, h[:16]))) == 256
+
+
+def test_tiny_images_diffuse_like_a_random_cipher() -> None:
+    """One lane (< 128 bytes): a two-row chain state keeps differences from vanishing."""
+    img = np.random.default_rng(4).integers(0, 256, (3, 3, 3), dtype=np.uint8)
+    for position in (0, 13, 26):
+        changed = img.copy().reshape(-1)
+        changed[position] ^= 1
+        results = []
+        for t in range(64):
+            key = hashlib.sha256(b"tiny %d" % t).digest()
+            results.append(analysis.npcr_uaci(chaos.encrypt(img, key, key[:16]), chaos.encrypt(changed.reshape(img.shape), key, key[:16]))[0])
+        assert np.mean(results) >= analysis.npcr_critical(img.size)
