@@ -12,7 +12,7 @@ import os
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import pyrage
 
@@ -99,7 +99,11 @@ def peek(src: BinaryIO, size: int, offset: int = 0) -> bytes:
         src.seek(start)
 
 
-def read_exact(src: BinaryIO, size: int, allow_short: bool = False) -> bytes:
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+def read_exact(src: Readable, size: int, allow_short: bool = False) -> bytes:
     """Read ``size`` bytes, looping over short reads; ``allow_short`` accepts EOF first."""
     parts: list[bytes] = []
     left = size
@@ -113,6 +117,15 @@ def read_exact(src: BinaryIO, size: int, allow_short: bool = False) -> bytes:
     if left and not allow_short:
         raise AuthenticationError()
     return data
+
+
+def write_all(dst: BinaryIO, data: bytes) -> int:
+    """Write all of ``data`` (a raw stream may take it in several writes); return its size."""
+    view = memoryview(data)
+    while view:
+        n = dst.write(view)
+        view = view[len(view) if n is None else n:]
+    return len(data)
 
 
 class CountingWriter(io.RawIOBase):

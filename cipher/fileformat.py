@@ -62,11 +62,46 @@ def _decode_header(raw: bytes) -> tuple[int, bytes, bytes]:
     return chunk_size, key, nonce
 
 
+#: Inputs up to this size are enciphered in memory and sealed by age in one call: same
+#: bytes as the stream, without age pulling the payload through Python callbacks 64 KiB
+#: at a time. Larger inputs are streamed (memory bounded by the chunk size).
+IN_MEMORY_MAX = 8 << 20
+
+
+def _encipher(plain: memoryview, key: bytes, nonce: bytes, chunk_size: int,
+              first_index: int = 0) -> bytes:
+    """The chaos ciphertext of ``plain`` cut into chunks, numbered from ``first_index``."""
+    out: list[bytes] = []
+    for index, start in enumerate(range(0, len(plain), chunk_size), first_index):
+        chunk_nonce = _common.derive_nonce(LABEL_CHUNK_NONCE, nonce, index)
+        ct = chaos.encrypt(np.frombuffer(plain[start:start + chunk_size], np.uint8), key,
+                           chunk_nonce)
+        out.append(ct.tobytes())
+    return b"".join(out)
+
+
+class _Prefixed:
+    """``prefix`` (already read from ``src``), then the rest of ``src``."""
+
+    def __init__(self, prefix: bytes, src: BinaryIO) -> None:
+        self._prefix = memoryview(prefix)
+        self._src = src
+
+    def read(self, n: int = -1) -> bytes:
+        if self._prefix:
+            take = len(self._prefix) if n < 0 else n
+            part = bytes(self._prefix[:take])
+            self._prefix = self._prefix[take:]
+            return part
+        return self._src.read(n)
+
+
 class _EncryptingReader(io.RawIOBase):
     """Raw stream that yields the age payload: header, then enciphered chunks of ``src``."""
 
     def __init__(
-        self, src: BinaryIO, key: bytes, nonce: bytes, chunk_size: int, header: bytes
+        self, src: _common.Readable, key: bytes, nonce: bytes, chunk_size: int,
+        header: bytes
     ) -> None:
         super().__init__()
         self._src = src
@@ -163,11 +198,19 @@ def protect_file(
         raise ValueError(f"chunk_size must be in 1..{MAX_CHUNK_SIZE}")
     parsed = [str(r) for r in _common.keys.parse_recipients(recipients)]
     key, nonce = _common.fresh_key_and_nonce(randbytes)
-    reader = _EncryptingReader(src, key, nonce, chunk_size, _encode_header(chunk_size, key, nonce))
-    written = _common.age_encrypt(reader, dst, parsed)
+    header = _encode_header(chunk_size, key, nonce)
+    head = _common.read_exact(src, IN_MEMORY_MAX + 1, allow_short=True)
+    if len(head) <= IN_MEMORY_MAX:  # the whole input is in memory
+        payload = header + _encipher(memoryview(head), key, nonce, chunk_size)
+        written = _common.write_all(dst, _common.age_encrypt_bytes(payload, parsed))
+        bytes_in = len(head)
+    else:
+        reader = _EncryptingReader(_Prefixed(head, src), key, nonce, chunk_size, header)
+        written = _common.age_encrypt(reader, dst, parsed)
+        bytes_in = reader.bytes_in
     return ProtectInfo(
         mode=FILE_MODE,
-        bytes_in=reader.bytes_in,
+        bytes_in=bytes_in,
         bytes_out=written,
         format_version=FORMAT_VERSION,
         recipients=len(parsed),

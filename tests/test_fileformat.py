@@ -201,3 +201,17 @@ def test_payload_follows_the_spec_byte_for_byte(site_keys, seeded_randbytes) -> 
         expected += chaos.encrypt(chunk, key, unit_nonce[:16]).tobytes()
     assert payload == bytes(expected)
     assert payload[8:12] == b"\x01F\x00\x00"
+
+
+@pytest.mark.parametrize("limit", [0, SMALL_CHUNK - 5, SMALL_CHUNK, 3 * SMALL_CHUNK])
+def test_streamed_and_in_memory_paths_give_the_same_payload(limit, site_keys,
+                                                            monkeypatch) -> None:
+    """Inputs above IN_MEMORY_MAX are streamed through age; the payload must not differ."""
+    identity, recipient = site_keys
+    data = random.Random(5).randbytes(2 * SMALL_CHUNK + 777)
+    in_memory = _protect(data, [recipient], random.Random(3).randbytes)
+    monkeypatch.setattr(fileformat, "IN_MEMORY_MAX", limit)
+    streamed = _protect(data, [recipient], random.Random(3).randbytes)
+    parsed = [keys.parse_identity(identity)]
+    assert pyrage.decrypt(streamed, parsed) == pyrage.decrypt(in_memory, parsed)
+    assert _unprotect(streamed, [identity]) == data
