@@ -112,7 +112,7 @@ class Pipeline:
         if existing is not None and existing.state != "discovered":
             return Outcome("known", existing.id)
         folder = self.config.folders[s.folder]
-        dicom_kind = self._dicom_kind(s.path)
+        dicom_kind = self._dicom_kind(s.path, self._needs_image_check(folder))
         if dicom_kind == "incomplete":
             if self.clock() - s.first_seen < self.config.incomplete_grace_s:
                 return Outcome("incomplete")
@@ -161,8 +161,17 @@ class Pipeline:
         self.reporter.event("protected", file_id=item.file_id)
         return Outcome("protected", item.id)
 
-    def _dicom_kind(self, path: str) -> str:
-        """``image`` (complete DICOM with pixels), ``other``, or ``incomplete``."""
+    def _needs_image_check(self, folder: FolderConfig) -> bool:
+        """Whether any destination's protection mode depends on "is a DICOM image"."""
+        return any(self.config.destination(name).mode in ("auto", "dicom")
+                   for name in folder.destinations)
+
+    def _dicom_kind(self, path: str, image_check: bool = True) -> str:
+        """``image`` (complete DICOM with pixels), ``other``, or ``incomplete``.
+
+        Without ``image_check`` (every destination takes file mode, the plan does not
+        depend on it) a complete DICOM file is ``other``: the full parse is skipped.
+        """
         try:
             with open(path, "rb") as fh:
                 if not dicomcheck.is_dicom(fh):
@@ -171,6 +180,8 @@ class Pipeline:
                     dicomcheck.check_complete(fh)
                 except dicomcheck.Truncated:
                     return "incomplete"
+                if not image_check:
+                    return "other"
                 fh.seek(0)
                 return "image" if cipher.is_dicom_with_pixels(fh) else "other"
         except OSError:

@@ -59,6 +59,28 @@ def test_folder_destination_file_mode_and_after_ack_delete(tmp_path: Path, keypa
     assert not list((config.spool_dir).glob("*.file"))  # spool drained
 
 
+def test_file_mode_only_folder_takes_dicom_without_the_image_parse(
+        tmp_path: Path, keypair, monkeypatch) -> None:
+    """No destination depends on "is a DICOM image": the full parse is skipped."""
+    identity, recipient = keypair
+    outbox = tmp_path / "outbox"
+    config = write_config(tmp_path, [recipient], {"share": {"kind": "folder", "path": str(outbox)}},
+                          folder={"after_ack": "delete"})
+
+    def no_parse(src: object) -> bool:
+        raise AssertionError("is_dicom_with_pixels called for a file-mode-only folder")
+
+    monkeypatch.setattr(cipher, "is_dicom_with_pixels", no_parse)
+    inbox = config.folders[0].path
+    data = ct_slice()
+    with running(config) as agent:
+        drop(inbox / "ct.dcm", data)
+        wait_until(lambda: not (inbox / "ct.dcm").exists())
+        counts = agent.journal.state_counts()
+    assert counts == {"done": 1}
+    assert decrypt((outbox / "ct.dcm.age").read_bytes(), identity) == data
+
+
 def test_central_destination_heartbeat_and_events(tmp_path: Path, keypair) -> None:
     identity, recipient = keypair
     with Receiver() as rx:
