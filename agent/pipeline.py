@@ -9,6 +9,7 @@ Only :meth:`Pipeline.finalize`, once every destination acknowledged, applies the
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -27,6 +28,9 @@ from agent.status import Reporter
 from agent.watch import Settled
 
 log = logging.getLogger(__name__)
+
+#: DICOM files up to this size are read into memory for the completeness walk.
+_WALK_IN_MEMORY_MAX = 8 << 20
 
 
 class _HashingReader:
@@ -173,9 +177,15 @@ class Pipeline:
         depend on it) a complete DICOM file is ``other``: the full parse is skipped.
         """
         try:
-            with open(path, "rb") as fh:
-                if not dicomcheck.is_dicom(fh):
+            with open(path, "rb") as raw:
+                if not dicomcheck.is_dicom(raw):
                     return "other"
+                # The walk seeks from element to element; on a file in memory (a slice is
+                # well under the limit, and protection reads it next anyway) those seeks
+                # are not system calls that each hand the GIL over.
+                size = os.fstat(raw.fileno()).st_size
+                raw.seek(0)
+                fh: BinaryIO = io.BytesIO(raw.read()) if size <= _WALK_IN_MEMORY_MAX else raw
                 try:
                     dicomcheck.check_complete(fh)
                 except dicomcheck.Truncated:
