@@ -239,18 +239,24 @@ class Journal:
                                     (state,)).fetchall()
         return [Item(*r) for r in rows]
 
-    def same_content_done(self, path: str, sha256: str, exclude_id: int) -> bool:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM items WHERE path=? AND sha256=? AND id<>? AND state IN "
-                "('protected','done') LIMIT 1", (path, sha256, exclude_id)).fetchone()
-        return row is not None
-
     def set_protected(self, item_id: int, sha256: str, artifacts: list[Artifact],
-                      deliveries: list[tuple[str, str, str]]) -> None:
-        """Record the spool artifacts and ``(dest, mode, state)`` deliveries atomically."""
+                      deliveries: list[tuple[str, str, str]],
+                      unless_done_as: str | None = None) -> bool:
+        """Record the spool artifacts and ``(dest, mode, state)`` deliveries atomically.
+
+        With ``unless_done_as`` (the item's path): if another item of that path with the
+        same content is already protected or done (only the mtime changed), mark this one
+        ``duplicate`` instead, in the same transaction, and return False.
+        """
         now = self.clock()
         with self._tx() as db:
+            if unless_done_as is not None and db.execute(
+                    "SELECT 1 FROM items WHERE path=? AND sha256=? AND id<>? AND state IN "
+                    "('protected','done') LIMIT 1",
+                    (unless_done_as, sha256, item_id)).fetchone() is not None:
+                db.execute("UPDATE items SET state='duplicate', reason=NULL, updated_at=? "
+                           "WHERE id=?", (now, item_id))
+                return False
             for a in artifacts:
                 db.execute("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?,?)",
                            (a.item_id, a.mode, a.name, a.sha256, a.size, a.sop_instance_uid))
@@ -260,6 +266,7 @@ class Journal:
             db.execute("UPDATE items SET state='protected', sha256=?, updated_at=? WHERE id=?",
                        (sha256, now, item_id))
             self._bump(db, "protected")
+        return True
 
     def set_state(self, item_id: int, state: str, reason: str | None = None,
                   counter: str | None = None) -> None:

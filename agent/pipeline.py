@@ -155,13 +155,12 @@ class Pipeline:
             self._discard(artifacts)
             return self._quarantine(item, f"cannot protect: {type(exc).__name__}")
         assert source_sha is not None
-        if self.journal.same_content_done(s.path, source_sha, item.id):
-            self._discard(artifacts)  # only the mtime changed: same scan, already sent
-            self.journal.set_state(item.id, "duplicate")
-            return Outcome("duplicate", item.id)
         deliveries = [(name, mode or "-", "pending" if mode else "skipped")
                       for name, mode in plan]
-        self.journal.set_protected(item.id, source_sha, list(artifacts.values()), deliveries)
+        if not self.journal.set_protected(item.id, source_sha, list(artifacts.values()),
+                                          deliveries, unless_done_as=s.path):
+            self._discard(artifacts)  # only the mtime changed: same scan, already sent
+            return Outcome("duplicate", item.id)
         self.reporter.event("protected", file_id=item.file_id)
         return Outcome("protected", item.id)
 
