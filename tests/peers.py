@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -361,3 +362,9 @@ def start_storescp(
         raise PeerError(f"{exc}\n--- storescp.log ---\n{_log_tail(log_path)}") from None
     finally:
         _stop(proc)
+
+
+def central_run_command(data_dir: Path, port: int, *extra: str) -> list[str]:
+    """argv of ``scanfort central run`` on loopback for ``data_dir`` (quiet logs)."""
+    return [sys.executable, "-m", "scanfort", "central", "run", "--data-dir", str(data_dir),
+            "--port", str(port), "--log-level", "warning", *extra]

@@ -25,6 +25,7 @@ from service import dashboard, status, tables
 from service.app import create_app
 from service.settings import Settings
 from service.store import Store
+from tests.peers import central_run_command
 
 PASSWORD = "correct horse battery"
 
@@ -592,7 +593,6 @@ def test_heartbeat_round_trip_keeps_the_reported_status(client, store):
 def test_two_central_processes_share_one_postgresql(postgres_server, tmp_path):
     """`central init --db` once, then two `central run` processes serve the same fleet."""
     import subprocess
-    import sys
 
     import requests
 
@@ -624,19 +624,7 @@ def test_two_central_processes_share_one_postgresql(postgres_server, tmp_path):
     ports = [_free_port(), _free_port()]
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "scanfort",
-                "central",
-                "run",
-                "--data-dir",
-                str(data),
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
+            central_run_command(data, port),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

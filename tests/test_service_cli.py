@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 import requests
 
 from scanfort.cli import main
+from tests.peers import central_run_command
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -66,19 +66,7 @@ def test_run_serves_until_terminated_and_revoke_locks_an_agent_out(tmp_path: Pat
     token = json.loads(capsys.readouterr().out)["enrollment_token"]
     port = _free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "scanfort",
-            "central",
-            "run",
-            "--data-dir",
-            str(data),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
+        central_run_command(data, port),
         env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -175,23 +163,7 @@ def test_run_serves_https_with_secure_cookies(tmp_path: Path, capsys):
     cert, key = _self_signed(tmp_path)
     port = _free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "scanfort",
-            "central",
-            "run",
-            "--data-dir",
-            str(data),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--ssl-certfile",
-            str(cert),
-            "--ssl-keyfile",
-            str(key),
-        ],
+        central_run_command(data, port, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)),
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
