@@ -253,13 +253,22 @@ async def agent_partial(request: Request, agent_id: str, ctx: Ctx) -> Response:
     return _render(request, "_agent.html", {**data, "session": session})
 
 
-@router.post("/agents/{agent_id}/revoke")
-async def revoke_agent(request: Request, agent_id: str, ctx: Ctx) -> Response:
+async def _checked_form(request: Request, ctx: AppContext) -> tuple[SessionInfo, Any] | Response:
+    """Session and CSRF-checked form of a POST, or the response that refuses it."""
     session = await _session(request, ctx)
     if session is None:
         return _login_redirect(request)
-    if await _check_csrf(request, session) is None:
+    form = await _check_csrf(request, session)
+    if form is None:
         return _forbidden()
+    return session, form
+
+
+@router.post("/agents/{agent_id}/revoke")
+async def revoke_agent(request: Request, agent_id: str, ctx: Ctx) -> Response:
+    checked = await _checked_form(request, ctx)
+    if isinstance(checked, Response):
+        return checked
     await run_in_threadpool(ctx.store.revoke_agent, agent_id)
     return RedirectResponse(f"/agents/{quote(agent_id)}", status_code=303)
 
@@ -288,12 +297,10 @@ async def tokens(request: Request, ctx: Ctx) -> Response:
 
 @router.post("/tokens", response_class=HTMLResponse)
 async def mint_token(request: Request, ctx: Ctx) -> Response:
-    session = await _session(request, ctx)
-    if session is None:
-        return _login_redirect(request)
-    form = await _check_csrf(request, session)
-    if form is None:
-        return _forbidden()
+    checked = await _checked_form(request, ctx)
+    if isinstance(checked, Response):
+        return checked
+    session, form = checked
     note = str(form.get("note", ""))[:200]
     _id, token = await run_in_threadpool(
         ctx.store.mint_enrollment_token, ctx.settings.enrollment_token_ttl_s, note
@@ -303,10 +310,8 @@ async def mint_token(request: Request, ctx: Ctx) -> Response:
 
 @router.post("/tokens/{token_id}/revoke")
 async def revoke_token(request: Request, token_id: str, ctx: Ctx) -> Response:
-    session = await _session(request, ctx)
-    if session is None:
-        return _login_redirect(request)
-    if await _check_csrf(request, session) is None:
-        return _forbidden()
+    checked = await _checked_form(request, ctx)
+    if isinstance(checked, Response):
+        return checked
     await run_in_threadpool(ctx.store.revoke_enrollment_token, token_id)
     return RedirectResponse("/tokens", status_code=303)

@@ -17,12 +17,12 @@ import pydicom
 import pytest
 
 import cipher
-from cipher import keys
 from tests.peers import OrthancPeer, free_port
 from tests.test_agent_helpers import (
     TOKEN,
     Receiver,
     ct_slice,
+    decrypt,
     drop,
     running,
     wait_until,
@@ -30,17 +30,6 @@ from tests.test_agent_helpers import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def keypair() -> tuple[str, str]:
-    return keys.generate_identity()
-
-
-def decrypt(data: bytes, identity: str) -> bytes:
-    out = io.BytesIO()
-    cipher.unprotect(io.BytesIO(data), out, [identity])
-    return out.getvalue()
 
 
 def journal_states(path: Path) -> dict[str, int]:
@@ -65,8 +54,8 @@ def start_agent(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
 
 @pytest.mark.slow
 @pytest.mark.peer
-def test_kill_9_during_burst_loses_nothing(tmp_path: Path, keypair, orthanc: OrthancPeer) -> None:
-    identity, recipient = keypair
+def test_kill_9_during_burst_loses_nothing(tmp_path: Path, site_keys, orthanc: OrthancPeer) -> None:
+    identity, recipient = site_keys
     orthanc.clear()
     config = write_config(tmp_path, [recipient],
                           {"pacs": {"kind": "dicomweb", "url": orthanc.dicomweb_url}},
@@ -120,8 +109,8 @@ def test_kill_9_during_burst_loses_nothing(tmp_path: Path, keypair, orthanc: Ort
         assert restored.PatientID == original.PatientID
 
 
-def test_destination_down_then_back(tmp_path: Path, keypair) -> None:
-    identity, recipient = keypair
+def test_destination_down_then_back(tmp_path: Path, site_keys) -> None:
+    identity, recipient = site_keys
     port = free_port()
     config = write_config(
         tmp_path, [recipient], {"central": {"kind": "central"}},
@@ -141,8 +130,8 @@ def test_destination_down_then_back(tmp_path: Path, keypair) -> None:
     assert sorted(decrypt(o, identity) for o in rx.objects.values()) == sorted(payloads.values())
 
 
-def test_slow_writer_is_processed_once_and_complete(tmp_path: Path, keypair) -> None:
-    identity, recipient = keypair
+def test_slow_writer_is_processed_once_and_complete(tmp_path: Path, site_keys) -> None:
+    identity, recipient = site_keys
     with Receiver() as rx:
         config = write_config(tmp_path, [recipient], {"central": {"kind": "central"}},
                               central={"url": rx.url, "token": TOKEN}, settle_seconds=1.0)
@@ -161,8 +150,8 @@ def test_slow_writer_is_processed_once_and_complete(tmp_path: Path, keypair) -> 
         assert [decrypt(o, identity) for o in rx.objects.values()] == [data]
 
 
-def test_disk_below_watermark_pauses_intake(tmp_path: Path, keypair) -> None:
-    identity, recipient = keypair
+def test_disk_below_watermark_pauses_intake(tmp_path: Path, site_keys) -> None:
+    identity, recipient = site_keys
     free = {"bytes": 500_000}  # below the 1 MB low watermark
     outbox = tmp_path / "outbox"
     config = write_config(tmp_path, [recipient], {"share": {"kind": "folder", "path": str(outbox)}})
@@ -185,11 +174,11 @@ def test_disk_below_watermark_pauses_intake(tmp_path: Path, keypair) -> None:
         assert decrypt((outbox / (name + ".age")).read_bytes(), identity) == data
 
 
-def test_stuck_protection_is_interrupted_and_retried(tmp_path: Path, keypair) -> None:
+def test_stuck_protection_is_interrupted_and_retried(tmp_path: Path, site_keys) -> None:
     """A cipher call that never returns (a bug for one unlucky key) does not stall the agent."""
     from agent.guard import CipherGuard
 
-    identity, recipient = keypair
+    identity, recipient = site_keys
     calls = {"n": 0}
 
     def flaky_protect(src, dst, recipients, mode="file", policy=None):

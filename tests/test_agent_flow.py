@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
 from pathlib import Path
 
-import pytest
-
 import cipher
-from cipher import keys
 from tests.test_agent_helpers import (
     TOKEN,
     Receiver,
     ct_slice,
+    decrypt,
     drop,
     running,
     wait_until,
@@ -23,19 +20,8 @@ from tests.test_agent_helpers import (
 )
 
 
-@pytest.fixture(scope="module")
-def keypair() -> tuple[str, str]:
-    return keys.generate_identity()
-
-
-def decrypt(data: bytes, identity: str) -> bytes:
-    out = io.BytesIO()
-    cipher.unprotect(io.BytesIO(data), out, [identity])
-    return out.getvalue()
-
-
-def test_folder_destination_file_mode_and_after_ack_delete(tmp_path: Path, keypair) -> None:
-    identity, recipient = keypair
+def test_folder_destination_file_mode_and_after_ack_delete(tmp_path: Path, site_keys) -> None:
+    identity, recipient = site_keys
     outbox = tmp_path / "outbox"
     config = write_config(tmp_path, [recipient], {"share": {"kind": "folder", "path": str(outbox)}},
                           folder={"after_ack": "delete"})
@@ -60,9 +46,9 @@ def test_folder_destination_file_mode_and_after_ack_delete(tmp_path: Path, keypa
 
 
 def test_file_mode_only_folder_takes_dicom_without_the_image_parse(
-        tmp_path: Path, keypair, monkeypatch) -> None:
+        tmp_path: Path, site_keys, monkeypatch) -> None:
     """No destination depends on "is a DICOM image": the full parse is skipped."""
-    identity, recipient = keypair
+    identity, recipient = site_keys
     outbox = tmp_path / "outbox"
     config = write_config(tmp_path, [recipient], {"share": {"kind": "folder", "path": str(outbox)}},
                           folder={"after_ack": "delete"})
@@ -81,8 +67,8 @@ def test_file_mode_only_folder_takes_dicom_without_the_image_parse(
     assert decrypt((outbox / "ct.dcm.age").read_bytes(), identity) == data
 
 
-def test_central_destination_heartbeat_and_events(tmp_path: Path, keypair) -> None:
-    identity, recipient = keypair
+def test_central_destination_heartbeat_and_events(tmp_path: Path, site_keys) -> None:
+    identity, recipient = site_keys
     with Receiver() as rx:
         config = write_config(
             tmp_path, [recipient], {"central": {"kind": "central"}},
@@ -107,8 +93,8 @@ def test_central_destination_heartbeat_and_events(tmp_path: Path, keypair) -> No
         assert all("Doe" not in p.read_text() for p in logs)
 
 
-def test_plaintext_kept_until_every_destination_acknowledged(tmp_path: Path, keypair) -> None:
-    identity, recipient = keypair
+def test_plaintext_kept_until_every_destination_acknowledged(tmp_path: Path, site_keys) -> None:
+    identity, recipient = site_keys
     outbox = tmp_path / "outbox"
     with Receiver() as rx:
         rx.fail_with = 503
@@ -131,8 +117,8 @@ def test_plaintext_kept_until_every_destination_acknowledged(tmp_path: Path, key
         assert [decrypt(o, identity) for o in rx.objects.values()] == [payload]
 
 
-def test_auth_failure_pauses_destination_without_dropping(tmp_path: Path, keypair) -> None:
-    _, recipient = keypair
+def test_auth_failure_pauses_destination_without_dropping(tmp_path: Path, site_keys) -> None:
+    _, recipient = site_keys
     with Receiver() as rx:
         config = write_config(
             tmp_path, [recipient], {"central": {"kind": "central"}},
@@ -149,8 +135,8 @@ def test_auth_failure_pauses_destination_without_dropping(tmp_path: Path, keypai
         assert rx.objects == {}
 
 
-def test_rewritten_file_is_processed_again_and_touch_is_not(tmp_path: Path, keypair) -> None:
-    identity, recipient = keypair
+def test_rewritten_file_is_processed_again_and_touch_is_not(tmp_path: Path, site_keys) -> None:
+    identity, recipient = site_keys
     outbox = tmp_path / "outbox"
     config = write_config(tmp_path, [recipient],
                           {"share": {"kind": "folder", "path": str(outbox)}})

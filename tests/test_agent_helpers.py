@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import threading
 import time
@@ -23,6 +24,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+import cipher
 from agent.config import AgentConfig, load_config
 
 TOKEN = "agent-token-for-tests"
@@ -229,3 +231,10 @@ def running(config: AgentConfig, **kwargs: Any) -> Iterator[Any]:
         stop.set()
         t.join()
         agent.stop()
+
+
+def decrypt(data: bytes, identity: str) -> bytes:
+    """Both layers of a protected file or DICOM-mode dataset, with the site identity."""
+    out = io.BytesIO()
+    cipher.unprotect(io.BytesIO(data), out, [identity])
+    return out.getvalue()

@@ -9,16 +9,10 @@ import pydicom
 import pytest
 
 import cipher
-from cipher import keys
 from tests.peers import OrthancPeer, StoreSCPPeer
 from tests.test_agent_helpers import ct_slice, drop, running, wait_until, write_config
 
 pytestmark = pytest.mark.peer
-
-
-@pytest.fixture(scope="module")
-def keypair() -> tuple[str, str]:
-    return keys.generate_identity()
 
 
 def assert_same_scan(protected: bytes, original: bytes, identity: str) -> None:
@@ -35,8 +29,8 @@ def assert_same_scan(protected: bytes, original: bytes, identity: str) -> None:
     assert restored.SOPInstanceUID == plain.SOPInstanceUID
 
 
-def test_stow_rs_to_orthanc(tmp_path: Path, keypair, orthanc: OrthancPeer) -> None:
-    identity, recipient = keypair
+def test_stow_rs_to_orthanc(tmp_path: Path, site_keys, orthanc: OrthancPeer) -> None:
+    identity, recipient = site_keys
     orthanc.clear()
     config = write_config(tmp_path, [recipient],
                           {"pacs": {"kind": "dicomweb", "url": orthanc.dicomweb_url}})
@@ -53,9 +47,9 @@ def test_stow_rs_to_orthanc(tmp_path: Path, keypair, orthanc: OrthancPeer) -> No
         assert_same_scan(orthanc.instance_file(oid), data, identity)
 
 
-def test_c_store_to_orthanc_and_storescp(tmp_path: Path, keypair, orthanc: OrthancPeer,
+def test_c_store_to_orthanc_and_storescp(tmp_path: Path, site_keys, orthanc: OrthancPeer,
                                          storescp: StoreSCPPeer) -> None:
-    identity, recipient = keypair
+    identity, recipient = site_keys
     orthanc.clear()
     config = write_config(tmp_path, [recipient], {
         "orthanc": {"kind": "dicom", "host": orthanc.host, "port": orthanc.dicom_port,
@@ -79,8 +73,8 @@ def test_c_store_to_orthanc_and_storescp(tmp_path: Path, keypair, orthanc: Ortha
 
 
 def test_garbage_and_truncated_are_quarantined_and_agent_goes_on(
-        tmp_path: Path, keypair, orthanc: OrthancPeer) -> None:
-    _, recipient = keypair
+        tmp_path: Path, site_keys, orthanc: OrthancPeer) -> None:
+    _, recipient = site_keys
     orthanc.clear()
     config = write_config(tmp_path, [recipient],
                           {"pacs": {"kind": "dicomweb", "url": orthanc.dicomweb_url}})

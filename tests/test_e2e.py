@@ -20,10 +20,11 @@ import pytest
 import requests
 from pydicom.data import get_testdata_file
 
-from cipher import keys, unprotect
+from cipher import keys
 from service.bootstrap import initialize
 from service.server import BackgroundServer
 from tests.peers import start_orthanc
+from tests.test_agent_helpers import decrypt
 
 pytestmark = [pytest.mark.slow, pytest.mark.peer]
 
@@ -70,9 +71,7 @@ def _scanfort(*args: str) -> str:
 
 
 def _restored(protected: bytes, identity: str) -> pydicom.Dataset:
-    out = BytesIO()
-    unprotect(BytesIO(protected), out, [identity])
-    return pydicom.dcmread(BytesIO(out.getvalue()))
+    return pydicom.dcmread(BytesIO(decrypt(protected, identity)))
 
 
 def _login(session: requests.Session, url: str) -> None:
