@@ -7,7 +7,8 @@ DEBS := orthanc orthanc-dicomweb dcmtk age postgresql chromium systemd dpkg-dev
 
 .PHONY: demo test lint setup sysdeps bench
 
-$(STAMP): pyproject.toml
+# setup.py builds the C extension cipher._native in place: a changed C file reinstalls.
+$(STAMP): pyproject.toml setup.py cipher/_native.c
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[fast,dev]'

@@ -7,24 +7,33 @@ bytes. The byte image is laid out as ``R`` rows of ``L`` lanes; three chained pa
 (forward, backward, forward over the tail) apply ``S[XNOR(x, prev)] + g·prev[j+d]`` row by
 row, so every output byte depends nonlinearly on every input byte.
 
-Only this module's ``encrypt``/``decrypt``/``sbox`` are public. The sequential chain runs
-in a numba kernel when numba is importable, otherwise in a numpy loop over rows (each row
-a vector over lanes); both produce identical bytes. Decryption never needs the chain: every
-row's predecessor is ciphertext, so it is whole-array numpy in both paths.
+Only this module's ``encrypt``/``decrypt``/``sbox`` are public. Three backends produce
+identical bytes: ``native`` (the C extension ``cipher._native``: logistic maps, S-box and
+all passes in C, GFNI + AVX-512 when the CPU has it), ``numba`` (``_kernels``/``_gfni``, the
+``fast`` extra) and ``numpy`` (a loop over rows, each row a vector over lanes; decryption
+whole-array, since every row's predecessor is ciphertext). ``auto`` picks the first that is
+available, in that order, and never imports numba when the native extension is built.
+``SCANFORT_CHAOS_BACKEND=auto|native|numba|numpy`` and ``SCANFORT_CHAOS_GFNI=0`` (table
+kernels even on GFNI CPUs) are read at every call.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache, partial
+from typing import TypeVar
 
 import numpy as np
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from cipher import _gf
+
+try:  # the C extension, built by `pip install` when a C compiler is present (setup.py)
+    from cipher import _native
+except ImportError:  # pragma: no cover - exercised where the extension is not built
+    _native = None  # type: ignore[assignment]
 
 KEY_SIZE = 32
 NONCE_SIZE = 16
@@ -96,10 +105,22 @@ def _check(key: bytes, nonce: bytes) -> None:
         raise ValueError(f"chaos nonce must be {NONCE_SIZE} bytes")
 
 
+def _prk(key: bytes, nonce: bytes) -> bytes:
+    """HKDF-SHA256 extract (RFC 5869): salt = nonce, input key material = image key."""
+    return hmac.digest(bytes(nonce), bytes(key), "sha256")
+
+
+def _expand(prk: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-SHA256 expand (RFC 5869) of ``prk`` with ``info`` to ``length`` bytes."""
+    out, block, i = b"", b"", 1
+    while len(out) < length:
+        block = hmac.digest(prk, block + info + bytes([i]), "sha256")
+        out, i = out + block, i + 1
+    return out[:length]
+
+
 def _hkdf(key: bytes, nonce: bytes, label: bytes, length: int) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=bytes(nonce), info=label).derive(
-        bytes(key)
-    )
+    return _expand(_prk(key, nonce), label, length)
 
 
 def _unit(b: bytes) -> float:
@@ -119,11 +140,11 @@ def _scalar_samples(x0: float, r: float, count: int) -> np.ndarray:
     x = x0
     for _ in range(SBOX_TRANSIENT):
         x = (r * x) * (1.0 - x)
-    out = np.empty(count, dtype=np.uint8)
-    for i in range(count):  # a few hundred steps per image, not per pixel
+    out = []
+    for _ in range(count):  # a few hundred steps per image, not per pixel
         x = (r * x) * (1.0 - x)
-        out[i] = int(x * QUANT) & 0xFF
-    return out
+        out.append(int(x * QUANT) & 0xFF)
+    return np.array(out, dtype=np.uint8)
 
 
 def _stream_bytes(x0: float, r: float, count: int, compiled: bool) -> np.ndarray:
@@ -147,17 +168,31 @@ def _stream_bytes(x0: float, r: float, count: int, compiled: bool) -> np.ndarray
     return out.reshape(-1)[:count]
 
 
-def _healthy_samples(key: bytes, nonce: bytes, label: bytes, count: int, draw: Callable[[float, float, int], np.ndarray]) -> np.ndarray:
+def _distinct_numpy(samples: np.ndarray) -> int:
+    return int(np.count_nonzero(np.bincount(samples, minlength=256)))
+
+
+_Samples = TypeVar("_Samples", np.ndarray, memoryview)
+
+
+def _healthy_samples(
+    prk: bytes,
+    label: bytes,
+    count: int,
+    draw: Callable[[float, float, int], _Samples],
+    distinct: Callable[[_Samples], int],
+) -> _Samples:
     """Samples of the first derived map that passes the health check (SPEC §1.3).
 
     Attempt ``a`` uses the HKDF label, followed by the byte ``a`` when ``a > 0``; the first
-    HEALTH_SAMPLES samples are the check and are not used otherwise.
+    HEALTH_SAMPLES samples are the check and are not used otherwise. ``prk`` is the HKDF
+    pseudorandom key of the image key and nonce.
     """
     for attempt in range(MAX_DERIVATIONS):
         info = label if attempt == 0 else label + bytes([attempt])
-        x0, r = _map_params(_hkdf(key, nonce, info, 16))
+        x0, r = _map_params(_expand(prk, info, 16))
         out = draw(x0, r, HEALTH_SAMPLES + count)
-        if len(np.unique(out[:HEALTH_SAMPLES])) >= HEALTH_MIN_DISTINCT:
+        if distinct(out[:HEALTH_SAMPLES]) >= HEALTH_MIN_DISTINCT:
             return out[HEALTH_SAMPLES:]
     raise RuntimeError("no chaotic logistic map found for this key")  # ~never: each try fails w.p. < 1 %
 
@@ -179,7 +214,7 @@ def _invertible(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _sbox_cached(key: bytes, nonce: bytes) -> tuple[bytes, bytes, tuple[bytes, int, bytes, int]]:
-    smp = _healthy_samples(key, nonce, LABEL_SBOX, SBOX_SAMPLES, _scalar_samples)
+    smp = _healthy_samples(_prk(key, nonce), LABEL_SBOX, SBOX_SAMPLES, _scalar_samples, _distinct_numpy)
     a1, c1 = _invertible(smp[0:8], smp[8:16]), int(smp[16])
     a2, c2 = _invertible(smp[17:25], smp[25:33]), int(smp[33])
     x = np.arange(256, dtype=np.uint8)
@@ -210,8 +245,9 @@ def _layout(n: int) -> _Layout:
 def _params(key: bytes, nonce: bytes, lay: _Layout, compiled: bool) -> _Params:
     s, inv, affine = _sbox_cached(bytes(key), bytes(nonce))
     L, R = lay.lanes, lay.rows
-    st = _healthy_samples(key, nonce, LABEL_STREAM, 4 * L + 2 * R, partial(_stream_bytes, compiled=compiled))
-    g = _hkdf(key, nonce, LABEL_GF, 2)
+    prk = _prk(key, nonce)
+    st = _healthy_samples(prk, LABEL_STREAM, 4 * L + 2 * R, partial(_stream_bytes, compiled=compiled), _distinct_numpy)
+    g = _expand(prk, LABEL_GF, 2)
     g_f, g_b = 2 + g[0] % 254, 2 + g[1] % 254
     return _Params(
         sbox=np.frombuffer(s, dtype=np.uint8),
@@ -345,18 +381,79 @@ def _decrypt_matrix(m: np.ndarray, p: _Params, lay: _Layout) -> None:
     m[:] = x ^ p.key_f[None, :] ^ p.row_f[:, None]
 
 
+# --------------------------------------------------------------------------- native path
+
+
+def _native_gfni() -> int:
+    """The ``gfni`` argument of the native kernels: -1 (if the CPU has it) or 0 (tables)."""
+    return 0 if os.environ.get("SCANFORT_CHAOS_GFNI", "1") == "0" else -1
+
+
+def _native_stream(x0: float, r: float, count: int) -> memoryview:
+    assert _native is not None
+    return memoryview(_native.stream_samples(x0, r, count, STREAM_LANES, STREAM_LANE_STEP, STREAM_TRANSIENT, QUANT))
+
+
+def _native_scalar(x0: float, r: float, count: int) -> memoryview:
+    assert _native is not None
+    return memoryview(_native.scalar_samples(x0, r, count, SBOX_TRANSIENT, QUANT))
+
+
+@lru_cache(maxsize=64)
+def _native_sbox_samples(key: bytes, nonce: bytes) -> bytes:
+    """The 34 used samples of the S-box stream; the C kernels build the S-box from them."""
+    assert _native is not None
+    return bytes(_healthy_samples(_prk(key, nonce), LABEL_SBOX, SBOX_SAMPLES, _native_scalar, _native.distinct))
+
+
+def _apply_native(m: np.ndarray, key: bytes, nonce: bytes, lay: _Layout, forward: bool) -> str:
+    """Derive the parameters and run the passes (or their inverses) in C; the kernel name."""
+    assert _native is not None
+    L, R = lay.lanes, lay.rows
+    prk = _prk(key, nonce)
+    st = _healthy_samples(prk, LABEL_STREAM, 4 * L + 2 * R, _native_stream, _native.distinct)
+    g = _expand(prk, LABEL_GF, 2)
+    run = _native.encrypt if forward else _native.decrypt
+    return run(
+        m, st, _native_sbox_samples(key, nonce), 2 + g[0] % 254, 2 + g[1] % 254,
+        lay.lane_bits, lay.last, lay.tail_start, _native_gfni(),
+    )
+
+
 # --------------------------------------------------------------------------- dispatch
+
+BACKENDS = ("native", "numba", "numpy")
 
 
 def _backend(name: str | None) -> str:
-    name = name or os.environ.get("SCANFORT_CHAOS_BACKEND", "auto")
+    name = name or os.environ.get("SCANFORT_CHAOS_BACKEND") or "auto"
     if name == "auto":
-        from cipher import _kernels
+        if _native is not None:
+            return "native"
+        from cipher import _kernels  # imports numba when it is installed
 
         return "numba" if _kernels.AVAILABLE else "numpy"
-    if name not in ("numba", "numpy"):
-        raise ValueError(f"unknown chaos backend {name!r} (auto, numba or numpy)")
+    if name not in BACKENDS:
+        raise ValueError(f"unknown chaos backend {name!r} (auto, native, numba or numpy)")
+    if name == "native" and _native is None:
+        raise RuntimeError("the native chaos kernels are not built (reinstall with a C compiler: pip install -e .)")
     return name
+
+
+def kernel(backend: str | None = None) -> str:
+    """What ``backend`` (default: the one ``auto``/the environment selects) runs on this
+    machine: ``native GFNI/AVX-512``, ``native table``, ``numba GFNI/AVX-512``,
+    ``numba table`` or ``numpy``. GFNI kernels apply from 64 lanes (inputs of 8 KiB and
+    more); smaller inputs use the tables."""
+    name = _backend(backend)
+    if name == "native":
+        assert _native is not None
+        return "native " + ("GFNI/AVX-512" if _native.GFNI and _native_gfni() else "table")
+    if name == "numba":
+        from cipher import _kernels
+
+        return "numba " + ("GFNI/AVX-512" if _kernels.GFNI else "table")
+    return "numpy"
 
 
 def _apply(data: np.ndarray, key: bytes, nonce: bytes, backend: str | None, forward: bool) -> np.ndarray:
@@ -366,9 +463,13 @@ def _apply(data: np.ndarray, key: bytes, nonce: bytes, backend: str | None, forw
     if buf.size == 0:
         return data.copy()
     lay = _layout(buf.size)
-    compiled = _backend(backend) == "numba"
-    p = _params(bytes(key), bytes(nonce), lay, compiled)
+    name = _backend(backend)
     m = _matrix(buf, lay)
+    if name == "native":
+        _apply_native(m, bytes(key), bytes(nonce), lay, forward)
+        return _from_bytes(m.reshape(-1)[: lay.n], data)
+    compiled = name == "numba"
+    p = _params(bytes(key), bytes(nonce), lay, compiled)
     if compiled:
         from cipher import _kernels
 
