@@ -1,9 +1,15 @@
-"""The chaos cipher: vectors on both paths, exact inversion, diffusion, S-box quality."""
+"""The chaos cipher: vectors on every backend and kernel, exact inversion, diffusion,
+S-box quality, and the native extension's primitives and argument checks."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +20,46 @@ from hypothesis import strategies as st
 from cipher import _kernels, analysis, chaos
 from tests.vectors.make_chaos_vectors import ciphertext_bytes, make_input
 
+try:
+    from cipher import _native
+except ImportError:
+    _native = None  # type: ignore[assignment]
+
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "chaos_v1.json").read_text())["vectors"]
-BACKENDS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(not _kernels.AVAILABLE, reason="numba not installed"))]
+NUMBA = pytest.mark.skipif(not _kernels.AVAILABLE, reason="numba not installed")
+# "native-table": the native backend with SCANFORT_CHAOS_GFNI=0 (table kernel on any CPU)
+BACKENDS = ["native", "native-table", "numpy", pytest.param("numba", marks=NUMBA)]
 KEY = bytes(range(32))
 NONCE = bytes(range(100, 116))
+NO_GFNI = "CPU without GFNI/AVX-512BW: the native table kernel is used"
+
+
+def require_native() -> None:
+    """Skip without the C extension; under CI (which builds it) its absence is a failure."""
+    if _native is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("cipher._native is not built under CI (setup.py, needs a C compiler)")
+        pytest.skip("cipher._native is not built (pip install -e . with a C compiler)")
+
+
+@pytest.fixture
+def use(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], str]:
+    """use(backend) -> the backend name for ``chaos._encrypt_with`` (native-table sets the
+    environment switch that the native backend reads at every call)."""
+
+    def pick(backend: str) -> str:
+        if backend.startswith("native"):
+            require_native()
+        monkeypatch.setenv("SCANFORT_CHAOS_GFNI", "0" if backend == "native-table" else "1")
+        return backend.removesuffix("-table")
+
+    return pick
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("vec", VECTORS, ids=[v["name"] for v in VECTORS])
-def test_vectors(vec: dict, backend: str) -> None:
+def test_vectors(vec: dict, backend: str, use) -> None:
+    backend = use(backend)
     key, nonce = bytes.fromhex(vec["key"]), bytes.fromhex(vec["nonce"])
     plain = make_input(vec)
     ct = chaos._encrypt_with(plain, key, nonce, backend)
@@ -54,17 +91,18 @@ def test_round_trip_and_paths_agree(shape: list[int], wide: bool, seed: int, key
     dtype = np.uint16 if wide else np.uint8
     plain = rng.integers(0, np.iinfo(dtype).max + 1, size=shape, dtype=dtype)
     ct = chaos._encrypt_with(plain, key, nonce, "numpy")
-    if _kernels.AVAILABLE:
-        assert np.array_equal(ct, chaos._encrypt_with(plain, key, nonce, "numba"))
-        assert np.array_equal(chaos._decrypt_with(ct, key, nonce, "numba"), plain)
+    for backend in ("numba",) * _kernels.AVAILABLE + ("native",) * (_native is not None):
+        assert np.array_equal(ct, chaos._encrypt_with(plain, key, nonce, backend)), backend
+        assert np.array_equal(chaos._decrypt_with(ct, key, nonce, backend), plain), backend
     back = chaos._decrypt_with(ct, key, nonce, "numpy")
     assert back.dtype == plain.dtype and np.array_equal(back, plain)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("n", [1, 63, 64, 127, 128, 129, 4095, 4096 + 63, 65537, 1 << 20, (1 << 22) + 65])
-def test_round_trip_layout_edges(n: int, backend: str) -> None:
-    """Sizes around lane/row boundaries, ragged last rows (the GFNI kernel's scalar tail)."""
+@pytest.mark.parametrize("n", [1, 63, 64, 127, 128, 129, 4095, 4096 + 63, 8191, 65537, 1 << 20, (1 << 22) + 65])
+def test_round_trip_layout_edges(n: int, backend: str, use) -> None:
+    """Sizes around lane/row boundaries, ragged last rows (the GFNI kernels' partial row)."""
+    backend = use(backend)
     plain = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8)
     ct = chaos._encrypt_with(plain, KEY, NONCE, backend)
     assert np.array_equal(ct, chaos._encrypt_with(plain, KEY, NONCE, "numpy"))
@@ -241,7 +279,7 @@ def test_maps_in_a_periodic_window_are_derived_again(label: bytes, index: int) -
     first = chaos._scalar_samples(x0, r, 256) if label == chaos.LABEL_SBOX else chaos._stream_bytes(x0, r, 256, False)
     assert len(np.unique(first)) < 16  # periodic orbit: the case the check exists for
     plain = np.random.default_rng(0).integers(0, 256, (300, 300), dtype=np.uint8)
-    for backend in ("numpy", "numba") if _kernels.AVAILABLE else ("numpy",):
+    for backend in ("numpy",) + ("numba",) * _kernels.AVAILABLE + ("native",) * (_native is not None):
         ct = chaos._encrypt_with(plain, key, nonce, backend)
         assert np.array_equal(chaos._decrypt_with(ct, key, nonce, backend), plain)
         assert analysis.entropy(ct) > 7.99
@@ -266,3 +304,212 @@ def test_tiny_images_diffuse_like_a_random_cipher() -> None:
             key = hashlib.sha256(b"tiny %d" % t).digest()
             results.append(analysis.npcr_uaci(chaos.encrypt(img, key, key[:16]), chaos.encrypt(changed.reshape(img.shape), key, key[:16]))[0])
         assert np.mean(results) >= analysis.npcr_critical(img.size)
+
+
+# ----------------------------------------------------------------------- backends
+
+
+def test_auto_prefers_native_and_never_imports_numba() -> None:
+    """The edge agent's memory budget: with the extension built, ``auto`` runs it and
+    numba/llvmlite are never loaded (checked in a fresh interpreter)."""
+    require_native()
+    code = (
+        "import sys, numpy as np, cipher\n"
+        "from cipher import chaos\n"
+        "img = np.arange(512 * 512, dtype=np.uint16).reshape(512, 512)\n"
+        "ct = chaos.encrypt(img, bytes(32), bytes(16))\n"
+        "assert (chaos.decrypt(ct, bytes(32), bytes(16)) == img).all()\n"
+        "print(chaos._backend(None), sorted(m for m in sys.modules if m.split('.')[0] in ('numba', 'llvmlite')))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCANFORT_CHAOS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["native", "[]"]
+
+
+def test_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCANFORT_CHAOS_BACKEND", "numpy")
+    assert chaos._backend(None) == "numpy" and chaos.kernel() == "numpy"
+    assert chaos._backend("native" if _native is not None else "numpy") in chaos.BACKENDS
+    with pytest.raises(ValueError, match="unknown chaos backend 'fast'"):
+        chaos._backend("fast")
+    monkeypatch.setenv("SCANFORT_CHAOS_BACKEND", "auto")
+    monkeypatch.setattr(chaos, "_native", None)  # as on an install without a C compiler
+    assert chaos._backend(None) == ("numba" if _kernels.AVAILABLE else "numpy")
+    with pytest.raises(RuntimeError, match="native chaos kernels are not built"):
+        chaos._encrypt_with(np.zeros(4, np.uint8), KEY, NONCE, "native")
+
+
+def test_native_kernel_follows_the_environment_at_call_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    require_native()
+    plain = np.random.default_rng(21).integers(0, 4096, (300, 200), dtype=np.uint16)
+    monkeypatch.setenv("SCANFORT_CHAOS_GFNI", "0")
+    assert chaos.kernel("native") == "native table"
+    table = chaos._encrypt_with(plain, KEY, NONCE, "native")
+    monkeypatch.setenv("SCANFORT_CHAOS_GFNI", "1")
+    assert chaos.kernel("native") == ("native GFNI/AVX-512" if _native.GFNI else "native table")
+    assert np.array_equal(chaos._encrypt_with(plain, KEY, NONCE, "native"), table)
+    assert np.array_equal(table, chaos._encrypt_with(plain, KEY, NONCE, "numpy"))
+
+
+def test_native_from_threads_matches_sequential() -> None:
+    """The kernels release the GIL; concurrent calls must not disturb each other."""
+    require_native()
+    rng = np.random.default_rng(31)
+    images = [rng.integers(0, 4096, (256, 256 + i), dtype=np.uint16) for i in range(8)]
+    keys = [hashlib.sha256(b"thread %d" % i).digest() for i in range(8)]
+    expected = [chaos._encrypt_with(img, k, k[:16], "numpy") for img, k in zip(images, keys, strict=True)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda a: chaos._encrypt_with(a[0], a[1], a[1][:16], "native"), zip(images, keys, strict=True)))
+        back = list(pool.map(lambda a: chaos._decrypt_with(a[0], a[1], a[1][:16], "native"), zip(got, keys, strict=True)))
+    assert all(np.array_equal(g, e) for g, e in zip(got, expected, strict=True))
+    assert all(np.array_equal(b, i) for b, i in zip(back, images, strict=True))
+
+
+# ----------------------------------------------------------------------- native primitives
+
+
+@pytest.mark.parametrize("i", range(40))
+def test_native_maps_are_bit_identical(i: int) -> None:
+    """Logistic-map samples from C equal the numpy/Python reference bit for bit (strict
+    IEEE doubles, no contraction), for counts that are not multiples of the 256 lanes."""
+    require_native()
+    h = hashlib.sha256(b"map %d" % i).digest()
+    x0, r = chaos._map_params(h[:16])
+    count = [0, 1, 255, 256, 257, 5000][i % 6]
+    stream = _native.stream_samples(x0, r, count, chaos.STREAM_LANES, chaos.STREAM_LANE_STEP, chaos.STREAM_TRANSIENT, chaos.QUANT)
+    assert stream == chaos._stream_bytes(x0, r, count, False).tobytes()
+    scalar = _native.scalar_samples(x0, r, 300, chaos.SBOX_TRANSIENT, chaos.QUANT)
+    assert scalar == chaos._scalar_samples(x0, r, 300).tobytes()
+    if _kernels.AVAILABLE:
+        assert stream == chaos._stream_bytes(x0, r, count, True).tobytes()
+
+
+def test_native_maps_at_the_ends_of_the_ranges() -> None:
+    """x0 and r at the edges of their ranges, and r = 4 (x reaches 1.0 and 0.0)."""
+    require_native()
+    for x0, r in ((chaos.X_MIN, chaos.R_MIN), (chaos.X_MIN + chaos.X_SPAN, chaos.R_MIN + chaos.R_SPAN), (0.5, 4.0), (0.25, 4.0), (0.0, 3.0), (1.0, 3.5)):
+        assert _native.scalar_samples(x0, r, 400, chaos.SBOX_TRANSIENT, chaos.QUANT) == chaos._scalar_samples(x0, r, 400).tobytes()
+        stream = _native.stream_samples(x0 * 0.99, r, 700, chaos.STREAM_LANES, chaos.STREAM_LANE_STEP, chaos.STREAM_TRANSIENT, chaos.QUANT)
+        assert stream == chaos._stream_bytes(x0 * 0.99, r, 700, False).tobytes()
+
+
+@pytest.mark.parametrize("i", range(12))
+def test_native_sbox_matches_the_reference(i: int) -> None:
+    require_native()
+    key = hashlib.sha256(b"sbox key %d" % i).digest()
+    nonce = hashlib.sha256(b"sbox nonce %d" % i).digest()[:16]
+    samples = chaos._native_sbox_samples(key, nonce)
+    assert len(samples) == chaos.SBOX_SAMPLES
+    s, inv = _native.sbox(samples)
+    assert s == chaos.sbox(key, nonce).tobytes()
+    assert bytes(np.frombuffer(s, np.uint8)[np.frombuffer(inv, np.uint8)]) == bytes(range(256))
+
+
+def test_native_distinct() -> None:
+    require_native()
+    assert _native.distinct(b"") == 0
+    assert _native.distinct(bytes(300)) == 1
+    assert _native.distinct(bytes(range(256)) * 2) == 256
+    arr = np.random.default_rng(2).integers(0, 256, 256, dtype=np.uint8)
+    assert _native.distinct(arr) == len(np.unique(arr)) == chaos._distinct_numpy(arr)
+
+
+def _random_job(rng: np.random.Generator, k: int, rows: int, last: int) -> dict:
+    L = 1 << k
+    return {
+        "m": rng.integers(0, 256, rows * L, dtype=np.uint8),
+        "st": rng.integers(0, 256, 4 * L + 2 * rows, dtype=np.uint8),
+        "sbox_samples": rng.integers(0, 256, chaos.SBOX_SAMPLES, dtype=np.uint8).tobytes(),
+        "g_f": int(rng.integers(2, 256)),
+        "g_b": int(rng.integers(2, 256)),
+        "lane_bits": k,
+        "last": last,
+        "tail_start": max(1, rows - (k + chaos.TAIL_EXTRA_ROWS)),
+    }
+
+
+@pytest.mark.parametrize(
+    ("k", "rows", "last"),
+    [(6, 1, 64), (6, 1, 1), (6, 2, 63), (6, 70, 1), (7, 64, 100), (8, 65, 255), (10, 3, 513), (12, 66, 4096), (16, 5, 40_000)],
+)
+def test_native_gfni_and_table_kernels_agree(k: int, rows: int, last: int) -> None:
+    """Both native kernels on arbitrary parameters, including one- and two-row layouts,
+    ragged last rows and the smallest GFNI width (64 lanes, every block wraps)."""
+    require_native()
+    if not _native.GFNI:
+        pytest.skip(NO_GFNI)
+    rng = np.random.default_rng(k * 1000 + rows)
+    job = _random_job(rng, k, rows, last)
+    plain = job["m"].copy()
+    table, fast = dict(job, m=plain.copy()), dict(job, m=plain.copy())
+    assert _native.encrypt(**table, gfni=0) == "table"
+    assert _native.encrypt(**fast, gfni=1) == "gfni"
+    assert np.array_equal(table["m"], fast["m"])
+    assert not np.array_equal(table["m"], plain)
+    assert _native.decrypt(**fast, gfni=1) == "gfni"
+    assert _native.decrypt(**table, gfni=0) == "table"
+    n = (rows - 1) * (1 << k) + last  # the padding lanes of the last row are not data
+    assert np.array_equal(fast["m"][:n], plain[:n]) and np.array_equal(table["m"][:n], plain[:n])
+
+
+def test_native_narrow_layouts_use_the_tables() -> None:
+    require_native()
+    job = _random_job(np.random.default_rng(5), 5, 64, 32)
+    assert _native.encrypt(**job) == "table"  # 32 lanes: below one 64-byte block
+    if not _native.GFNI:
+        with pytest.raises(RuntimeError, match="GFNI"):
+            _native.encrypt(**job, gfni=1)
+
+
+def test_native_rejects_wrong_sizes() -> None:
+    """Every size is checked before anything is written: ValueError, buffer untouched."""
+    require_native()
+    good = _random_job(np.random.default_rng(9), 7, 66, 100)
+    before = good["m"].copy()
+    L, R = 128, 66
+    bad = [
+        {"m": good["m"][:-1]},  # not whole rows
+        {"m": good["m"][:0]},  # empty
+        {"st": good["st"][:-1]},
+        {"st": np.concatenate([good["st"], good["st"][:1]])},
+        {"st": b""},
+        {"sbox_samples": good["sbox_samples"][:-1]},
+        {"sbox_samples": good["sbox_samples"] + b"x"},
+        {"last": 0},
+        {"last": L + 1},
+        {"tail_start": 0},
+        {"tail_start": R + 1},
+        {"lane_bits": -1},
+        {"lane_bits": 31},
+        {"lane_bits": 8},  # 256 lanes: 33 rows, so neither the stream nor tail_start fits
+        {"g_f": 256},
+        {"g_b": -1},
+        {"gfni": 2},
+    ]
+    for change in bad:
+        for fn in (_native.encrypt, _native.decrypt):
+            with pytest.raises(ValueError):
+                fn(**dict(good, **change))
+            assert np.array_equal(good["m"], before), change
+    with pytest.raises(TypeError):  # a read-only matrix
+        _native.encrypt(**dict(good, m=good["m"].tobytes()))
+    with pytest.raises(ValueError):
+        _native.sbox(bytes(33))
+    step, q = chaos.STREAM_LANE_STEP, chaos.QUANT
+    for args in [
+        (0.5, 3.99, -1, 256, step, 64, q),  # negative count
+        (0.5, 3.99, 10, 0, step, 64, q),  # no lanes
+        (0.5, 3.99, 10, 256, step, -1, q),  # negative transient
+        (1.5, 3.99, 10, 256, step, 64, q),  # x0 outside [0, 1]
+        (float("nan"), 3.99, 10, 256, step, 64, q),
+        (0.5, 4.5, 10, 256, step, 64, q),  # r > 4
+        (0.5, 3.99, 10, 256, step, 64, 2.0**33),  # quant too large
+        (1.0 - 100 * step, 3.99, 10, 256, step, 64, q),  # lane seeds beyond 1
+        (0.5, 3.99, 10, 256, -step, 64, q),  # negative spacing
+    ]:
+        with pytest.raises(ValueError):
+            _native.stream_samples(*args)
+    with pytest.raises(ValueError):
+        _native.scalar_samples(0.5, 3.99, -1, 10, q)
+    with pytest.raises(ValueError):
+        _native.scalar_samples(0.5, -1.0, 1, 10, q)
