@@ -365,8 +365,11 @@ typedef struct {
     uint8_t b1, b2;      /* GFNI: constants of the two S-box halves */
 } pass_consts;
 
-typedef void (*row_fn)(uint8_t *row, const uint8_t *prev, const uint8_t *cross, const uint8_t *lane_key,
-                       uint8_t rk, Py_ssize_t L, Py_ssize_t d, Py_ssize_t width, const pass_consts *c);
+/* One round over a row: reads the row from `in`, writes it to `out` (the same row of the
+ * matrix, or the caller's input when the first pass also copies it into the matrix). */
+typedef void (*row_fn)(uint8_t *out, const uint8_t *in, const uint8_t *prev, const uint8_t *cross,
+                       const uint8_t *lane_key, uint8_t rk, Py_ssize_t L, Py_ssize_t d, Py_ssize_t width,
+                       const pass_consts *c);
 
 /* The table kernels work in chunks: the XORs in loops the compiler vectorises, the table
  * lookups in plain byte loops. GCC would "vectorise" those with emulated gathers, which
@@ -396,28 +399,30 @@ static void lookup_sub(uint8_t *out, const uint8_t *tab1, const uint8_t *a, cons
         out[t] = tab1[(uint8_t)(a[t] - tab2[b[t]])];
 }
 
-/* Table kernel, one row: row[j] = S[~(row[j] ⊕ K[j] ⊕ W ⊕ prev[j])] + g·cross[(j + d) mod L]. */
-static void row_enc_table(uint8_t *row, const uint8_t *prev, const uint8_t *cross, const uint8_t *lane_key,
-                          uint8_t rk, Py_ssize_t L, Py_ssize_t d, Py_ssize_t width, const pass_consts *c)
+/* Table kernel, one row: out[j] = S[~(in[j] ⊕ K[j] ⊕ W ⊕ prev[j])] + g·cross[(j + d) mod L]. */
+static void row_enc_table(uint8_t *out, const uint8_t *in, const uint8_t *prev, const uint8_t *cross,
+                          const uint8_t *lane_key, uint8_t rk, Py_ssize_t L, Py_ssize_t d, Py_ssize_t width,
+                          const pass_consts *c)
 {
     uint8_t v[CHUNK];
     for (Py_ssize_t j0 = 0; j0 < width; j0 += CHUNK) {
         Py_ssize_t n = width - j0 < CHUNK ? width - j0 : CHUNK;
         for (Py_ssize_t t = 0; t < n; t++)
-            v[t] = (uint8_t)(row[j0 + t] ^ lane_key[j0 + t] ^ prev[j0 + t] ^ rk);
+            v[t] = (uint8_t)(in[j0 + t] ^ lane_key[j0 + t] ^ prev[j0 + t] ^ rk);
         /* lanes j < L - d take cross[j + d], the others cross[j + d - L] */
         Py_ssize_t split = L - d - j0;
         split = split < 0 ? 0 : (split > n ? n : split);
         if (split > 0)
-            lookup_add(row + j0, c->tab, v, c->mul, cross + j0 + d, split);
+            lookup_add(out + j0, c->tab, v, c->mul, cross + j0 + d, split);
         if (split < n)
-            lookup_add(row + j0 + split, c->tab, v + split, c->mul, cross + j0 + split + d - L, n - split);
+            lookup_add(out + j0 + split, c->tab, v + split, c->mul, cross + j0 + split + d - L, n - split);
     }
 }
 
-/* Inverse round: row[j] = ~(S^-1[row[j] - g·cross[(j + d) mod L]] ⊕ prev[j]) ⊕ K[j] ⊕ W. */
-static void row_dec_table(uint8_t *row, const uint8_t *prev, const uint8_t *cross, const uint8_t *lane_key,
-                          uint8_t rk, Py_ssize_t L, Py_ssize_t d, Py_ssize_t width, const pass_consts *c)
+/* Inverse round: out[j] = ~(S^-1[in[j] - g·cross[(j + d) mod L]] ⊕ prev[j]) ⊕ K[j] ⊕ W. */
+static void row_dec_table(uint8_t *out, const uint8_t *in, const uint8_t *prev, const uint8_t *cross,
+                          const uint8_t *lane_key, uint8_t rk, Py_ssize_t L, Py_ssize_t d, Py_ssize_t width,
+                          const pass_consts *c)
 {
     uint8_t w = (uint8_t)(rk ^ 0xFFu); /* the XNOR's complement folded into the row key */
     uint8_t v[CHUNK];
@@ -426,11 +431,11 @@ static void row_dec_table(uint8_t *row, const uint8_t *prev, const uint8_t *cros
         Py_ssize_t split = L - d - j0;
         split = split < 0 ? 0 : (split > n ? n : split);
         if (split > 0)
-            lookup_sub(v, c->tab, row + j0, c->mul, cross + j0 + d, split);
+            lookup_sub(v, c->tab, in + j0, c->mul, cross + j0 + d, split);
         if (split < n)
-            lookup_sub(v + split, c->tab, row + j0 + split, c->mul, cross + j0 + split + d - L, n - split);
+            lookup_sub(v + split, c->tab, in + j0 + split, c->mul, cross + j0 + split + d - L, n - split);
         for (Py_ssize_t t = 0; t < n; t++)
-            row[j0 + t] = (uint8_t)(v[t] ^ prev[j0 + t] ^ lane_key[j0 + t] ^ w);
+            out[j0 + t] = (uint8_t)(v[t] ^ prev[j0 + t] ^ lane_key[j0 + t] ^ w);
     }
 }
 
@@ -450,8 +455,9 @@ static const uint8_t *rotated(const uint8_t *cross, Py_ssize_t jj, Py_ssize_t L,
  * and one affine-inverse instruction, with ~ folded into the first constant
  * (b1 = A1·0xFF ⊕ c1); g·x is one more affine. A partial row is written with a mask. */
 SF_GFNI_TARGET
-static void row_enc_gfni(uint8_t *row, const uint8_t *prev, const uint8_t *cross, const uint8_t *lane_key,
-                         uint8_t rk, Py_ssize_t L, Py_ssize_t d, Py_ssize_t width, const pass_consts *c)
+static void row_enc_gfni(uint8_t *out, const uint8_t *in, const uint8_t *prev, const uint8_t *cross,
+                         const uint8_t *lane_key, uint8_t rk, Py_ssize_t L, Py_ssize_t d, Py_ssize_t width,
+                         const pass_consts *c)
 {
     const __m512i a1 = _mm512_set1_epi64((long long)c->q1);
     const __m512i a2 = _mm512_set1_epi64((long long)c->q2);
@@ -465,24 +471,25 @@ static void row_enc_gfni(uint8_t *row, const uint8_t *prev, const uint8_t *cross
         if (jj >= L)
             jj -= L;
         __m512i rot = _mm512_loadu_si512((const void *)rotated(cross, jj, L, tmp));
-        __m512i v = _mm512_loadu_si512((const void *)(row + j));
+        __m512i v = _mm512_loadu_si512((const void *)(in + j));
         v = _mm512_xor_si512(v, _mm512_loadu_si512((const void *)(prev + j)));
         v = _mm512_xor_si512(v, _mm512_loadu_si512((const void *)(lane_key + j)));
         v = _mm512_xor_si512(v, w);
         __m512i y = _mm512_xor_si512(_mm512_gf2p8affine_epi64_epi8(v, a1, 0), k1);
         __m512i s = _mm512_xor_si512(_mm512_gf2p8affineinv_epi64_epi8(y, a2, 0), k2);
-        __m512i out = _mm512_add_epi8(s, _mm512_gf2p8affine_epi64_epi8(rot, mg, 0));
+        __m512i res = _mm512_add_epi8(s, _mm512_gf2p8affine_epi64_epi8(rot, mg, 0));
         if (j + 64 <= width)
-            _mm512_storeu_si512((void *)(row + j), out);
+            _mm512_storeu_si512((void *)(out + j), res);
         else
-            _mm512_mask_storeu_epi8((void *)(row + j), (__mmask64)((UINT64_C(1) << (width - j)) - 1), out);
+            _mm512_mask_storeu_epi8((void *)(out + j), (__mmask64)((UINT64_C(1) << (width - j)) - 1), res);
     }
 }
 
 /* Inverse: S^-1(y) = A1^-1·inv(A2^-1·y ⊕ b2) ⊕ b1 with b2 = A2^-1·c2, b1 = A1^-1·c1. */
 SF_GFNI_TARGET
-static void row_dec_gfni(uint8_t *row, const uint8_t *prev, const uint8_t *cross, const uint8_t *lane_key,
-                         uint8_t rk, Py_ssize_t L, Py_ssize_t d, Py_ssize_t width, const pass_consts *c)
+static void row_dec_gfni(uint8_t *out, const uint8_t *in, const uint8_t *prev, const uint8_t *cross,
+                         const uint8_t *lane_key, uint8_t rk, Py_ssize_t L, Py_ssize_t d, Py_ssize_t width,
+                         const pass_consts *c)
 {
     const __m512i a2i = _mm512_set1_epi64((long long)c->q2);
     const __m512i a1i = _mm512_set1_epi64((long long)c->q1);
@@ -496,15 +503,15 @@ static void row_dec_gfni(uint8_t *row, const uint8_t *prev, const uint8_t *cross
             jj -= L;
         __m512i rot = _mm512_loadu_si512((const void *)rotated(cross, jj, L, tmp));
         __m512i g = _mm512_gf2p8affine_epi64_epi8(rot, mg, 0);
-        __m512i y = _mm512_sub_epi8(_mm512_loadu_si512((const void *)(row + j)), g);
+        __m512i y = _mm512_sub_epi8(_mm512_loadu_si512((const void *)(in + j)), g);
         __m512i t = _mm512_xor_si512(_mm512_gf2p8affine_epi64_epi8(y, a2i, 0), k2);
         __m512i u = _mm512_xor_si512(_mm512_gf2p8affineinv_epi64_epi8(t, a1i, 0), k1w);
         u = _mm512_xor_si512(u, _mm512_loadu_si512((const void *)(prev + j)));
         u = _mm512_xor_si512(u, _mm512_loadu_si512((const void *)(lane_key + j)));
         if (j + 64 <= width)
-            _mm512_storeu_si512((void *)(row + j), u);
+            _mm512_storeu_si512((void *)(out + j), u);
         else
-            _mm512_mask_storeu_epi8((void *)(row + j), (__mmask64)((UINT64_C(1) << (width - j)) - 1), u);
+            _mm512_mask_storeu_epi8((void *)(out + j), (__mmask64)((UINT64_C(1) << (width - j)) - 1), u);
     }
 }
 #endif
@@ -514,11 +521,30 @@ typedef struct {
     Py_ssize_t R, L, last, t0;
     int k;
     const uint8_t *iv_f, *key_f, *iv_b, *key_b, *row_f, *row_b;
+    /* The caller's input (n = (R-1)·L + last bytes), or NULL when m already holds it. The
+     * first pass that reads every row takes rows below src_rows from here (one pass over
+     * memory instead of a copy and a pass); all other reads are from m. */
+    const uint8_t *src;
+    Py_ssize_t src_rows;
 } job;
 
 static Py_ssize_t shift_of(const job *jb, Py_ssize_t i)
 {
     return jb->k > 0 ? (Py_ssize_t)1 << (i % jb->k) : 0;
+}
+
+/* Row i as it was before the current pass: from the caller's input or the matrix. */
+static const uint8_t *unread_row(const job *jb, Py_ssize_t i)
+{
+    return i < jb->src_rows ? jb->src + i * jb->L : jb->m + i * jb->L;
+}
+
+/* Copy rows [from, R) of the input into the matrix, padding lanes of the last row zero. */
+static void copy_rows(const job *jb, Py_ssize_t from)
+{
+    Py_ssize_t L = jb->L, n = (jb->R - 1) * L + jb->last;
+    memcpy(jb->m + from * L, jb->src + from * L, (size_t)(n - from * L));
+    memset(jb->m + n, 0, (size_t)(L - jb->last));
 }
 
 /* One encryption pass (same semantics as _kernels._pass_py): rows first, first+step, ...
@@ -543,7 +569,7 @@ static void enc_pass(const job *jb, Py_ssize_t first, Py_ssize_t stop, Py_ssize_
                 cross = (i2 - first) * step >= 0 ? m + i2 : iv;
         }
         Py_ssize_t width = (i == R - 1 && step < 0) ? jb->last : L;
-        fn(m + i * L, prev, cross, lane_key, row_key[i], L, shift_of(jb, i), width, c);
+        fn(m + i * L, unread_row(jb, i), prev, cross, lane_key, row_key[i], L, shift_of(jb, i), width, c);
     }
 }
 
@@ -553,16 +579,15 @@ static void dec_pass(const job *jb, Py_ssize_t first, Py_ssize_t stop, Py_ssize_
                      const uint8_t *iv, const uint8_t *lane_key, const uint8_t *row_key, Py_ssize_t iv_row,
                      row_fn fn, const pass_consts *c)
 {
-    uint8_t *m = jb->m;
     Py_ssize_t L = jb->L, R = jb->R;
     for (Py_ssize_t i = first; step > 0 ? i < stop : i > stop; i += step) {
-        const uint8_t *prev = i == iv_row ? iv : m + (i + chain) * L;
+        const uint8_t *prev = i == iv_row ? iv : unread_row(jb, i + chain);
         const uint8_t *cross = prev;
         if (L == 1) {
             Py_ssize_t i2 = i + 2 * chain;
-            cross = (i2 >= 0 && i2 < R) ? m + i2 : iv;
+            cross = (i2 >= 0 && i2 < R) ? unread_row(jb, i2) : iv;
         }
-        fn(m + i * L, prev, cross, lane_key, row_key[i], L, shift_of(jb, i), L, c);
+        fn(jb->m + i * L, unread_row(jb, i), prev, cross, lane_key, row_key[i], L, shift_of(jb, i), L, c);
     }
 }
 
@@ -572,7 +597,7 @@ static void reset_padding(const job *jb)
     memcpy(jb->m + (R - 1) * L + last, jb->iv_b + last, (size_t)(L - last));
 }
 
-static void encrypt_job(const job *jb, const sbox_def *sd, uint8_t g_f, uint8_t g_b, int gfni)
+static void encrypt_job(job *jb, const sbox_def *sd, uint8_t g_f, uint8_t g_b, int gfni)
 {
     pass_consts cf, cb;
     uint8_t s_xnor[256], mul_f[256], mul_b[256];
@@ -606,13 +631,18 @@ static void encrypt_job(const job *jb, const sbox_def *sd, uint8_t g_f, uint8_t 
         cb.mul = mul_b;
     }
     Py_ssize_t R = jb->R;
+    if (jb->src != NULL) { /* the forward pass reads full rows from the input */
+        copy_rows(jb, R - 1);
+        jb->src_rows = R - 1;
+    }
     enc_pass(jb, 0, R, 1, jb->iv_f, jb->key_f, jb->row_f, 0, fn, &cf);
+    jb->src_rows = 0;
     reset_padding(jb);
     enc_pass(jb, R - 1, -1, -1, jb->iv_b, jb->key_b, jb->row_b, 0, fn, &cb);
     enc_pass(jb, jb->t0, R, 1, jb->iv_f, jb->key_f, jb->row_f, 1, fn, &cf);
 }
 
-static void decrypt_job(const job *jb, const sbox_def *sd, uint8_t g_f, uint8_t g_b, int gfni)
+static void decrypt_job(job *jb, const sbox_def *sd, uint8_t g_f, uint8_t g_b, int gfni)
 {
     pass_consts cf, cb;
     uint8_t inv_s[256], mul_f[256], mul_b[256];
@@ -647,10 +677,18 @@ static void decrypt_job(const job *jb, const sbox_def *sd, uint8_t g_f, uint8_t 
         cf.mul = mul_f;
         cb.mul = mul_b;
     }
-    Py_ssize_t R = jb->R;
-    dec_pass(jb, R - 1, jb->t0 - 1, -1, -1, jb->iv_f, jb->key_f, jb->row_f, -1, fn, &cf);
+    Py_ssize_t R = jb->R, t0 = jb->t0;
+    /* the tail undo needs rows t0-2 .. R-1 (t0-2: the one-lane cross row) in the matrix;
+     * the backward undo reads the rows below from the input */
+    Py_ssize_t tail_from = t0 >= 2 ? t0 - 2 : 0;
+    if (jb->src != NULL)
+        copy_rows(jb, tail_from);
+    dec_pass(jb, R - 1, t0 - 1, -1, -1, jb->iv_f, jb->key_f, jb->row_f, -1, fn, &cf);
     reset_padding(jb);
+    if (jb->src != NULL)
+        jb->src_rows = tail_from;
     dec_pass(jb, 0, R, 1, 1, jb->iv_b, jb->key_b, jb->row_b, R - 1, fn, &cb);
+    jb->src_rows = 0;
     dec_pass(jb, R - 1, -1, -1, -1, jb->iv_f, jb->key_f, jb->row_f, 0, fn, &cf);
 }
 
@@ -661,13 +699,14 @@ static const char *kernel_name(int gfni)
 
 static PyObject *run_cipher(PyObject *args, PyObject *kwargs, int forward)
 {
-    static char *kwlist[] = {"m", "st", "sbox_samples", "g_f", "g_b", "lane_bits", "last", "tail_start", "gfni", NULL};
-    Py_buffer mb, sb, xb;
+    static char *kwlist[] = {"m", "st", "sbox_samples", "g_f", "g_b", "lane_bits", "last", "tail_start", "gfni", "src", NULL};
+    Py_buffer mb, sb, xb, srcb;
     int g_f, g_b, k, gfni_req = -1;
     Py_ssize_t last, t0;
-    PyObject *result = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, forward ? "w*y*y*iiinn|i:encrypt" : "w*y*y*iiinn|i:decrypt", kwlist,
-                                     &mb, &sb, &xb, &g_f, &g_b, &k, &last, &t0, &gfni_req))
+    PyObject *src = Py_None, *result = NULL;
+    srcb.obj = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, forward ? "w*y*y*iiinn|iO:encrypt" : "w*y*y*iiinn|iO:decrypt", kwlist,
+                                     &mb, &sb, &xb, &g_f, &g_b, &k, &last, &t0, &gfni_req, &src))
         return NULL;
     if (k < 0 || k > MAX_LANE_BITS) {
         PyErr_Format(PyExc_ValueError, "lane_bits must be in [0, %d], got %d", MAX_LANE_BITS, k);
@@ -703,6 +742,16 @@ static PyObject *run_cipher(PyObject *args, PyObject *kwargs, int forward)
         PyErr_SetString(PyExc_ValueError, "gfni must be -1 (if the CPU has it), 0 (table kernel) or 1 (required)");
         goto done;
     }
+    if (src != Py_None) {
+        if (PyObject_GetBuffer(src, &srcb, PyBUF_SIMPLE) < 0) {
+            srcb.obj = NULL;
+            goto done;
+        }
+        if (srcb.len != (R - 1) * L + last) {
+            PyErr_Format(PyExc_ValueError, "src must hold (R-1)*L + last = %zd bytes, got %zd", (R - 1) * L + last, srcb.len);
+            goto done;
+        }
+    }
     if (gfni_req == 1 && !cpu_gfni) {
         PyErr_SetString(PyExc_RuntimeError, "this CPU or build has no GFNI + AVX-512BW kernel");
         goto done;
@@ -712,7 +761,8 @@ static PyObject *run_cipher(PyObject *args, PyObject *kwargs, int forward)
     sbox_def sd;
     sbox_from_samples(xb.buf, &sd);
     const uint8_t *st = sb.buf;
-    job jb = {mb.buf, R, L, last, t0, k, st, st + L, st + 2 * L, st + 3 * L, st + 4 * L, st + 4 * L + R};
+    job jb = {mb.buf, R, L, last, t0, k, st, st + L, st + 2 * L, st + 3 * L, st + 4 * L, st + 4 * L + R,
+              srcb.obj != NULL ? (const uint8_t *)srcb.buf : NULL, 0};
     Py_BEGIN_ALLOW_THREADS
     if (forward)
         encrypt_job(&jb, &sd, (uint8_t)g_f, (uint8_t)g_b, gfni);
@@ -724,12 +774,16 @@ done:
     PyBuffer_Release(&mb);
     PyBuffer_Release(&sb);
     PyBuffer_Release(&xb);
+    if (srcb.obj != NULL)
+        PyBuffer_Release(&srcb);
     return result;
 }
 
 PyDoc_STRVAR(encrypt_doc,
-"encrypt(m, st, sbox_samples, g_f, g_b, lane_bits, last, tail_start, gfni=-1) -> str\n\n"
-"Encrypt the padded rows x lanes byte matrix m in place (forward, backward and tail passes).\n"
+"encrypt(m, st, sbox_samples, g_f, g_b, lane_bits, last, tail_start, gfni=-1, src=None) -> str\n\n"
+"Encrypt the padded rows x lanes byte matrix m in place (forward, backward and tail passes);\n"
+"with src (the (R-1)*L + last input bytes), m need not be initialised: the input is read\n"
+"from src and the matrix (zero padding included) written by the first pass.\n"
 "st: the 4L + 2R used samples of the byte stream (IVF, KF, IVB, KB, WF, WB); sbox_samples:\n"
 "the 34 used samples of the S-box stream; g_f, g_b: the multipliers; L = 2^lane_bits,\n"
 "R = len(m) / L. gfni: -1 = GFNI kernel if the CPU has it, 0 = table kernel, 1 = GFNI or\n"
@@ -743,8 +797,9 @@ static PyObject *py_encrypt(PyObject *self, PyObject *args, PyObject *kwargs)
 }
 
 PyDoc_STRVAR(decrypt_doc,
-"decrypt(m, st, sbox_samples, g_f, g_b, lane_bits, last, tail_start, gfni=-1) -> str\n\n"
-"Exact inverse of encrypt on the padded matrix (tail, backward, forward undone).");
+"decrypt(m, st, sbox_samples, g_f, g_b, lane_bits, last, tail_start, gfni=-1, src=None) -> str\n\n"
+"Exact inverse of encrypt on the padded matrix (tail, backward, forward undone); src as for\n"
+"encrypt.");
 
 static PyObject *py_decrypt(PyObject *self, PyObject *args, PyObject *kwargs)
 {

@@ -24,6 +24,7 @@ def encrypt(
     last: int,
     tail_start: int,
     gfni: int = -1,
+    src: _Buf | None = None,
 ) -> str: ...
 def decrypt(
     m: _Buf,
@@ -35,4 +36,5 @@ def decrypt(
     last: int,
     tail_start: int,
     gfni: int = -1,
+    src: _Buf | None = None,
 ) -> str: ...

@@ -406,18 +406,19 @@ def _native_sbox_samples(key: bytes, nonce: bytes) -> bytes:
     return bytes(_healthy_samples(_prk(key, nonce), LABEL_SBOX, SBOX_SAMPLES, _native_scalar, _native.distinct))
 
 
-def _apply_native(m: np.ndarray, key: bytes, nonce: bytes, lay: _Layout, forward: bool) -> str:
-    """Derive the parameters and run the passes (or their inverses) in C; the kernel name."""
+def _apply_native(buf: np.ndarray, key: bytes, nonce: bytes, lay: _Layout, forward: bool) -> np.ndarray:
+    """Derive the parameters and run the passes (or their inverses) in C on a new padded
+    matrix, which the first pass fills from ``buf`` (no separate copy)."""
     assert _native is not None
     L, R = lay.lanes, lay.rows
+    m = np.empty(R * L, dtype=np.uint8)
     prk = _prk(key, nonce)
     st = _healthy_samples(prk, LABEL_STREAM, 4 * L + 2 * R, _native_stream, _native.distinct)
     g = _expand(prk, LABEL_GF, 2)
     run = _native.encrypt if forward else _native.decrypt
-    return run(
-        m, st, _native_sbox_samples(key, nonce), 2 + g[0] % 254, 2 + g[1] % 254,
-        lay.lane_bits, lay.last, lay.tail_start, _native_gfni(),
-    )
+    run(m, st, _native_sbox_samples(key, nonce), 2 + g[0] % 254, 2 + g[1] % 254,
+        lay.lane_bits, lay.last, lay.tail_start, _native_gfni(), buf)
+    return m
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -464,12 +465,12 @@ def _apply(data: np.ndarray, key: bytes, nonce: bytes, backend: str | None, forw
         return data.copy()
     lay = _layout(buf.size)
     name = _backend(backend)
-    m = _matrix(buf, lay)
     if name == "native":
-        _apply_native(m, bytes(key), bytes(nonce), lay, forward)
-        return _from_bytes(m.reshape(-1)[: lay.n], data)
+        m = _apply_native(buf, bytes(key), bytes(nonce), lay, forward)
+        return _from_bytes(m[: lay.n], data)
     compiled = name == "numba"
     p = _params(bytes(key), bytes(nonce), lay, compiled)
+    m = _matrix(buf, lay)
     if compiled:
         from cipher import _kernels
 

@@ -428,10 +428,11 @@ def _random_job(rng: np.random.Generator, k: int, rows: int, last: int) -> dict:
     }
 
 
-@pytest.mark.parametrize(
-    ("k", "rows", "last"),
-    [(6, 1, 64), (6, 1, 1), (6, 2, 63), (6, 70, 1), (7, 64, 100), (8, 65, 255), (10, 3, 513), (12, 66, 4096), (16, 5, 40_000)],
-)
+GFNI_LAYOUTS = [(6, 1, 64), (6, 1, 1), (6, 2, 63), (6, 70, 1), (7, 64, 100), (8, 65, 255), (10, 3, 513), (12, 66, 4096), (16, 5, 40_000)]
+NARROW_LAYOUTS = [(0, 1, 1), (0, 2, 1), (0, 3, 1), (0, 127, 1), (1, 64, 1), (2, 70, 3), (5, 65, 17)]
+
+
+@pytest.mark.parametrize(("k", "rows", "last"), GFNI_LAYOUTS)
 def test_native_gfni_and_table_kernels_agree(k: int, rows: int, last: int) -> None:
     """Both native kernels on arbitrary parameters, including one- and two-row layouts,
     ragged last rows and the smallest GFNI width (64 lanes, every block wraps)."""
@@ -450,6 +451,34 @@ def test_native_gfni_and_table_kernels_agree(k: int, rows: int, last: int) -> No
     assert _native.decrypt(**table, gfni=0) == "table"
     n = (rows - 1) * (1 << k) + last  # the padding lanes of the last row are not data
     assert np.array_equal(fast["m"][:n], plain[:n]) and np.array_equal(table["m"][:n], plain[:n])
+
+
+@pytest.mark.parametrize("gfni", [0, -1])
+@pytest.mark.parametrize(("k", "rows", "last"), GFNI_LAYOUTS + NARROW_LAYOUTS)
+def test_native_reading_the_input_matches_in_place(k: int, rows: int, last: int, gfni: int) -> None:
+    """With ``src`` the first pass reads the caller's input and fills an uninitialised
+    matrix (padding included): same matrix as the passes on a zero-padded copy."""
+    require_native()
+    job = _random_job(np.random.default_rng(k * 7 + rows), k, rows, last)
+    L = 1 << k
+    n = (rows - 1) * L + last
+    data = job["m"][:n].copy()
+    padded = np.zeros(rows * L, np.uint8)
+    padded[:n] = data
+    in_place = dict(job, m=padded.copy(), gfni=gfni)
+    fed = dict(job, m=np.full(rows * L, 0xA5, np.uint8), gfni=gfni, src=data)
+    _native.encrypt(**in_place)
+    _native.encrypt(**fed)
+    assert np.array_equal(fed["m"], in_place["m"])
+    assert np.array_equal(data, padded[:n])  # the input is only read
+    ct = in_place["m"][:n].copy()
+    padded[:n], padded[n:] = ct, 0
+    in_place = dict(job, m=padded.copy(), gfni=gfni)
+    fed = dict(job, m=np.full(rows * L, 0x5A, np.uint8), gfni=gfni, src=ct)
+    _native.decrypt(**in_place)
+    _native.decrypt(**fed)
+    assert np.array_equal(fed["m"][:n], in_place["m"][:n])
+    assert np.array_equal(fed["m"][:n], data)
 
 
 def test_native_narrow_layouts_use_the_tables() -> None:
@@ -485,6 +514,8 @@ def test_native_rejects_wrong_sizes() -> None:
         {"g_f": 256},
         {"g_b": -1},
         {"gfni": 2},
+        {"src": good["m"][: 65 * 128 + 99]},  # src holds (R-1)*L + last = 8420 bytes
+        {"src": good["m"][: 65 * 128 + 101]},
     ]
     for change in bad:
         for fn in (_native.encrypt, _native.decrypt):
