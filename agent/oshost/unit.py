@@ -2,15 +2,21 @@
 
 ``ProtectSystem=strict`` makes the whole file system read-only for the service; the only
 writable places are systemd's own ``StateDirectory`` (``/var/lib/scanfort``) and
-``LogsDirectory`` (``/var/log/scanfort``), ``CacheDirectory`` (``/var/cache/scanfort``, numba's
-kernel cache) plus ``ReadWritePaths``: the watched folders
+``LogsDirectory`` (``/var/log/scanfort``) plus ``ReadWritePaths``: the watched folders
 (plaintext is moved or deleted there once every destination acknowledged it), the spool
 and any local destination or "move to" folder named in the config. That list comes from
 the config, which is why the unit is generated rather than static.
+
+The chaos cipher runs on its C extension (``cipher._native``), so the service maps no
+writable-and-executable memory and the unit sets ``MemoryDenyWriteExecute=yes``. Only an
+install without the extension that falls back to numba's JIT (or a unit that selects it
+with ``SCANFORT_CHAOS_BACKEND=numba``) gets W+X memory allowed and numba's kernel cache in
+``CacheDirectory`` (``/var/cache/scanfort``, ``NUMBA_CACHE_DIR``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,9 +34,22 @@ TIMEOUT_STOP_SEC = 30
 _HOME_TREES = ("/home", "/root", "/run/user")
 
 
+def cipher_needs_jit() -> bool:
+    """True when this install's chaos cipher would run numba's JIT: the C extension
+    ``cipher._native`` is not built and numba is installed (``auto`` falls back to it)."""
+    from cipher import chaos
+
+    return chaos._native is None and importlib.util.find_spec("numba") is not None
+
+
 @dataclass(frozen=True)
 class UnitSpec:
-    """Everything a unit depends on; :func:`render_unit` is a pure function of it."""
+    """Everything a unit depends on; :func:`render_unit` is a pure function of it.
+
+    ``jit`` (detected from the generating install by default) allows W+X memory and gives
+    numba a cache directory; an ``extra_environment`` entry selecting the numba backend
+    implies it.
+    """
 
     exec_start: Sequence[str]
     read_write_paths: Sequence[str] = ()
@@ -40,6 +59,11 @@ class UnitSpec:
     watchdog_sec: int = WATCHDOG_SEC
     timeout_stop_sec: int = TIMEOUT_STOP_SEC
     extra_environment: Sequence[str] = field(default_factory=tuple)
+    jit: bool = field(default_factory=cipher_needs_jit)
+
+    @property
+    def uses_jit(self) -> bool:
+        return self.jit or any(e.replace(" ", "") == "SCANFORT_CHAOS_BACKEND=numba" for e in self.extra_environment)
 
 
 def _escape_specifiers(text: str) -> str:
@@ -120,13 +144,19 @@ def render_unit(spec: UnitSpec) -> str:
         "StateDirectoryMode=0750",
         "LogsDirectory=scanfort",
         "LogsDirectoryMode=0750",
-        "CacheDirectory=scanfort",
-        "CacheDirectoryMode=0750",
+    ]
+    if spec.uses_jit:
+        lines += [
+            "CacheDirectory=scanfort",
+            "CacheDirectoryMode=0750",
+        ]
+    lines += [
         "WorkingDirectory=/var/lib/scanfort",
         "UMask=0027",
-        # numba's compiled-kernel cache (cache=True); the bundle itself is read-only.
-        "Environment=NUMBA_CACHE_DIR=/var/cache/scanfort/numba",
     ]
+    if spec.uses_jit:
+        # numba's compiled-kernel cache (cache=True); the bundle itself is read-only.
+        lines.append("Environment=NUMBA_CACHE_DIR=/var/cache/scanfort/numba")
     lines += [f"Environment={_quote(e, exec_line=False)}" for e in spec.extra_environment]
     lines += [
         "",
@@ -161,7 +191,12 @@ def render_unit(spec: UnitSpec) -> str:
         "SystemCallArchitectures=native",
         "SystemCallFilter=@system-service",
         "SystemCallErrorNumber=EPERM",
-        # MemoryDenyWriteExecute= is deliberately absent: numba's JIT maps W+X pages.
+    ]
+    if not spec.uses_jit:
+        # The cipher's kernels are compiled ahead of time (cipher._native): no W+X pages.
+        # With numba's JIT (an install without the extension) the setting stays absent.
+        lines.append("MemoryDenyWriteExecute=yes")
+    lines += [
         "",
         "[Install]",
         "WantedBy=multi-user.target",
