@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_at ON outbox(at);
 """
 OUTBOX_LIMIT = 10_000
+OUTBOX_TRIM_EVERY = 64
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,10 @@ class Journal:
                 self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal: {exc}") from exc
+        self._commits = 0  # transactions committed by this connection
+        self._synced = 0  # all commits up to this count are known durable
+        self._sync_lock = threading.Lock()
+        self._outbox_inserts = 0
         if not readonly:
             self.salt = self._salt()
 
@@ -135,7 +140,18 @@ class Journal:
         copy of the WAL into the database). SQLite only restarts the WAL after a
         checkpoint that synced the database, so the frames it overwrites are already
         durable. Where the WAL cannot be opened, fall back to a checkpoint, which syncs it.
+        Callers that arrive while a sync is running wait for it and, if their commits
+        were already counted by it, return without another fsync (one fsync for a burst).
         """
+        wanted = self._commits
+        with self._sync_lock:
+            if self._synced >= wanted:
+                return
+            covered = self._commits  # every one of these is in the WAL file already
+            self._fsync_wal()
+            self._synced = covered
+
+    def _fsync_wal(self) -> None:
         try:
             fd = os.open(f"{self.path}-wal", os.O_RDWR | getattr(os, "O_BINARY", 0))
         except OSError:
@@ -165,6 +181,7 @@ class Journal:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self._commits += 1
 
     def _salt(self) -> str:
         with self._tx() as db:
@@ -239,34 +256,48 @@ class Journal:
                                     (state,)).fetchall()
         return [Item(*r) for r in rows]
 
-    def set_protected(self, item_id: int, sha256: str, artifacts: list[Artifact],
-                      deliveries: list[tuple[str, str, str]],
-                      unless_done_as: str | None = None) -> bool:
-        """Record the spool artifacts and ``(dest, mode, state)`` deliveries atomically.
+    def record_protected(self, existing: int | None, path: str, size: int, mtime_ns: int,
+                         folder: int, settled_at: float | None, sha256: str,
+                         artifacts: list[Artifact], deliveries: list[tuple[str, str, str]],
+                         event: tuple[str, float, str] | None = None) -> int | None:
+        """Record a protected file version in one transaction; return its item id.
 
-        With ``unless_done_as`` (the item's path): if another item of that path with the
-        same content is already protected or done (only the mtime changed), mark this one
-        ``duplicate`` instead, in the same transaction, and return False.
+        The item (``existing``, or a new one), its spool ``artifacts`` (their ``item_id``
+        is filled in here), its ``(dest, mode, state)`` deliveries and the ``protected``
+        event land together or not at all. If another item of the same path with the same
+        content is already protected or done (only the mtime changed), this version is
+        recorded as ``duplicate`` instead and None is returned: nothing is sent twice.
         """
         now = self.clock()
         with self._tx() as db:
-            if unless_done_as is not None and db.execute(
-                    "SELECT 1 FROM items WHERE path=? AND sha256=? AND id<>? AND state IN "
-                    "('protected','done') LIMIT 1",
-                    (unless_done_as, sha256, item_id)).fetchone() is not None:
-                db.execute("UPDATE items SET state='duplicate', reason=NULL, updated_at=? "
-                           "WHERE id=?", (now, item_id))
-                return False
-            for a in artifacts:
-                db.execute("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?,?)",
-                           (a.item_id, a.mode, a.name, a.sha256, a.size, a.sop_instance_uid))
-            for dest, mode, state in deliveries:
-                db.execute("INSERT OR REPLACE INTO deliveries(item_id, dest, mode, state, next_at)"
-                           " VALUES (?,?,?,?,0)", (item_id, dest, mode, state))
-            db.execute("UPDATE items SET state='protected', sha256=?, updated_at=? WHERE id=?",
-                       (sha256, now, item_id))
+            dup = db.execute(
+                "SELECT 1 FROM items WHERE path=? AND sha256=? AND id<>? AND state IN "
+                "('protected','done') LIMIT 1", (path, sha256, existing or -1)).fetchone()
+            state = "duplicate" if dup is not None else "protected"
+            if existing is None:
+                cur = db.execute(
+                    "INSERT INTO items(path, size, mtime_ns, sha256, folder, file_id, state, "
+                    "discovered_at, settled_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (path, size, mtime_ns, sha256, folder, self.file_id(path), state, now,
+                     settled_at or now, now))
+                self._bump(db, "seen")
+                item_id = int(cur.lastrowid or 0)
+            else:
+                db.execute("UPDATE items SET state=?, sha256=?, reason=NULL, updated_at=? "
+                           "WHERE id=?", (state, sha256, now, existing))
+                item_id = existing
+            if dup is not None:
+                return None
+            db.executemany("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?,?)",
+                           [(item_id, a.mode, a.name, a.sha256, a.size, a.sop_instance_uid)
+                            for a in artifacts])
+            db.executemany("INSERT OR REPLACE INTO deliveries(item_id, dest, mode, state, "
+                           "next_at) VALUES (?,?,?,?,0)",
+                           [(item_id, dest, mode, st) for dest, mode, st in deliveries])
             self._bump(db, "protected")
-        return True
+            if event is not None:
+                self._outbox_insert(db, *event)
+        return item_id
 
     def set_state(self, item_id: int, state: str, reason: str | None = None,
                   counter: str | None = None) -> None:
@@ -279,6 +310,16 @@ class Journal:
                            "state='pending'", (item_id,))
             if counter:
                 self._bump(db, counter)
+
+    def set_done(self, item_ids: list[int]) -> None:
+        """Mark finalized items done, in one transaction."""
+        if not item_ids:
+            return
+        now = self.clock()
+        with self._tx() as db:
+            db.executemany("UPDATE items SET state='done', reason=NULL, updated_at=? WHERE id=?",
+                           [(now, i) for i in item_ids])
+            db.executemany("DELETE FROM artifacts WHERE item_id=?", [(i,) for i in item_ids])
 
     def artifacts(self, item_id: int) -> dict[str, Artifact]:
         with self._lock:
@@ -367,8 +408,15 @@ class Journal:
 
     def outbox_add(self, event_id: str, at: float, body: str) -> None:
         with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO outbox VALUES (?,?,?)", (event_id, at, body))
-            # Bounded: while the central is unreachable for days, keep the newest events.
+            self._outbox_insert(db, event_id, at, body)
+
+    def _outbox_insert(self, db: sqlite3.Connection, event_id: str, at: float,
+                       body: str) -> None:
+        db.execute("INSERT OR IGNORE INTO outbox VALUES (?,?,?)", (event_id, at, body))
+        # Bounded: while the central is unreachable for days, keep the newest events. The
+        # trim walks the outbox, so it runs every OUTBOX_TRIM_EVERY inserts, not each one.
+        self._outbox_inserts += 1
+        if self._outbox_inserts % OUTBOX_TRIM_EVERY == 1:
             db.execute("DELETE FROM outbox WHERE event_id IN (SELECT event_id FROM outbox "
                        "ORDER BY at DESC LIMIT -1 OFFSET ?)", (OUTBOX_LIMIT,))
 

@@ -1,7 +1,8 @@
 """The agent's main loop, shared by ``scanfort agent run`` and the OS-service host.
 
 Threads, each with a stop event: watchdog observers → the settler (intake thread) → a
-queue → ``workers`` protect threads → the journal → one sender group per destination.
+queue → ``workers`` protect threads, each driving its own protect worker process
+(``agent.worker``) → the journal → one sender group per destination.
 A reconcile thread walks the folders at start and every ``reconcile_seconds``; a status
 thread sends heartbeats and events. The calling thread checks health, disk watermarks and
 writes ``status.json`` once a second.
@@ -18,22 +19,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cipher
 from agent.config import AgentConfig, DestinationConfig
 from agent.dispatch import Backoff, DestinationSender
 from agent.forward import Forwarder, make_forwarder
-from agent.guard import CipherGuard
 from agent.journal import Journal
 from agent.logs import setup_logging, teardown_logging
 from agent.pipeline import Pipeline
 from agent.status import Reporter
 from agent.watch import Settled, Settler, Watcher, walk
+from agent.worker import WorkerPool
 
 log = logging.getLogger(__name__)
 TICK_S = 1.0
 PRUNE_EVERY_S = 86400.0
 PRUNE_AFTER_S = 30 * 86400.0  # finished items are remembered for at least 30 days
-STUCK_S = 300.0  # one file protected for longer than this = unhealthy (service restarts it)
+STUCK_S = 300.0
+FINALIZE_BATCH = 64
+#: Protect threads per worker process: one records a file while the other feeds the worker.
+PROTECT_THREADS_PER_WORKER = 2
 
 
 class Agent:
@@ -42,30 +45,33 @@ class Agent:
     def __init__(self, config: AgentConfig,
                  forwarder_factory: Callable[[AgentConfig, DestinationConfig], Forwarder]
                  = make_forwarder,
-                 protect: Callable[..., Any] = cipher.protect,
                  backoff: Backoff | None = None,
                  disk_free: Callable[[Path], int] | None = None,
-                 guard: CipherGuard | None = None) -> None:
+                 worker_argv: list[str] | None = None,
+                 protect_timeout_s: float = 30.0) -> None:
         self.config = config
         config.spool_dir.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(config.journal_path)
         self.reporter = Reporter(config, self.journal, disk_free=disk_free)
-        self.pipeline = Pipeline(config, self.journal, self.reporter, protect=protect,
-                                 guard=guard)
+        self.pipeline = Pipeline(config, self.journal, self.reporter,
+                                 timeout_base_s=protect_timeout_s)
+        self.pool = WorkerPool(config.workers, list(config.recipients), config.spool_dir,
+                               worker_argv)
         self.settler = Settler(config.settle_s)
         self.watcher = Watcher(config.folders, self.offer)
         self.senders = {d.name: DestinationSender(config, d, self.journal, self.reporter,
-                                                  self.pipeline.finalize,
+                                                  self._resolved,
                                                   self.pipeline.quarantine,
                                                   factory=forwarder_factory, backoff=backoff)
                         for d in config.destinations}
         self.queue: queue.Queue[Settled | None] = queue.Queue()
+        self.finalize_queue: queue.Queue[int | None] = queue.Queue()
         self.inflight: set[str] = set()
         self._lock = threading.Lock()
         self.stop_event = threading.Event()
         self.threads: list[threading.Thread] = []
         self.intake_paused = False
-        self.busy_since: dict[str, float] = {}
+        self.busy_since: dict[str, tuple[float, float]] = {}  # thread → (since, limit)
 
     # -- discovery -------------------------------------------------------------------------
     def offer(self, path: str, folder: int, delay: float = 0.0,
@@ -113,9 +119,12 @@ class Agent:
             if s is None:
                 return
             me = threading.current_thread().name
-            self.busy_since[me] = time.monotonic()
+            # The worker's own deadline bounds the protection; beyond that plus STUCK_S the
+            # thread is stuck elsewhere (journal, file system).
+            self.busy_since[me] = (time.monotonic(),
+                                   STUCK_S + self.pipeline.timeout_for(s.size))
             try:
-                outcome = self.pipeline.process(s)
+                outcome = self.pipeline.process(s, self.pool)
                 if outcome.kind == "protected" and outcome.item_id is not None:
                     for name in self.config.folders[s.folder].destinations:
                         self.senders[name].wake()
@@ -126,6 +135,8 @@ class Agent:
                     self.offer(s.path, s.folder, delay=retry_in, first_seen=s.first_seen)
                     if outcome.kind == "changed" and outcome.item_id is not None:
                         self.journal.set_state(outcome.item_id, "superseded")
+                    if outcome.kind == "retry":
+                        self.reporter.count("retries")
             except OSError as exc:
                 # Spool full or unwritable: park the file, it is still in place.
                 log.error("cannot protect %s: %s", self.journal.file_id(s.path), exc.strerror)
@@ -139,6 +150,32 @@ class Agent:
                 self.busy_since.pop(me, None)
                 with self._lock:
                     self.inflight.discard(s.path)
+
+    def _resolved(self, item_id: int) -> None:
+        """Every delivery of an item is resolved (called by the senders)."""
+        self.finalize_queue.put(item_id)
+
+    def _finalize_loop(self) -> None:
+        """Finalize resolved items in batches: one journal sync per batch, not per file."""
+        while True:
+            first = self.finalize_queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < FINALIZE_BATCH:
+                try:
+                    nxt = self.finalize_queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self.finalize_queue.put(None)  # seen again after this batch
+                    break
+                batch.append(nxt)
+            try:
+                self.pipeline.finalize_many(batch)
+            except Exception:
+                # Left "protected" with nothing pending: the next start finalizes them.
+                log.exception("finalizing %d item(s) failed", len(batch))
 
     def _reconcile_loop(self) -> None:
         next_prune = 0.0
@@ -160,8 +197,8 @@ class Agent:
             if self.stop_event.wait(interval):
                 return
 
-    def _spawn(self, target: Callable[[], None], name: str) -> None:
-        t = threading.Thread(target=target, name=name, daemon=True)
+    def _spawn(self, target: Callable[..., None], name: str, *args: Any) -> None:
+        t = threading.Thread(target=target, name=name, args=args, daemon=True)
         t.start()
         self.threads.append(t)
 
@@ -196,9 +233,10 @@ class Agent:
         self.reconcile(startup=True)
         for sender in self.senders.values():
             sender.start()
-        for i in range(self.config.workers):
+        for i in range(PROTECT_THREADS_PER_WORKER * self.config.workers):
             self._spawn(self._protect_loop, f"protect-{i}")
         self._spawn(self._intake_loop, "intake")
+        self._spawn(self._finalize_loop, "finalize")
         self._spawn(self._reconcile_loop, "reconcile")
         self._spawn(self._status_loop, "status")
         self.reporter.event("started", message=f"{len(self.config.folders)} folder(s)")
@@ -206,20 +244,22 @@ class Agent:
     def tick(self) -> bool:
         """Periodic checks from the main thread; True while healthy."""
         self.intake_paused = self.reporter.check_disk()
-        if self.pipeline.guard.check():
-            log.error("interrupted a protection that exceeded its time limit; it is retried")
+        now = time.monotonic()
+        if self.pool.kill_overdue(now):
+            log.error("killed a protect worker that exceeded its time limit; the file is "
+                      "protected again")
         alive = self.watcher.check()
         self.reporter.watcher["observers_alive"] = alive
         self.reporter.watcher["overflows"] = self.watcher.restarts
         self.reporter.write_status_file()
         healthy = alive == len(self.config.folders)
         healthy &= all(t.is_alive() for t in self.threads)
-        now = time.monotonic()
-        stuck = [name for name, since in list(self.busy_since.items()) if now - since > STUCK_S]
+        stuck = [name for name, (since, limit) in list(self.busy_since.items())
+                 if now - since > limit]
         if stuck:
             # Not ticking lets the OS-service watchdog restart the agent; the file is
-            # still "discovered" in the journal and is protected again after the restart.
-            log.error("protection stuck for more than %.0fs in %s", STUCK_S, stuck)
+            # still in place and is protected again after the restart.
+            log.error("protection stuck in %s", stuck)
             healthy = False
         return healthy and all(s.alive() for s in self.senders.values())
 
@@ -227,20 +267,22 @@ class Agent:
         self.stop_event.set()
         self.settler.wakeup.set()
         self.watcher.stop()
-        for _ in range(self.config.workers):
+        for _ in range(PROTECT_THREADS_PER_WORKER * self.config.workers):
             self.queue.put(None)
         for sender in self.senders.values():
             sender.stop()
         deadline = time.monotonic() + timeout
-        for t in self.threads:
-            t.join(max(0.1, deadline - time.monotonic()))
         for sender in self.senders.values():
             sender.join(max(0.1, deadline - time.monotonic()))
+        self.finalize_queue.put(None)  # after the senders: what they resolved is finalized
+        for t in self.threads:
+            t.join(max(0.1, deadline - time.monotonic()))
         self.reporter.event("stopped")
         try:
             self.reporter.write_status_file()
         except OSError:
             pass
+        self.pool.close()
         stuck = [t.name for t in self.threads if t.is_alive()]
         stuck += [t.name for s in self.senders.values() for t in s.threads if t.is_alive()]
         if stuck:

@@ -81,12 +81,19 @@ class Reporter:
 
     def event(self, kind: str, severity: str = "info", message: str = "",
               file_id: str | None = None, destination: str | None = None) -> None:
+        self.journal.outbox_add(*self.event_row(kind, severity, message, file_id, destination))
+
+    def event_row(self, kind: str, severity: str = "info", message: str = "",
+                  file_id: str | None = None,
+                  destination: str | None = None) -> tuple[str, float, str]:
+        """Log an event and return its outbox row, for a caller that stores it in its own
+        journal transaction (so the event exists exactly when the change it reports does)."""
         ev = Event(uuid.uuid4().hex, self.clock(), kind, severity, message[:512], file_id,
                    destination)
-        self.journal.outbox_add(ev.event_id, ev.at, json.dumps(to_dict(ev)))
         level = {"info": logging.INFO, "warning": logging.WARNING}.get(severity, logging.ERROR)
         log.log(level, "%s%s%s%s", kind, f" [{destination}]" if destination else "",
                 f" file {file_id}" if file_id else "", f": {message}" if message else "")
+        return ev.event_id, ev.at, json.dumps(to_dict(ev))
 
     def delivery_ok(self, dest: str) -> None:
         with self._lock:

@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["_protect-worker"]:
+        # The agent's protect worker (agent.worker), started by the agent itself from the
+        # frozen binary; no parser, no command modules: a child imports only what it uses.
+        from agent.worker import main as worker_main
+
+        return worker_main()
     parser = build_parser()
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)

@@ -35,6 +35,8 @@ def test_folder_destination_file_mode_and_after_ack_delete(tmp_path: Path, site_
         for rel, data in originals.items():
             drop(inbox / rel, data)
         wait_until(lambda: all(not (inbox / rel).exists() for rel in originals))
+        # the plaintext goes first, then the item is marked done
+        wait_until(lambda: agent.journal.state_counts().get("done") == 5)
         counts = agent.journal.state_counts()
     for rel, data in originals.items():
         assert decrypt((outbox / (rel + ".age")).read_bytes(), identity) == data

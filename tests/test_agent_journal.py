@@ -15,8 +15,9 @@ def test_item_lifecycle_and_deliveries(tmp_path: Path) -> None:
     assert j.find("/in/a.dcm", 10, 5) == item
     assert not j.is_known("/in/a.dcm", 10, 5)  # discovered only: resumable, not "known"
     art = Artifact(item.id, "file", "0000000001.file", "ab" * 32, 20, None)
-    j.set_protected(item.id, "cd" * 32, [art],
-                    [("central", "file", "pending"), ("pacs", "-", "skipped")])
+    assert j.record_protected(item.id, "/in/a.dcm", 10, 5, 0, None, "cd" * 32, [art],
+                              [("central", "file", "pending"), ("pacs", "-", "skipped")]) \
+        == item.id
     assert j.is_known("/in/a.dcm", 10, 5)
     assert j.artifacts(item.id) == {"file": art}
     assert [d.item_id for d in j.due("central", 100.0, 10, set())] == [item.id]
@@ -49,11 +50,50 @@ def test_outbox_is_bounded_and_ordered(tmp_path: Path, monkeypatch) -> None:
     import agent.journal as journal_mod
 
     monkeypatch.setattr(journal_mod, "OUTBOX_LIMIT", 5)
+    monkeypatch.setattr(journal_mod, "OUTBOX_TRIM_EVERY", 4)  # trimmed at inserts 1, 5, 9
     j = Journal(tmp_path / "j.sqlite3")
     for i in range(8):
         j.outbox_add(f"e{i}", float(i), f"{{\"n\": {i}}}")
+    assert j.outbox_size() == 8  # between trims the bound overshoots by < OUTBOX_TRIM_EVERY
+    j.outbox_add("e8", 8.0, '{"n": 8}')
     assert j.outbox_size() == 5
     peek = j.outbox_peek(3)
-    assert [e for e, _ in peek] == ["e3", "e4", "e5"]  # the newest are kept, oldest first
+    assert [e for e, _ in peek] == ["e4", "e5", "e6"]  # the newest are kept, oldest first
     j.outbox_remove([e for e, _ in peek])
-    assert [e for e, _ in j.outbox_peek(10)] == ["e6", "e7"]
+    assert [e for e, _ in j.outbox_peek(10)] == ["e7", "e8"]
+
+
+def test_record_protected_new_item_event_and_duplicate(tmp_path: Path) -> None:
+    """A new version lands with its artifacts, deliveries and event in one transaction; the
+    same content under a new mtime is recorded as a duplicate and gets nothing to send."""
+    j = Journal(tmp_path / "j.sqlite3")
+    art = Artifact(0, "file", "abc.file", "ab" * 32, 20, None)
+    item_id = j.record_protected(None, "/in/b.dcm", 10, 5, 0, 99.0, "ef" * 32, [art],
+                                 [("central", "file", "pending")],
+                                 event=("ev1", 1.0, '{"kind": "protected"}'))
+    assert item_id is not None
+    item = j.item(item_id)
+    assert (item.state, item.sha256, item.settled_at) == ("protected", "ef" * 32, 99.0)
+    assert j.artifacts(item_id)["file"].item_id == item_id
+    assert j.outbox_peek(10) == [("ev1", '{"kind": "protected"}')]
+    assert j.counters() == {"seen": 1, "protected": 1}
+    again = j.record_protected(None, "/in/b.dcm", 10, 6, 0, None, "ef" * 32,
+                               [Artifact(0, "file", "def.file", "12" * 32, 20, None)],
+                               [("central", "file", "pending")])
+    assert again is None
+    assert j.state_counts() == {"protected": 1, "duplicate": 1}
+    assert j.is_known("/in/b.dcm", 10, 6)  # not offered again by the reconcile scan
+    assert j.pending_count("central") == 1 and j.artifact_names() == {"abc.file"}
+
+
+def test_sync_fsyncs_once_for_commits_already_covered(tmp_path: Path, monkeypatch) -> None:
+    j = Journal(tmp_path / "j.sqlite3")
+    calls = []
+    monkeypatch.setattr(j, "_fsync_wal", lambda: calls.append(1))
+    j.bump("seen")
+    j.sync()
+    j.sync()  # nothing committed since: no second fsync
+    assert len(calls) == 1
+    j.bump("seen")
+    j.sync()
+    assert len(calls) == 2

@@ -7,8 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
 from agent.errors import DeliveryError
 
 
@@ -53,9 +51,8 @@ class Forwarder(abc.ABC):
         """Release connections."""
 
 
-def http_error(resp: requests.Response, what: str) -> DeliveryError:
+def http_error(code: int, what: str) -> DeliveryError:
     """Classify an HTTP failure: 401/403 pause, 408/429/5xx retry, other 4xx permanent."""
-    code = resp.status_code
     message = f"{what}: HTTP {code}"
     if code in (401, 403):
         return DeliveryError(message, auth=True)

@@ -57,7 +57,7 @@ class DicomWebForwarder(Forwarder):
         if resp.status_code == 200:
             return [None for _ in objs]
         if resp.status_code not in (202, 409):
-            err = http_error(resp, "stow-rs")
+            err = http_error(resp.status_code, "stow-rs")
             return [err for _ in objs]
         failed = _failures(resp)
         if failed is None:  # no usable body: nothing tells us which ones failed
