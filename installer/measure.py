@@ -1,4 +1,5 @@
-"""Measure the frozen bundle: size, cold and warm start, time to READY, idle RSS and CPU.
+"""Measure the frozen bundle: size, cold and warm start, time to READY, idle RSS and CPU,
+and the peak RSS of a frozen `scanfort encrypt` of one CT slice's worth of data.
 
     .venv/bin/python installer/measure.py build/dist/scanfort [build/dist/scanfort_*.deb]
 
@@ -11,6 +12,7 @@ with a notify socket), watching one empty folder, after it sent READY=1.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -54,6 +56,18 @@ def proc_stats(pid: int) -> tuple[int, float]:
     return rss_kb * 1024, cpu
 
 
+def peak_rss_of(argv: list[str], env: dict[str, str]) -> int:
+    """Peak RSS (bytes) of a child process run to completion (wait4's ru_maxrss, in KiB)."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{argv[1]} failed: {err.read().decode(errors='replace')}")
+    return usage.ru_maxrss * 1024
+
+
 def main(argv: list[str]) -> int:
     bundle = Path(argv[1]).resolve()
     exe = bundle / "scanfort"
@@ -74,6 +88,13 @@ def main(argv: list[str]) -> int:
         rows.append(("start, `scanfort --version` (warm, median of 5)", f"{warm:.2f} s"))
 
         _, recipient = keys.generate_identity()
+        scan = tmp / "slice.bin"
+        scan.write_bytes(os.urandom(512 * 512 * 2))  # a 512x512 16-bit CT slice's size
+        encrypt = [str(exe), "encrypt", "-r", recipient, "-o", str(tmp / "enc"), str(scan)]
+        peak_rss_of(encrypt, env)  # a bundle with numba fills its kernel cache on the first run
+        shutil.rmtree(tmp / "enc")
+        rss = peak_rss_of(encrypt, env)
+        rows.append(("peak RSS, `scanfort encrypt` of one 512 KiB file (a CT slice)", f"{rss / 1e6:.0f} MB"))
         (tmp / "in").mkdir()
         cfg = tmp / "agent.toml"
         cfg.write_text(

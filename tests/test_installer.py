@@ -6,6 +6,10 @@ Slow (one bundle build, about a minute on two cores, plus the .deb); ``.ci/run``
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import importlib.util
+import json
 import os
 import re
 import shutil
@@ -13,6 +17,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +30,31 @@ from agent.oshost.paths import writable_paths
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+# prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN) (Linux 6.3+): the process and its children
+# can no longer map memory writable and executable, or make memory executable later; what
+# systemd's MemoryDenyWriteExecute=yes enforces (with a seccomp filter) for the service.
+PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+
+
+def deny_write_execute() -> None:
+    """``preexec_fn``: run the child as under MemoryDenyWriteExecute=yes."""
+    if _PRCTL(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_MDWE)")
+
+
+@functools.cache
+def mdwe_supported() -> bool:
+    try:
+        subprocess.run(["true"], preexec_fn=deny_write_execute, check=True)
+    except (subprocess.SubprocessError, OSError):
+        return False
+    return True
+
+
+def bundle_has_jit(built: Built) -> bool:
+    return (built.bundle / "_internal" / "numba").exists()
 
 
 def need(tool: str, package: str) -> None:
@@ -95,9 +125,16 @@ def test_bundle_is_onedir_and_leaves_no_temp_dirs(built: Built, tmp_path: Path) 
 
 
 def test_bundle_carries_the_native_stack(built: Built) -> None:
+    from cipher import chaos
+
     internal = built.bundle / "_internal"
     names = {p.name.split(".")[0] for p in internal.iterdir()}
     assert {"numpy", "pydicom", "pyrage"} <= names
+    if chaos._native is not None:
+        # the cipher's C extension replaces numba: no JIT, no llvmlite in the bundle
+        assert [p.name for p in (internal / "cipher").glob("_native.*")], "cipher._native missing"
+        assert not {"numba", "llvmlite"} & names
+        return
     try:
         import numba  # noqa: F401
     except ImportError:
@@ -106,6 +143,30 @@ def test_bundle_carries_the_native_stack(built: Built) -> None:
         assert {"numba", "llvmlite"} <= names
     # numba's cache=True needs the kernels' source next to them.
     assert (internal / "cipher" / "_kernels.py").is_file()
+
+
+def test_frozen_cipher_runs_without_writable_executable_memory(built: Built, tmp_path: Path) -> None:
+    """The frozen bench (every native kernel, encrypt and decrypt) runs as under
+    MemoryDenyWriteExecute=yes, which the generated unit sets for a bundle without JIT."""
+    if bundle_has_jit(built):
+        pytest.skip("the bundle carries numba (built without cipher._native): its JIT needs W+X memory")
+    if not mdwe_supported():
+        pytest.skip("kernel without prctl(PR_SET_MDWE) (Linux < 6.3): cannot emulate MemoryDenyWriteExecute")
+    if importlib.util.find_spec("numba") is not None:  # the emulation must bite: a JIT fails under it
+        jit = subprocess.run([sys.executable, "-c", "import numba; numba.njit(lambda x: x + 1)(1)"],
+                             preexec_fn=deny_write_execute, capture_output=True, timeout=300, check=False)
+        assert jit.returncode != 0
+    result = subprocess.run([str(built.exe), "bench", "--json", "--min-time", "0"],
+                            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(tmp_path),
+                                 "TMPDIR": str(tmp_path)},
+                            preexec_fn=deny_write_execute, capture_output=True, text=True,
+                            timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    doc = json.loads(result.stdout)
+    kernels = {r["kernel"] for r in doc["rows"] if r["what"].startswith("chaos")}
+    assert "native table" in kernels and "numpy" in kernels
+    assert not any(k.startswith("numba") for k in kernels)
+    assert doc["peak_rss"] == []  # not measured from a frozen binary
 
 
 def test_frozen_commands_are_registered(built: Built, tmp_path: Path) -> None:
@@ -214,8 +275,11 @@ def test_frozen_agent_pass_under_systemd_notify(
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(tmp_path),
            "TMPDIR": str(tmp_path), "NUMBA_CACHE_DIR": str(tmp_path / "numba"),
            "NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "4000000"}
+    # Without a JIT in the bundle the unit sets MemoryDenyWriteExecute=yes: run the same way.
+    no_wx = not bundle_has_jit(built) and mdwe_supported()
     proc = subprocess.Popen([str(built.exe), "service", "run-host", "--config", str(cfg)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=deny_write_execute if no_wx else None)
     try:
         _wait_for(notify_socket, "READY=1", timeout=180)
         plain = os.urandom(250_000)
@@ -311,6 +375,9 @@ def test_deb_unit_verifies_and_matches_the_default_config(unpacked: Path, tmp_pa
     unit = (unpacked / "lib" / "systemd" / "system" / "scanfort.service").read_text()
     assert "ExecStart=/opt/scanfort/scanfort service run-host --config /etc/scanfort/agent.toml" in unit
     assert "Type=notify" in unit and "ProtectSystem=strict" in unit
+    jit = (unpacked / "opt" / "scanfort" / "_internal" / "numba").exists()
+    assert ("MemoryDenyWriteExecute=yes" in unit) == (not jit)  # no JIT in the bundle: no W+X
+    assert ("NUMBA_CACHE_DIR" in unit) == jit
 
     # The default config is valid once a recipient is added, and the unit's writable
     # paths are exactly the ones it names.
