@@ -179,13 +179,14 @@ def main() -> int:
                                  str(config.source)], cwd=REPO, stdout=log, stderr=log)
         try:
             time.sleep(3.0)  # start-up (imports; the workers start with the first files)
-            cpu0 = cpu_seconds(proc.pid)
+            cpu0, own0 = cpu_seconds(proc.pid), _cpu(proc.pid)
             t0, wall0 = time.monotonic(), time.time()
             for p in sorted(staging.iterdir()):
                 os.rename(p, inbox / p.name)
             t_end, got = wait_done(config.journal_path, args.slices, args.stall)
             elapsed = t_end - t0
             cpu_burst = cpu_seconds(proc.pid) - cpu0
+            cpu_parent = _cpu(proc.pid) - own0
             lat = list(latencies(config.journal_path).values())
             ends = [t - wall0 for t in stage_ends(config.journal_path)]
             rows += [
@@ -198,7 +199,8 @@ def main() -> int:
                 ("burst: settled → ack p50", f"{pct(lat, 0.5) * 1000:.0f} ms", ""),
                 ("burst: settled → ack p99", f"{pct(lat, 0.99) * 1000:.0f} ms", ""),
                 ("burst: agent CPU (all processes)", f"{cpu_burst:.1f} s",
-                 f"{cpu_burst / elapsed:.2f} cores"),
+                 f"{cpu_burst / elapsed:.2f} cores; agent {cpu_parent:.1f} s, workers "
+                 f"{cpu_burst - cpu_parent:.1f} s"),
                 ("burst: agent peak RSS (all processes)", *rss_note(proc.pid)),
                 ("receiver: objects", f"{len(rx.sizes)}", f"{rx.puts} PUTs, SHA-256 checked"),
             ]

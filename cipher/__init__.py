@@ -16,11 +16,10 @@ The public API is small (streams in, streams out; no paths, network, logging or 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from cipher import dicommode, fileformat, keys
+from cipher import fileformat, keys
 from cipher._common import DICOM_MODE, FILE_MODE, ProtectInfo, UnprotectInfo
-from cipher.dicommode import DEFAULT_PROTECTED_ATTRIBUTES, DicomPolicy, is_dicom_with_pixels
 from cipher.errors import (
     AuthenticationError,
     CipherError,
@@ -30,6 +29,22 @@ from cipher.errors import (
     NoIdentityMatchError,
     NotDicomError,
 )
+
+if TYPE_CHECKING:
+    from cipher.dicommode import DEFAULT_PROTECTED_ATTRIBUTES, DicomPolicy
+
+# DICOM mode (and with it pydicom, ~20 MB of a process) is imported on first use: the
+# agent's protect workers for file-mode destinations never load it.
+_DICOM_NAMES = ("DEFAULT_PROTECTED_ATTRIBUTES", "DicomPolicy")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DICOM_NAMES:
+        from cipher import dicommode
+
+        return getattr(dicommode, name)
+    raise AttributeError(f"module 'cipher' has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_PROTECTED_ATTRIBUTES",
@@ -71,8 +86,17 @@ def protect(
     if mode == FILE_MODE:
         return fileformat.protect_file(src, dst, recipients)
     if mode == DICOM_MODE:
-        return dicommode.protect_dicom(src, dst, recipients, policy or DicomPolicy())
+        from cipher import dicommode
+
+        return dicommode.protect_dicom(src, dst, recipients, policy or dicommode.DicomPolicy())
     raise ValueError(f"mode must be {FILE_MODE!r} or {DICOM_MODE!r}, not {mode!r}")
+
+
+def is_dicom_with_pixels(src: BinaryIO) -> bool:
+    """Whether ``src`` is a DICOM file with Pixel Data (the ``auto`` mode decision)."""
+    from cipher import dicommode
+
+    return dicommode.is_dicom_with_pixels(src)
 
 
 def detect_mode(src: BinaryIO) -> str:
@@ -82,6 +106,8 @@ def detect_mode(src: BinaryIO) -> str:
     """
     if fileformat.looks_like_file_mode(src):
         return FILE_MODE
+    from cipher import dicommode
+
     if dicommode.looks_like_dicom_mode(src):
         return DICOM_MODE
     raise FormatError("not a scanfort protected file")
@@ -98,6 +124,8 @@ def unprotect(src: BinaryIO, dst: BinaryIO, identities: Sequence[str]) -> Unprot
     mode = detect_mode(src)
     if mode == FILE_MODE:
         return fileformat.unprotect_file(src, dst, identities)
+    from cipher import dicommode
+
     return dicommode.unprotect_dicom(src, dst, identities)
 
 
@@ -110,4 +138,6 @@ def inspect(src: BinaryIO) -> dict[str, Any]:
     mode = detect_mode(src)
     if mode == FILE_MODE:
         return fileformat.inspect_file(src)
+    from cipher import dicommode
+
     return dicommode.inspect_dicom(src)

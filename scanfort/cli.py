@@ -14,14 +14,17 @@ from collections.abc import Sequence
 
 from scanfort import __version__
 
-_COMMAND_MODULES = (
-    "scanfort.cli_cipher",  # cipher-report, bench
-    "scanfort.cli_protect",  # keygen, encrypt, decrypt, inspect
-    "agent.cli",  # agent ...
-    "agent.oshost.cli",  # service ...
-    "service.cli",  # central ...
-    "scanfort.cli_demo",  # demo
-)
+# module → the command words it registers. A run of one command imports only its module
+# (the agent's long-running process stays free of the cipher, numpy and pydicom, which only
+# its protect workers load); help and unknown words import them all.
+_COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "scanfort.cli_cipher": ("cipher-report", "bench"),
+    "scanfort.cli_protect": ("keygen", "encrypt", "decrypt", "inspect"),
+    "agent.cli": ("agent",),
+    "agent.oshost.cli": ("service",),
+    "service.cli": ("central",),
+    "scanfort.cli_demo": ("demo",),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,11 +36,13 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for every command, or only for ``command`` when that is a known word."""
     parser = _Parser(prog="scanfort", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"scanfort {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in _COMMAND_MODULES:
+    modules = [m for m, words in _COMMAND_MODULES.items() if command in words]
+    for name in modules or _COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -56,8 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent.worker import main as worker_main
 
         return worker_main()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    parser = build_parser(words[0] if words else None)
+    args = parser.parse_args(words)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)
