@@ -1,0 +1,173 @@
+"""Protect workers: the child's answers, the wire format, deadlines and a light parent."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from agent.worker import (
+    Protector,
+    ProtectWorker,
+    WorkerLost,
+    WorkerPool,
+    plan_modes,
+    read_frame,
+    write_frame,
+)
+from tests.test_agent_helpers import ct_slice, decrypt
+
+
+def _request(path: Path, modes: list[str]) -> dict[str, object]:
+    st = os.stat(path)
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "modes": modes}
+
+
+def test_frames_round_trip_and_end_of_stream() -> None:
+    buf = io.BytesIO()
+    write_frame(buf, {"a": 1, "name": "é"})
+    write_frame(buf, {"b": [1, 2]})
+    buf.seek(0)
+    assert read_frame(buf) == {"a": 1, "name": "é"}
+    assert read_frame(buf) == {"b": [1, 2]}
+    assert read_frame(buf) is None
+    torn = io.BytesIO(b"\x00\x00\x00\x10{")  # the writer died mid-frame
+    assert read_frame(torn) is None
+
+
+def test_plan_modes() -> None:
+    assert plan_modes(["auto", "file", "dicom"], True) == ["dicom", "file", "dicom"]
+    assert plan_modes(["auto", "file", "dicom"], False) == ["file", "file", None]
+
+
+def test_protector_answers(tmp_path: Path, site_keys) -> None:
+    identity, recipient = site_keys
+    spool = tmp_path / "spool"
+    p = Protector([recipient], spool)
+    scan = tmp_path / "ct.dcm"
+    scan.write_bytes(ct_slice(32, 32, seed=1))
+    answer = p.handle(_request(scan, ["auto", "file"]))
+    assert answer["status"] == "protected"
+    assert answer["plan"] == ["dicom", "file"]
+    arts = {a["mode"]: a for a in answer["artifacts"]}
+    assert set(arts) == {"dicom", "file"}
+    for art in arts.values():
+        data = (spool / art["name"]).read_bytes()
+        assert len(data) == art["size"]
+        assert decrypt(data, identity) == scan.read_bytes()
+    assert list((spool / "tmp").iterdir()) == []  # nothing half-written left behind
+    # a version that no longer matches, a vanished file, a truncated DICOM file, no taker
+    assert p.handle({**_request(scan, ["file"]), "size": 1})["status"] == "changed"
+    assert p.handle({**_request(scan, ["file"]), "path": str(tmp_path / "gone")}) == \
+        {"status": "vanished"}
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(scan.read_bytes()[:-100])
+    assert p.handle(_request(cut, ["file"]))["status"] == "incomplete"
+    other = tmp_path / "notes.txt"
+    other.write_bytes(b"not an image")
+    answer = p.handle(_request(other, ["dicom"]))
+    assert answer["status"] == "unplannable" and "not a dicom image" in answer["reason"]
+
+
+def test_worker_process_protects_and_is_killed_at_its_deadline(tmp_path: Path, site_keys) -> None:
+    identity, recipient = site_keys
+    spool = tmp_path / "spool"
+    scan = tmp_path / "a.raw"
+    scan.write_bytes(b"payload" * 100)
+    worker = ProtectWorker([recipient], spool)
+    try:
+        answer = worker.call(_request(scan, ["file"]), timeout_s=60)
+        assert answer["status"] == "protected"
+        art = answer["artifacts"][0]
+        assert decrypt((spool / art["name"]).read_bytes(), identity) == b"payload" * 100
+        pid = worker.pid
+        assert pid is not None and pid != os.getpid()
+        # the health tick kills a worker past its deadline; the caller sees WorkerLost
+        marker = tmp_path / "hung"
+        stuck = ProtectWorker([recipient], spool, argv=[
+            sys.executable, str(Path(__file__).with_name("stuck_worker.py")), str(marker)])
+        try:
+            import threading
+
+            result: list[object] = []
+
+            def call() -> None:
+                try:
+                    result.append(stuck.call(_request(scan, ["file"]), timeout_s=0.5))
+                except WorkerLost as exc:
+                    result.append(exc)
+
+            t = threading.Thread(target=call)
+            t.start()
+            deadline = time.monotonic() + 30
+            while not stuck.kill_if_overdue(time.monotonic()):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            t.join(30)
+            assert isinstance(result[0], WorkerLost) and stuck.killed == 1
+            # the next call starts a new child, which behaves (the marker exists now)
+            assert stuck.call(_request(scan, ["file"]), timeout_s=60)["status"] == "protected"
+            assert stuck.started == 2
+        finally:
+            stuck.close()
+    finally:
+        worker.close()
+    assert worker.pid is None
+
+
+def test_a_worker_that_dies_is_replaced(tmp_path: Path, site_keys) -> None:
+    _, recipient = site_keys
+    scan = tmp_path / "a.raw"
+    scan.write_bytes(b"x" * 1000)
+    pool = WorkerPool(1, [recipient], tmp_path / "spool")
+    try:
+        assert pool.call(_request(scan, ["file"]), 60)["status"] == "protected"
+        pid = pool.workers[0].pid
+        assert pid is not None
+        os.kill(pid, 9)  # e.g. the OOM killer
+        time.sleep(0.2)
+        assert pool.call(_request(scan, ["file"]), 60)["status"] == "protected"
+        assert pool.started == 2 and pool.workers[0].pid != pid
+    finally:
+        pool.close()
+
+
+def test_scanfort_binary_starts_a_worker_without_its_command_modules(tmp_path: Path,
+                                                                    site_keys) -> None:
+    """The frozen binary's worker entry (``scanfort _protect-worker``) and the agent's
+    parent stay light: the parent never imports the cipher, numpy or pydicom."""
+    _, recipient = site_keys
+    scan = tmp_path / "a.raw"
+    scan.write_bytes(b"y" * 1000)
+    worker = ProtectWorker([recipient], tmp_path / "spool",
+                           argv=[sys.executable, "-m", "scanfort", "_protect-worker"])
+    try:
+        assert worker.call(_request(scan, ["file"]), 60)["status"] == "protected"
+    finally:
+        worker.close()
+    code = ("import sys; from scanfort.cli import build_parser; build_parser('agent'); "
+            "import agent.runner; "
+            "print(sorted(m for m in ('cipher', 'numpy', 'pydicom') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_file_mode_worker_does_not_load_pydicom(tmp_path: Path, site_keys) -> None:
+    mode = "file"
+    _, recipient = site_keys
+    scan = tmp_path / "ct.dcm"
+    scan.write_bytes(ct_slice(16, 16, seed=2))
+    code = (
+        "import sys, os, json; from pathlib import Path; from agent.worker import Protector\n"
+        f"p = Protector([{recipient!r}], Path({str(tmp_path / 'spool')!r}))\n"
+        f"st = os.stat({str(scan)!r})\n"
+        f"a = p.handle({{'path': {str(scan)!r}, 'size': st.st_size, 'mtime_ns': st.st_mtime_ns,"
+        f" 'modes': [{mode!r}]}})\n"
+        "print(a['status'], 'pydicom' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "protected False"
