@@ -2,8 +2,15 @@
 
 States of an item (one source file version)::
 
-    discovered ──► protected ──► (every delivery done | skipped) ──► done
-         └──────────────┴──► quarantined (reason; a reason file in the quarantine dir)
+    protected ──► (every delivery done | skipped) ──► done
+        └──► quarantined (reason; a reason file in the quarantine dir)
+
+An item is inserted already ``protected``, together with its artifacts and deliveries,
+once a protect worker has written the spool copies; a file whose protection never
+finished has no item and is found again by the start-up scan. ``discovered`` is only the
+short-lived state of an item created to be quarantined (and of journals written by
+earlier versions, which are resumed). ``duplicate``, ``superseded`` and ``vanished``
+mark versions that need nothing sent.
 
 Each item has one spool artifact per protection mode its destinations need, and one
 delivery row per destination. A delivery is ``pending`` until its destination

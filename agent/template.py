@@ -11,7 +11,7 @@ TEMPLATE = '''\
 recipients = [{recipients}]
 
 spool_dir = "{spool_dir}"      # protected copies and the journal (keep on a local disk)
-workers = 2                    # files protected in parallel
+workers = 2                    # protect worker processes (files protected in parallel)
 settle_seconds = 5             # size and mtime unchanged this long = the file is complete
 incomplete_grace_seconds = 120 # a DICOM file still truncated after this is quarantined
 reconcile_seconds = 60         # full rescan of every folder (watchdog can miss events)

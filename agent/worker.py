@@ -309,7 +309,12 @@ def worker_argv() -> list[str]:
     """How to start a child: the frozen ``scanfort`` binary or this interpreter."""
     if getattr(sys, "frozen", False):
         return [sys.executable, WORKER_COMMAND]
-    return [sys.executable, "-m", "agent.worker"]
+    python = sys.executable
+    if os.path.basename(python).lower().startswith("pythonservice"):
+        # Hosted by pywin32's service runner from a source install: its executable is not
+        # an interpreter; the interpreter beside the installation is.
+        python = os.path.join(sys.exec_prefix, "python.exe")
+    return [python, "-m", "agent.worker"]
 
 
 @dataclass
