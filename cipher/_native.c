@@ -543,7 +543,7 @@ static const uint8_t *unread_row(const job *jb, Py_ssize_t i)
 static void copy_rows(const job *jb, Py_ssize_t from)
 {
     Py_ssize_t L = jb->L, n = (jb->R - 1) * L + jb->last;
-    memcpy(jb->m + from * L, jb->src + from * L, (size_t)(n - from * L));
+    memmove(jb->m + from * L, jb->src + from * L, (size_t)(n - from * L)); /* src may be m */
     memset(jb->m + n, 0, (size_t)(L - jb->last));
 }
 
@@ -701,10 +701,9 @@ static PyObject *run_cipher(PyObject *args, PyObject *kwargs, int forward)
 {
     static char *kwlist[] = {"m", "st", "sbox_samples", "g_f", "g_b", "lane_bits", "last", "tail_start", "gfni", "src", NULL};
     Py_buffer mb, sb, xb, srcb;
-    int g_f, g_b, k, gfni_req = -1;
+    int g_f, g_b, k, gfni_req = -1, have_src = 0;
     Py_ssize_t last, t0;
     PyObject *src = Py_None, *result = NULL;
-    srcb.obj = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, forward ? "w*y*y*iiinn|iO:encrypt" : "w*y*y*iiinn|iO:decrypt", kwlist,
                                      &mb, &sb, &xb, &g_f, &g_b, &k, &last, &t0, &gfni_req, &src))
         return NULL;
@@ -743,10 +742,9 @@ static PyObject *run_cipher(PyObject *args, PyObject *kwargs, int forward)
         goto done;
     }
     if (src != Py_None) {
-        if (PyObject_GetBuffer(src, &srcb, PyBUF_SIMPLE) < 0) {
-            srcb.obj = NULL;
+        if (PyObject_GetBuffer(src, &srcb, PyBUF_SIMPLE) < 0)
             goto done;
-        }
+        have_src = 1;
         if (srcb.len != (R - 1) * L + last) {
             PyErr_Format(PyExc_ValueError, "src must hold (R-1)*L + last = %zd bytes, got %zd", (R - 1) * L + last, srcb.len);
             goto done;
@@ -762,7 +760,7 @@ static PyObject *run_cipher(PyObject *args, PyObject *kwargs, int forward)
     sbox_from_samples(xb.buf, &sd);
     const uint8_t *st = sb.buf;
     job jb = {mb.buf, R, L, last, t0, k, st, st + L, st + 2 * L, st + 3 * L, st + 4 * L, st + 4 * L + R,
-              srcb.obj != NULL ? (const uint8_t *)srcb.buf : NULL, 0};
+              have_src ? (const uint8_t *)srcb.buf : NULL, 0};
     Py_BEGIN_ALLOW_THREADS
     if (forward)
         encrypt_job(&jb, &sd, (uint8_t)g_f, (uint8_t)g_b, gfni);
@@ -774,7 +772,7 @@ done:
     PyBuffer_Release(&mb);
     PyBuffer_Release(&sb);
     PyBuffer_Release(&xb);
-    if (srcb.obj != NULL)
+    if (have_src)
         PyBuffer_Release(&srcb);
     return result;
 }
