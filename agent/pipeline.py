@@ -155,6 +155,9 @@ class Pipeline:
                             file_id=item.file_id)
         return Outcome("quarantined", item.id)
 
+    def discard_artifacts(self, item_id: int) -> None:
+        self._discard(list(self.journal.artifacts(item_id).values()))
+
     def quarantine(self, item_id: int, reason: str) -> None:
         item = self.journal.item(item_id)
         self._discard(list(self.journal.artifacts(item_id).values()))

@@ -22,7 +22,7 @@ from typing import Any
 from agent.config import AgentConfig, DestinationConfig
 from agent.dispatch import Backoff, DestinationSender
 from agent.forward import Forwarder, make_forwarder
-from agent.journal import Journal
+from agent.journal import Item, Journal
 from agent.logs import setup_logging, teardown_logging
 from agent.pipeline import Pipeline
 from agent.status import Reporter
@@ -225,6 +225,27 @@ class Agent:
         for item in self.journal.items_in("protected"):
             if not self.journal.has_pending(item.id):
                 self.pipeline.finalize(item.id)
+            elif any(not (self.config.spool_dir / a.name).is_file()
+                     for a in self.journal.artifacts(item.id).values()):
+                self._reprotect(item)
+
+    def _reprotect(self, item: Item) -> None:
+        """A recorded spool copy is gone (a power cut lost its rename, or someone deleted
+        it): protect the plaintext again; every destination gets the new copy."""
+        try:
+            st = os.stat(item.path)
+            same = (st.st_size, st.st_mtime_ns) == (item.size, item.mtime_ns)
+        except OSError:
+            same = False
+        if same:
+            log.warning("spool copy of %s is missing; protecting it again", item.file_id)
+            self.pipeline.discard_artifacts(item.id)
+            self.journal.set_state(item.id, "discovered", "spool copy missing")
+            self.settler.offer(item.path, item.folder)
+        else:
+            log.error("spool copy of %s is missing and its plaintext changed or is gone",
+                      item.file_id)
+            self.pipeline.quarantine(item.id, "spool copy missing and plaintext changed")
 
     def start(self) -> None:
         self.recover()

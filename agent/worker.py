@@ -37,8 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
-from agent.journal import fsync_dir
-
 _LEN = struct.Struct(">I")
 _MAX_FRAME = 16 << 20
 #: DICOM files up to this size are read into memory for the completeness walk.
@@ -268,7 +266,12 @@ class Protector:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        fsync_dir(self.spool_dir)
+        # No fsync of the spool directory here: it forces a second file-system journal
+        # commit per file and cost the burst 10-30 % of its throughput, with wide swings. The
+        # copy's data is durable (fsync above) before the parent records it; if a power cut
+        # loses the rename itself, the next start finds the recorded copy missing and
+        # protects the plaintext again (it is never touched before every destination has
+        # acknowledged), see Agent.recover.
         art = {"mode": mode, "name": name, "sha256": dst.hash.hexdigest(), "size": dst.count,
                "sop_instance_uid": getattr(info, "sop_instance_uid", None)}
         return art, sha

@@ -174,6 +174,10 @@ def main() -> int:
             data = ct_slice(512, 512, seed=i)
             (staging / f"ct{i:05d}.dcm").write_bytes(data)
             total += len(data)
+        # The slices were written just now: flush them, so that the burst starts from files
+        # already on disk (a drop of finished scans) and not with half a gigabyte of dirty
+        # page cache that the agent's first fsyncs would have to write back first.
+        os.sync()
         log = open(tmp / "agent.log", "wb")
         proc = subprocess.Popen([sys.executable, "-m", "scanfort", "agent", "run", "--config",
                                  str(config.source)], cwd=REPO, stdout=log, stderr=log)

@@ -190,3 +190,33 @@ def test_stuck_protection_is_killed_and_retried(tmp_path: Path, site_keys) -> No
         assert agent.pool.killed == 1 and agent.pool.started == 2
     assert decrypt((outbox / "a.raw.age").read_bytes(), identity) == b"payload" * 1000
     assert decrypt((outbox / "b.raw.age").read_bytes(), identity) == b"other" * 1000
+
+
+def test_a_recorded_spool_copy_that_is_gone_is_protected_again(tmp_path: Path, site_keys) -> None:
+    """The worker does not fsync the spool directory: if a power cut loses the rename of a
+    recorded copy, the next start protects the plaintext (still in place) again."""
+    from agent.journal import Artifact, Journal
+    from agent.worker import Protector
+
+    identity, recipient = site_keys
+    outbox = tmp_path / "outbox"
+    config = write_config(tmp_path, [recipient], {"share": {"kind": "folder", "path": str(outbox)}})
+    scan = config.folders[0].path / "a.raw"
+    scan.write_bytes(b"plain" * 500)
+    st = scan.stat()
+    answer = Protector([recipient], config.spool_dir).handle(
+        {"path": str(scan), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "modes": ["file"]})
+    art = answer["artifacts"][0]
+    journal = Journal(config.journal_path)
+    item_id = journal.record_protected(
+        None, str(scan), st.st_size, st.st_mtime_ns, 0, None, answer["sha256"],
+        [Artifact(0, "file", art["name"], art["sha256"], art["size"], None)],
+        [("share", "file", "pending")])
+    journal.close()
+    (config.spool_dir / art["name"]).unlink()  # the rename never reached the disk
+    with running(config) as agent:
+        wait_until(lambda: agent.journal.state_counts().get("done") == 1)
+        item = agent.journal.item(item_id)
+        assert item.state == "done"
+    assert decrypt((outbox / "a.raw.age").read_bytes(), identity) == b"plain" * 500
+    assert scan.exists()  # after_ack = keep
