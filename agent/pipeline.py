@@ -20,7 +20,7 @@ from agent.config import AgentConfig
 from agent.journal import Artifact, Item, Journal, fsync_dir
 from agent.status import Reporter
 from agent.watch import Settled
-from agent.worker import WorkerLost, WorkerPool
+from agent.worker import WorkerLost, WorkerPool, WorkerStartFailed
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ MAX_WORKER_LOSSES = 3
 
 @dataclass(frozen=True)
 class Outcome:
-    kind: str  # protected | known | changed | incomplete | retry | quarantined | vanished | duplicate
+    kind: str  # protected | known | changed | incomplete | retry | worker_down | quarantined | vanished | duplicate
     item_id: int | None = None
 
 
@@ -67,6 +67,9 @@ class Pipeline:
                    "modes": [self.config.destination(n).mode for n in folder.destinations]}
         try:
             answer = pool.call(request, self.timeout_for(s.size))
+        except WorkerStartFailed as exc:
+            self.reporter.event("error", "error", f"{exc}; files wait in place")
+            return Outcome("worker_down", existing.id if existing else None)
         except WorkerLost as exc:
             return self._lost(s, existing, str(exc))
         self._losses.pop(s.path, None)

@@ -35,6 +35,7 @@ PRUNE_EVERY_S = 86400.0
 PRUNE_AFTER_S = 30 * 86400.0  # finished items are remembered for at least 30 days
 STUCK_S = 300.0
 FINALIZE_BATCH = 64
+WORKER_DOWN_RETRY_S = 30.0  # a file waits this long when no protect worker could start
 #: Protect threads per worker process: one records a file while the other feeds the worker.
 PROTECT_THREADS_PER_WORKER = 2
 
@@ -128,8 +129,10 @@ class Agent:
                 if outcome.kind == "protected" and outcome.item_id is not None:
                     for name in self.config.folders[s.folder].destinations:
                         self.senders[name].wake()
-                elif outcome.kind in ("changed", "incomplete", "retry"):
+                elif outcome.kind in ("changed", "incomplete", "retry", "worker_down"):
                     retry_in = max(self.config.settle_s, 1.0)
+                    if outcome.kind == "worker_down":
+                        retry_in = WORKER_DOWN_RETRY_S
                     with self._lock:
                         self.inflight.discard(s.path)
                     self.offer(s.path, s.folder, delay=retry_in, first_seen=s.first_seen)

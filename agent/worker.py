@@ -28,6 +28,7 @@ import json
 import os
 import queue
 import secrets
+import signal
 import struct
 import subprocess
 import sys
@@ -47,6 +48,10 @@ WORKER_COMMAND = "_protect-worker"
 
 class WorkerLost(Exception):
     """The child died or was killed (deadline overrun) before it answered."""
+
+
+class WorkerStartFailed(WorkerLost):
+    """No child could be started (a broken installation, not the file's fault)."""
 
 
 # --------------------------------------------------------------------------- framing
@@ -285,6 +290,11 @@ def main() -> int:
     """The child's loop: configuration frame, then one answer per request frame."""
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but frames may reach the parent's pipe
+    # Ctrl-C in a terminal and a service manager's SIGTERM reach the whole process group;
+    # the parent decides when a child stops (end of its input), so the file in hand is
+    # finished rather than cut off.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     setup = read_frame(stdin)
     if setup is None:
         return 0
@@ -353,11 +363,13 @@ class ProtectWorker:
 
     def _start(self) -> _Child:
         creation = getattr(subprocess, "CREATE_NO_WINDOW", 0)
-        proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                creationflags=creation, close_fds=True)
+        try:
+            proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    creationflags=creation, close_fds=True)
+        except OSError as exc:
+            raise WorkerStartFailed(f"cannot start a protect worker: {exc.strerror}") from exc
         assert proc.stdin is not None and proc.stdout is not None
         child = _Child(proc, proc.stdin, proc.stdout)
-        self.started += 1
         try:
             write_frame(child.stdin, self.setup)
             hello = read_frame(child.stdout)
@@ -365,7 +377,8 @@ class ProtectWorker:
             hello = None
         if hello is None or hello.get("status") != "ready":
             self._reap(child)
-            raise WorkerLost("protect worker did not start")
+            raise WorkerStartFailed("protect worker did not start")
+        self.started += 1
         return child
 
     def call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:

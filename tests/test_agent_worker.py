@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from agent.worker import (
     Protector,
     ProtectWorker,
@@ -171,3 +173,45 @@ def test_file_mode_worker_does_not_load_pydicom(tmp_path: Path, site_keys) -> No
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "protected False"
+
+
+def test_worker_ignores_interrupts_and_ends_with_its_input(tmp_path: Path, site_keys) -> None:
+    """Ctrl-C or a service manager's SIGTERM to the process group must not cut a file off:
+    the child keeps going and exits when the parent closes its input."""
+    import signal
+
+    _, recipient = site_keys
+    scan = tmp_path / "a.raw"
+    scan.write_bytes(b"z" * 1000)
+    worker = ProtectWorker([recipient], tmp_path / "spool")
+    assert worker.call(_request(scan, ["file"]), 60)["status"] == "protected"
+    pid = worker.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGINT)
+    os.kill(pid, signal.SIGTERM)
+    time.sleep(0.2)
+    assert worker.call(_request(scan, ["file"]), 60)["status"] == "protected"
+    assert worker.started == 1 and worker.pid == pid
+    worker.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_no_worker_can_start_files_wait_in_place(tmp_path: Path, site_keys) -> None:
+    """A broken installation is not the files' fault: nothing is quarantined or moved."""
+    from tests.test_agent_helpers import drop, running, write_config
+
+    _, recipient = site_keys
+    config = write_config(tmp_path, [recipient],
+                          {"share": {"kind": "folder", "path": str(tmp_path / "out")}})
+    broken = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    with running(config, worker_argv=broken) as agent:
+        drop(config.folders[0].path / "a.raw", b"data" * 100)
+        deadline = time.monotonic() + 20
+        while not any("did not start" in body for _, body in agent.journal.outbox_peek(100)):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert agent.journal.state_counts() == {}
+        assert agent.pool.started == 0  # failed starts are not counted as started
+    assert (config.folders[0].path / "a.raw").read_bytes() == b"data" * 100
+    assert not list((tmp_path / "spool" / "quarantine").glob("*.reason.txt"))
