@@ -152,6 +152,8 @@ def main() -> int:
     ap.add_argument("--steady", type=float, default=30.0)
     ap.add_argument("--rate", type=float, default=20.0)
     ap.add_argument("--workers", type=int, default=2, help="the agent's protect workers")
+    ap.add_argument("--mode", default="file", choices=("file", "dicom", "auto"),
+                    help="protection mode of the central destination")
     ap.add_argument("--stall", type=float, default=60.0,
                     help="give up after this many seconds without progress")
     args = ap.parse_args()
@@ -160,7 +162,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="scanfort-bench-") as d, Receiver(keep_objects=False) as rx:
         tmp = Path(d)
         config = write_config(
-            tmp, [recipient], {"central": {"kind": "central"}},
+            tmp, [recipient], {"central": {"kind": "central", "mode": args.mode}},
             folder={"after_ack": "delete"}, settle_seconds=1.0, reconcile_seconds=60,
             workers=args.workers,
             central={"url": rx.url, "token": TOKEN, "agent_id": "bench", "heartbeat_seconds": 5},
@@ -194,7 +196,8 @@ def main() -> int:
             lat = list(latencies(config.journal_path).values())
             ends = [t - wall0 for t in stage_ends(config.journal_path)]
             rows += [
-                ("burst: slices acknowledged", f"{got}/{args.slices}", "512×512×16 bit"),
+                ("burst: slices acknowledged", f"{got}/{args.slices}",
+                 f"512×512×16 bit, {args.mode} mode"),
                 ("burst: MB (plaintext)", f"{total * got / args.slices / 1e6:.0f}", ""),
                 ("burst: drop → all acknowledged", f"{elapsed:.2f} s", "includes 1 s settle"),
                 ("burst: throughput", f"{total * got / args.slices / 1e6 / elapsed:.1f} MB/s", "target ≥ 100"),
