@@ -22,6 +22,7 @@ anything the journal knows (``Agent.recover`` removes unknown spool files at sta
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -412,39 +413,27 @@ class ProtectWorker:
         self.killed += 1
         return True
 
-    def _reap(self, child: _Child) -> None:
-        for fh in (child.stdin, child.stdout):
-            try:
-                fh.close()
-            except OSError:
-                pass
-        try:
+    @staticmethod
+    def _reap(child: _Child, grace_s: float = 0.0) -> None:
+        """Close the pipes and end the child: at once, or after ``grace_s`` seconds in
+        which it may finish the file in hand (it exits at the end of its input)."""
+        with contextlib.suppress(OSError):
+            child.stdin.close()
+        if grace_s > 0:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.proc.wait(grace_s)
+        with contextlib.suppress(OSError):
             child.proc.kill()
-        except OSError:
-            pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             child.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
+        with contextlib.suppress(OSError):
+            child.stdout.close()
 
     def close(self) -> None:
         """Stop the child: end of its input lets it finish the current file and exit."""
         child, self._child = self._child, None
-        if child is None:
-            return
-        try:
-            child.stdin.close()
-        except OSError:
-            pass
-        try:
-            child.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            child.proc.kill()
-            child.proc.wait(5)
-        try:
-            child.stdout.close()
-        except OSError:
-            pass
+        if child is not None:
+            self._reap(child, grace_s=10.0)
 
 
 class WorkerPool:
