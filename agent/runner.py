@@ -35,6 +35,7 @@ PRUNE_EVERY_S = 86400.0
 PRUNE_AFTER_S = 30 * 86400.0  # finished items are remembered for at least 30 days
 STUCK_S = 300.0
 FINALIZE_BATCH = 64
+SWEEP_AFTER_S = 600.0  # an unrecorded spool copy older than this is an orphan's leftover
 WORKER_DOWN_RETRY_S = 30.0  # a file waits this long when no protect worker could start
 #: Protect threads per worker process: one records a file while the other feeds the worker.
 PROTECT_THREADS_PER_WORKER = 2
@@ -184,6 +185,8 @@ class Agent:
         next_prune = 0.0
         while not self.stop_event.wait(self.config.reconcile_interval_s):
             self.reconcile()
+            if self.sweep_spool(min_age_s=SWEEP_AFTER_S):
+                log.info("spool: removed copies the journal does not know")
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY_S
                 pruned = self.journal.prune(time.time() - PRUNE_AFTER_S, _same_version)
@@ -211,10 +214,7 @@ class Agent:
         tmp = self.config.spool_dir / "tmp"
         for leftover in tmp.glob("*.tmp"):
             leftover.unlink(missing_ok=True)
-        names = self.journal.artifact_names()
-        for art in self.config.spool_dir.glob("*.*"):
-            if art.suffix in (".file", ".dicom") and art.name not in names:
-                art.unlink(missing_ok=True)  # renamed into the spool just before a crash
+        self.sweep_spool()
         for item in self.journal.items_in("discovered"):
             try:
                 st = os.stat(item.path)
@@ -231,6 +231,23 @@ class Agent:
             elif any(not (self.config.spool_dir / a.name).is_file()
                      for a in self.journal.artifacts(item.id).values()):
                 self._reprotect(item)
+
+    def sweep_spool(self, min_age_s: float = 0.0) -> int:
+        """Remove spool copies the journal does not know: renamed into the spool just before
+        a crash, or by a worker orphaned by a killed agent. ``min_age_s`` spares copies a
+        running worker has just made and the journal is about to record."""
+        names = self.journal.artifact_names()
+        now, removed = time.time(), 0
+        for art in self.config.spool_dir.glob("*.*"):
+            if art.suffix not in (".file", ".dicom") or art.name in names:
+                continue
+            try:
+                if now - art.stat().st_mtime >= min_age_s:
+                    art.unlink()
+                    removed += 1
+            except OSError:
+                pass
+        return removed
 
     def _reprotect(self, item: Item) -> None:
         """A recorded spool copy is gone (a power cut lost its rename, or someone deleted

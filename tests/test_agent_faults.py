@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import random
@@ -53,6 +54,20 @@ def start_agent(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
 
 @pytest.mark.slow
 @pytest.mark.peer
+def child_pids(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def all_gone(pids: list[int]) -> bool:
+    return not any(Path(f"/proc/{p}").exists() for p in pids)
+
+
 def test_kill_9_during_burst_loses_nothing(tmp_path: Path, site_keys, orthanc: OrthancPeer) -> None:
     identity, recipient = site_keys
     orthanc.clear()
@@ -78,9 +93,12 @@ def test_kill_9_during_burst_loses_nothing(tmp_path: Path, site_keys, orthanc: O
     try:
         for _ in range(4):  # kill at random moments, during and after the burst
             time.sleep(rng.uniform(0.5, 2.5))
+            workers = child_pids(proc.pid)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills += 1
+            # its protect workers see the end of their input and exit on their own
+            wait_until(functools.partial(all_gone, workers), timeout=30)
             proc = start_agent(config.source, log)
         t.join()
         wait_until(lambda: journal_states(config.journal_path).get("done") == len(scans),
@@ -96,6 +114,8 @@ def test_kill_9_during_burst_loses_nothing(tmp_path: Path, site_keys, orthanc: O
     assert kills == 4, f"seed {seed}"
     assert journal_states(config.journal_path) == {"done": len(scans)}, f"seed {seed}"
     assert list(inbox.iterdir()) == []  # plaintext deleted, but only after the ack
+    # no protected copy left behind in the spool, not even one an orphaned worker made
+    assert [p.name for p in config.spool_dir.iterdir() if p.suffix in (".file", ".dicom")] == []
     instances = orthanc.instances()
     assert len(instances) == len(scans), f"seed {seed}"  # exactly once each
     for data in scans.values():
