@@ -65,7 +65,15 @@ def child_pids(pid: int) -> list[int]:
 
 
 def all_gone(pids: list[int]) -> bool:
-    return not any(Path(f"/proc/{p}").exists() for p in pids)
+    """No process left running (a zombie waiting for its new parent to reap it is gone)."""
+    for p in pids:
+        try:
+            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            return False
+    return True
 
 
 def test_kill_9_during_burst_loses_nothing(tmp_path: Path, site_keys, orthanc: OrthancPeer) -> None:
