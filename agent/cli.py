@@ -147,6 +147,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"spool:        {doc.get('spool_depth', 0)} item(s), {doc.get('spool_bytes', 0)} bytes")
     print(f"intake:       {'PAUSED (disk below low watermark)' if doc.get('intake_paused') else 'ok'}")
     print("journal:      " + (", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "empty"))
+    workers = doc.get("workers")
+    if isinstance(workers, dict):
+        print(f"workers:      {workers.get('running', 0)} of {workers.get('processes', 0)} "
+              f"protect worker(s) running, {workers.get('started', 0)} started, "
+              f"{workers.get('killed', 0)} killed past their deadline")
     for d in doc.get("destinations", []):
         state = "PAUSED" if d.get("paused") else "ok"
         err = f", last error: {d['last_error']}" if d.get("last_error") else ""

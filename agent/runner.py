@@ -292,7 +292,7 @@ class Agent:
         alive = self.watcher.check()
         self.reporter.watcher["observers_alive"] = alive
         self.reporter.watcher["overflows"] = self.watcher.restarts
-        self.reporter.write_status_file()
+        self.reporter.write_status_file({"workers": self.pool.status()})
         healthy = alive == len(self.config.folders)
         healthy &= all(t.is_alive() for t in self.threads)
         stuck = [name for name, (since, limit) in list(self.busy_since.items())
@@ -320,7 +320,7 @@ class Agent:
             t.join(max(0.1, deadline - time.monotonic()))
         self.reporter.event("stopped")
         try:
-            self.reporter.write_status_file()
+            self.reporter.write_status_file({"workers": self.pool.status()})
         except OSError:
             pass
         self.pool.close()

@@ -146,9 +146,10 @@ class Reporter:
             intake_paused=self.intake_paused, free_disk_bytes=self.free_disk,
             counters=counters, destinations=dests, watcher=dict(self.watcher))
 
-    def write_status_file(self) -> None:
+    def write_status_file(self, extra: dict[str, object] | None = None) -> None:
         hb = self.heartbeat()
         doc = to_dict(hb)
+        doc.update(extra or {})
         doc["states"] = self.journal.state_counts()
         doc["events_buffered"] = self.journal.outbox_size()
         doc["central_reachable"] = self.central_ok

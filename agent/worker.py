@@ -459,6 +459,12 @@ class WorkerPool:
         finally:
             self._free.put(worker)
 
+    def status(self) -> dict[str, Any]:
+        """For ``status.json`` and ``agent status``: how the workers fare."""
+        pids = [w.pid for w in self.workers if w.pid is not None]
+        return {"processes": len(self.workers), "running": len(pids), "pids": pids,
+                "started": self.started, "killed": self.killed}
+
     def kill_overdue(self, now: float) -> int:
         return sum(w.kill_if_overdue(now) for w in self.workers)
 

@@ -106,7 +106,10 @@ def test_status_command_reads_the_running_state(tmp_path: Path, recipient: str, 
         assert main(["agent", "status", "--config", str(config.source)]) == 0
         out = capsys.readouterr().out
         assert "running" in out and "done 1" in out and "share (folder) ok" in out
+        assert "workers:      1 of 2 protect worker(s) running, 1 started, 0 killed" in out
         assert main(["agent", "status", "--json", "--config", str(config.source)]) == 0
         doc = json.loads(capsys.readouterr().out)
         assert doc["states"] == {"done": 1}
         assert doc["status"]["counters"]["forwarded"] == 1
+        assert doc["status"]["workers"]["pids"] == [p for p in (w.pid for w in agent.pool.workers)
+                                                    if p is not None]
