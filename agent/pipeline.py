@@ -62,6 +62,7 @@ class Pipeline:
         existing = self.journal.find(s.path, s.size, s.mtime_ns)
         if existing is not None and existing.state != "discovered":
             return Outcome("known", existing.id)
+        eid = existing.id if existing else None
         folder = self.config.folders[s.folder]
         request = {"path": s.path, "size": s.size, "mtime_ns": s.mtime_ns,
                    "modes": [self.config.destination(n).mode for n in folder.destinations]}
@@ -69,7 +70,7 @@ class Pipeline:
             answer = pool.call(request, self.timeout_for(s.size))
         except WorkerStartFailed as exc:
             self.reporter.event("error", "error", f"{exc}; files wait in place")
-            return Outcome("worker_down", existing.id if existing else None)
+            return Outcome("worker_down", eid)
         except WorkerLost as exc:
             return self._lost(s, existing, str(exc))
         self._losses.pop(s.path, None)
@@ -79,9 +80,9 @@ class Pipeline:
         if status == "vanished":
             if existing is not None:
                 self.journal.set_state(existing.id, "vanished")
-            return Outcome("vanished", existing.id if existing else None)
+            return Outcome("vanished", eid)
         if status == "changed":
-            return Outcome("changed", existing.id if existing else None)
+            return Outcome("changed", eid)
         if status == "incomplete":
             if self.clock() - s.first_seen < self.config.incomplete_grace_s:
                 return Outcome("incomplete")
@@ -96,7 +97,7 @@ class Pipeline:
         # An unexpected error inside the worker: not the file's fault, try again later.
         self.reporter.event("error", "warning", f"protect worker: {answer.get('reason')}",
                             file_id=self.journal.file_id(s.path))
-        return Outcome("retry", existing.id if existing else None)
+        return Outcome("retry", eid)
 
     def _record(self, s: Settled, existing: Item | None, answer: dict[str, object]) -> Outcome:
         folder = self.config.folders[s.folder]

@@ -31,20 +31,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from cipher import keys  # noqa: E402
-from tests.test_agent_helpers import TOKEN, Receiver, ct_slice, write_config  # noqa: E402
+from tests.test_agent_helpers import TOKEN, Receiver, child_pids, ct_slice, write_config  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def children(pid: int) -> list[int]:
-    """The agent's protect workers (its child processes)."""
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return out
 
 
 def _cpu(pid: int) -> float:
@@ -57,7 +46,7 @@ def _cpu(pid: int) -> float:
 
 def cpu_seconds(pid: int) -> float:
     """CPU of the agent and its live workers (the workers live as long as the agent)."""
-    return _cpu(pid) + sum(_cpu(c) for c in children(pid))
+    return _cpu(pid) + sum(_cpu(c) for c in child_pids(pid))
 
 
 def _status_kb(pid: int, key: str) -> int:
@@ -73,7 +62,7 @@ def _status_kb(pid: int, key: str) -> int:
 def peak_rss_mb(pid: int) -> tuple[float, float, list[float]]:
     """(sum of the peaks of the agent and its workers, the agent's peak, each worker's)."""
     own = _status_kb(pid, "VmHWM") / 1024
-    workers = [_status_kb(c, "VmHWM") / 1024 for c in children(pid)]
+    workers = [_status_kb(c, "VmHWM") / 1024 for c in child_pids(pid)]
     return own + sum(workers), own, workers
 
 

@@ -21,6 +21,7 @@ from tests.peers import OrthancPeer, free_port
 from tests.test_agent_helpers import (
     TOKEN,
     Receiver,
+    child_pids,
     ct_slice,
     decrypt,
     drop,
@@ -54,16 +55,6 @@ def start_agent(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
 
 @pytest.mark.slow
 @pytest.mark.peer
-def child_pids(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return out
-
-
 def all_gone(pids: list[int]) -> bool:
     """No process left running (a zombie waiting for its new parent to reap it is gone)."""
     for p in pids:

@@ -247,3 +247,14 @@ def decrypt(data: bytes, identity: str) -> bytes:
     out = io.BytesIO()
     cipher.unprotect(io.BytesIO(data), out, [identity])
     return out.getvalue()
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (an agent's protect workers), from /proc."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
