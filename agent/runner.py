@@ -36,7 +36,8 @@ PRUNE_AFTER_S = 30 * 86400.0  # finished items are remembered for at least 30 da
 STUCK_S = 300.0
 FINALIZE_BATCH = 64
 SWEEP_AFTER_S = 600.0  # an unrecorded spool copy older than this is an orphan's leftover
-WORKER_DOWN_RETRY_S = 30.0  # a file waits this long when no protect worker could start
+WORKER_DOWN_RETRY_S = 30.0
+WORKER_IDLE_S = 300.0  # a protect worker with nothing to do this long is ended  # a file waits this long when no protect worker could start
 #: Protect threads per worker process: one records a file while the other feeds the worker.
 PROTECT_THREADS_PER_WORKER = 2
 
@@ -50,13 +51,15 @@ class Agent:
                  backoff: Backoff | None = None,
                  disk_free: Callable[[Path], int] | None = None,
                  worker_argv: list[str] | None = None,
-                 protect_timeout_s: float = 30.0) -> None:
+                 protect_timeout_s: float = 30.0,
+                 worker_idle_s: float = WORKER_IDLE_S) -> None:
         self.config = config
         config.spool_dir.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(config.journal_path)
         self.reporter = Reporter(config, self.journal, disk_free=disk_free)
         self.pipeline = Pipeline(config, self.journal, self.reporter,
                                  timeout_base_s=protect_timeout_s)
+        self.worker_idle_s = worker_idle_s
         self.pool = WorkerPool(config.workers, list(config.recipients), config.spool_dir,
                                worker_argv)
         self.settler = Settler(config.settle_s)
@@ -289,6 +292,7 @@ class Agent:
         if self.pool.kill_overdue(now):
             log.error("killed a protect worker that exceeded its time limit; the file is "
                       "protected again")
+        self.pool.retire_idle(now, self.worker_idle_s)
         alive = self.watcher.check()
         self.reporter.watcher["observers_alive"] = alive
         self.reporter.watcher["overflows"] = self.watcher.restarts

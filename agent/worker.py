@@ -354,6 +354,7 @@ class ProtectWorker:
         self._child: _Child | None = None
         self._lock = threading.Lock()
         self.deadline: float | None = None
+        self.last_used = time.monotonic()
         self.killed = 0
         self.started = 0
 
@@ -401,6 +402,23 @@ class ProtectWorker:
                 return answer
             finally:
                 self.deadline = None
+                self.last_used = time.monotonic()
+
+    def retire_if_idle(self, now: float, idle_s: float) -> bool:
+        """End the child if it has had nothing to do for ``idle_s`` seconds: an idle
+        agent holds no worker memory; the next file starts a new child (~0.3 s)."""
+        if self._child is None or now - self.last_used < idle_s:
+            return False
+        if not self._lock.acquire(blocking=False):
+            return False  # in use right now
+        try:
+            child, self._child = self._child, None
+            if child is None:
+                return False
+            self._reap(child, grace_s=10.0)
+            return True
+        finally:
+            self._lock.release()
 
     def kill_if_overdue(self, now: float) -> bool:
         deadline, child = self.deadline, self._child
@@ -464,6 +482,9 @@ class WorkerPool:
         pids = [w.pid for w in self.workers if w.pid is not None]
         return {"processes": len(self.workers), "running": len(pids), "pids": pids,
                 "started": self.started, "killed": self.killed}
+
+    def retire_idle(self, now: float, idle_s: float) -> int:
+        return sum(w.retire_if_idle(now, idle_s) for w in self.workers)
 
     def kill_overdue(self, now: float) -> int:
         return sum(w.kill_if_overdue(now) for w in self.workers)

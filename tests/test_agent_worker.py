@@ -215,3 +215,22 @@ def test_no_worker_can_start_files_wait_in_place(tmp_path: Path, site_keys) -> N
         assert agent.pool.started == 0  # failed starts are not counted as started
     assert (config.folders[0].path / "a.raw").read_bytes() == b"data" * 100
     assert not list((tmp_path / "spool" / "quarantine").glob("*.reason.txt"))
+
+
+def test_idle_workers_are_ended_and_started_again_on_demand(tmp_path: Path, site_keys) -> None:
+    from tests.test_agent_helpers import drop, running, wait_until, write_config
+
+    identity, recipient = site_keys
+    outbox = tmp_path / "out"
+    config = write_config(tmp_path, [recipient], {"share": {"kind": "folder", "path": str(outbox)}})
+    with running(config, worker_idle_s=1.0) as agent:
+        drop(config.folders[0].path / "a.raw", b"first" * 100)
+        wait_until(lambda: agent.journal.state_counts().get("done") == 1)
+        first = agent.pool.workers[0].pid
+        assert first is not None
+        wait_until(lambda: agent.pool.status()["running"] == 0, timeout=20)
+        wait_until(lambda: not Path(f"/proc/{first}").exists(), timeout=20)  # and reaped
+        drop(config.folders[0].path / "b.raw", b"second" * 100)
+        wait_until(lambda: agent.journal.state_counts().get("done") == 2)
+        assert agent.pool.started == 2 and agent.pool.killed == 0
+    assert decrypt((outbox / "b.raw.age").read_bytes(), identity) == b"second" * 100
