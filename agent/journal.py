@@ -441,6 +441,15 @@ class Journal:
             return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
 
+def same_version(path: str, size: int, mtime_ns: int) -> bool:
+    """The file at ``path`` is still the version a journal item records (size and mtime)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_size, st.st_mtime_ns) == (size, mtime_ns)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename in ``path`` durable (no-op where directories cannot be opened)."""
     try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config import AgentConfig
-from agent.journal import Artifact, Item, Journal, fsync_dir
+from agent.journal import Artifact, Item, Journal, fsync_dir, same_version
 from agent.status import Reporter
 from agent.watch import Settled
 from agent.worker import WorkerLost, WorkerPool, WorkerStartFailed
@@ -164,7 +164,7 @@ class Pipeline:
 
     def quarantine(self, item_id: int, reason: str) -> None:
         item = self.journal.item(item_id)
-        self._discard(list(self.journal.artifacts(item_id).values()))
+        self.discard_artifacts(item_id)
         self._quarantine(item, reason)
 
     # -- after every destination acknowledged ---------------------------------------------
@@ -183,13 +183,11 @@ class Pipeline:
         items = [it for it in (self.journal.item(i) for i in item_ids) if it.state == "protected"]
         touch: list[Item] = []
         for item in items:
-            if item.size > 0 and self.config.folders[item.folder].after_ack != "keep":
-                try:
-                    st = os.stat(item.path)
-                except OSError:
-                    continue  # already moved (a resumed finalize) or removed by someone
-                if (st.st_size, st.st_mtime_ns) == (item.size, item.mtime_ns):
-                    touch.append(item)
+            # A plaintext already gone (a resumed finalize, or removed by someone) or
+            # changed since is left alone.
+            if item.size > 0 and self.config.folders[item.folder].after_ack != "keep" \
+                    and same_version(item.path, item.size, item.mtime_ns):
+                touch.append(item)
         if touch:
             self.journal.sync()
         for item in touch:
@@ -207,5 +205,5 @@ class Pipeline:
                 log.warning("cannot %s plaintext of %s: %s", folder.after_ack, item.file_id,
                             exc.strerror)
         for item in items:
-            self._discard(list(self.journal.artifacts(item.id).values()))
+            self.discard_artifacts(item.id)
         self.journal.set_done([item.id for item in items])

@@ -22,7 +22,7 @@ from typing import Any
 from agent.config import AgentConfig, DestinationConfig
 from agent.dispatch import Backoff, DestinationSender
 from agent.forward import Forwarder, make_forwarder
-from agent.journal import Item, Journal
+from agent.journal import Item, Journal, same_version
 from agent.logs import setup_logging, teardown_logging
 from agent.pipeline import Pipeline
 from agent.status import Reporter
@@ -192,7 +192,7 @@ class Agent:
                 log.info("spool: removed copies the journal does not know")
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY_S
-                pruned = self.journal.prune(time.time() - PRUNE_AFTER_S, _same_version)
+                pruned = self.journal.prune(time.time() - PRUNE_AFTER_S, same_version)
                 if pruned:
                     log.info("journal: forgot %d finished item(s) whose file is gone", pruned)
 
@@ -219,12 +219,7 @@ class Agent:
             leftover.unlink(missing_ok=True)
         self.sweep_spool()
         for item in self.journal.items_in("discovered"):
-            try:
-                st = os.stat(item.path)
-                same = (st.st_size, st.st_mtime_ns) == (item.size, item.mtime_ns)
-            except OSError:
-                same = False
-            if same:
+            if same_version(item.path, item.size, item.mtime_ns):
                 self.settler.offer(item.path, item.folder)
             else:
                 self.journal.set_state(item.id, "superseded")
@@ -255,12 +250,7 @@ class Agent:
     def _reprotect(self, item: Item) -> None:
         """A recorded spool copy is gone (a power cut lost its rename, or someone deleted
         it): protect the plaintext again; every destination gets the new copy."""
-        try:
-            st = os.stat(item.path)
-            same = (st.st_size, st.st_mtime_ns) == (item.size, item.mtime_ns)
-        except OSError:
-            same = False
-        if same:
+        if same_version(item.path, item.size, item.mtime_ns):
             log.warning("spool copy of %s is missing; protecting it again", item.file_id)
             self.pipeline.discard_artifacts(item.id)
             self.journal.set_state(item.id, "discovered", "spool copy missing")
@@ -334,14 +324,6 @@ class Agent:
             log.warning("threads still busy at stop: %s (their work resumes next start)", stuck)
         else:
             self.journal.close()
-
-
-def _same_version(path: str, size: int, mtime_ns: int) -> bool:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    return (st.st_size, st.st_mtime_ns) == (size, mtime_ns)
 
 
 def run(

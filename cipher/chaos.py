@@ -78,6 +78,11 @@ class _Layout:
     last: int  # lanes used in the last row (1..L)
     tail_start: int  # first row of the tail pass
 
+    @property
+    def stream_len(self) -> int:
+        """Stream bytes per image: iv_f, key_f, iv_b, key_b (L each), row_f, row_b (R each)."""
+        return 4 * self.lanes + 2 * self.rows
+
 
 @dataclass(frozen=True)
 class _Params:
@@ -119,8 +124,10 @@ def _expand(prk: bytes, info: bytes, length: int) -> bytes:
     return out[:length]
 
 
-def _hkdf(key: bytes, nonce: bytes, label: bytes, length: int) -> bytes:
-    return _expand(_prk(key, nonce), label, length)
+def _multipliers(prk: bytes) -> tuple[int, int]:
+    """(g_f, g_b): the forward and backward GF(2^8) multipliers, in [2, 255]."""
+    g = _expand(prk, LABEL_GF, 2)
+    return 2 + g[0] % 254, 2 + g[1] % 254
 
 
 def _unit(b: bytes) -> float:
@@ -246,9 +253,8 @@ def _params(key: bytes, nonce: bytes, lay: _Layout, compiled: bool) -> _Params:
     s, inv, affine = _sbox_cached(bytes(key), bytes(nonce))
     L, R = lay.lanes, lay.rows
     prk = _prk(key, nonce)
-    st = _healthy_samples(prk, LABEL_STREAM, 4 * L + 2 * R, partial(_stream_bytes, compiled=compiled), _distinct_numpy)
-    g = _expand(prk, LABEL_GF, 2)
-    g_f, g_b = 2 + g[0] % 254, 2 + g[1] % 254
+    st = _healthy_samples(prk, LABEL_STREAM, lay.stream_len, partial(_stream_bytes, compiled=compiled), _distinct_numpy)
+    g_f, g_b = _multipliers(prk)
     return _Params(
         sbox=np.frombuffer(s, dtype=np.uint8),
         inv_sbox=np.frombuffer(inv, dtype=np.uint8),
@@ -410,13 +416,11 @@ def _apply_native(buf: np.ndarray, key: bytes, nonce: bytes, lay: _Layout, forwa
     """Derive the parameters and run the passes (or their inverses) in C on a new padded
     matrix, which the first pass fills from ``buf`` (no separate copy)."""
     assert _native is not None
-    L, R = lay.lanes, lay.rows
-    m = np.empty(R * L, dtype=np.uint8)
+    m = np.empty(lay.rows * lay.lanes, dtype=np.uint8)
     prk = _prk(key, nonce)
-    st = _healthy_samples(prk, LABEL_STREAM, 4 * L + 2 * R, _native_stream, _native.distinct)
-    g = _expand(prk, LABEL_GF, 2)
+    st = _healthy_samples(prk, LABEL_STREAM, lay.stream_len, _native_stream, _native.distinct)
     run = _native.encrypt if forward else _native.decrypt
-    run(m, st, _native_sbox_samples(key, nonce), 2 + g[0] % 254, 2 + g[1] % 254,
+    run(m, st, _native_sbox_samples(key, nonce), *_multipliers(prk),
         lay.lane_bits, lay.last, lay.tail_start, _native_gfni(), buf)
     return m
 
