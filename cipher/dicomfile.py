@@ -20,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import logging
 import struct
+import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from cipher import _common, chaos
 from cipher._common import DICOM_MODE, ProtectInfo, UnprotectInfo
 from cipher.errors import (
     AuthenticationError,
+    CipherError,
     FormatError,
     NotDicomError,
     UnsupportedDicomError,
@@ -61,6 +64,12 @@ ELEM_MARKER = 0x01  # LO  format marker
 ELEM_BLOB = 0x02  # OB  the age file of the blob (padded with one 0x00 to even length)
 ELEM_BLOB_LENGTH = 0x03  # UL  exact length of that age file
 ELEM_POLICY = 0x04  # LO  the policy applied (informational, not authenticated)
+
+# pydicom's warnings and log records quote attribute values ("Invalid value for VR UI:
+# '1.2.…'"), and nothing read from a dataset may reach a log: silenced for the whole
+# process as soon as DICOM mode is loaded (the agent's workers, the CLI, the gateway).
+warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+logging.getLogger("pydicom").disabled = True
 
 KIND_DICOM = 0x44  # "D"
 PIXEL_DATA = Tag(0x7FE0, 0x0010)
@@ -172,11 +181,13 @@ def _read_source(raw: bytes) -> tuple[Dataset, _Source]:
         raise NotDicomError("not a DICOM file with pixel data")
     try:
         ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
-        raise FormatError("already a scanfort protected file")
+        protected = True
     except KeyError:
-        pass
-    except (ValueError, TypeError) as exc:
+        protected = False
+    except Exception as exc:
         raise UnsupportedDicomError("a malformed private block in group 0011") from exc
+    if protected:
+        raise FormatError("already a scanfort protected file")
     raw_elem = ds.get_item(PIXEL_DATA)
     vr = getattr(raw_elem, "VR", None)
     value = getattr(raw_elem, "value", None)
@@ -187,6 +198,7 @@ def _read_source(raw: bytes) -> tuple[Dataset, _Source]:
         raise UnsupportedDicomError("Pixel Data cannot be read as bytes")
     if not value:
         raise UnsupportedDicomError("Pixel Data is empty")
+    _check_not_cut(ds)
     flags, level, mem_level, prefix, tail, stored = 0, 0, 0, b"", b"", b""
     if ts == DeflatedExplicitVRLittleEndian:
         stream, deflated, tail = _inflate(raw, meta_end)
@@ -205,6 +217,23 @@ def _read_source(raw: bytes) -> tuple[Dataset, _Source]:
         raise UnsupportedDicomError("Pixel Data could not be located in the file")
     source = _Source(prefix, stream, tail, tell, len(value), flags, level, mem_level, stored)
     return ds, source
+
+
+def _check_not_cut(ds: Dataset) -> None:
+    """Refuse a file whose Pixel Data or last element is shorter than its declared length.
+
+    pydicom accepts a value cut by the end of the file; its raw element keeps the
+    declared length. Such a file is still protected, in file mode.
+    """
+    tags = list(ds.keys())
+    for tag in {PIXEL_DATA, tags[-1]}:
+        elem = ds.get_item(tag)
+        length = getattr(elem, "length", None)
+        value = getattr(elem, "value", None)
+        if (isinstance(length, int) and length != _UNDEFINED
+                and isinstance(value, (bytes, bytearray)) and len(value) != length):
+            raise UnsupportedDicomError(
+                f"the file is cut: an element declares {length} bytes, {len(value)} remain")
 
 
 def _layout(ds: Dataset, value_length: int, vr: str, big_endian: bool) -> _Layout:
@@ -370,7 +399,7 @@ def _sealed(block: Any) -> bytes:
     try:
         sealed = block[ELEM_BLOB].value
         length = block[ELEM_BLOB_LENGTH].value
-    except (KeyError, ValueError, TypeError):
+    except Exception:  # pydicom raises many kinds on a damaged element; all are damage
         raise AuthenticationError() from None
     if isinstance(length, (bytes, bytearray)):  # implicit VR: raw little endian UL
         length = int.from_bytes(length, "little") if len(length) == 4 else -1
@@ -457,6 +486,17 @@ def protect_dicom(
     parsed = [str(r) for r in _common.keys.parse_recipients(recipients)]
     draw = randbytes or _common.urandom
     raw = src.read()
+    try:
+        return _protect(raw, dst, parsed, policy, draw)
+    except (CipherError, OSError):
+        raise
+    except Exception as exc:  # an odd dataset must be a typed refusal, never a traceback
+        raise UnsupportedDicomError(
+            f"DICOM mode cannot carry this file ({type(exc).__name__})") from None
+
+
+def _protect(raw: bytes, dst: BinaryIO, parsed: list[str], policy: DicomPolicy,
+             draw: Callable[[int], bytes]) -> ProtectInfo:
     ds, source = _read_source(raw)
     big_endian = ds.original_encoding[1] is False
     vr = str(ds[PIXEL_DATA].VR)
@@ -472,12 +512,7 @@ def protect_dicom(
     blob = _Blob(key, nonce, hashlib.sha256(raw).digest(), hashlib.sha256(enciphered).digest(),
                  layout, source, _Blob.skeleton_of(source))
 
-    try:
-        visible = _visible_file(ds, policy, enciphered, blob, parsed, draw, big_endian)
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError,
-            NotImplementedError, struct.error) as exc:
-        raise UnsupportedDicomError(f"the visible object cannot be written "
-                                    f"({type(exc).__name__})") from None
+    visible = _visible_file(ds, policy, enciphered, blob, parsed, draw, big_endian)
     # Verify before commit: the restore a reader will run, on the bytes we are about to
     # hand out, with the blob still in memory.
     try:
@@ -543,7 +578,7 @@ def inspect_v2(ds: Dataset, sealed: bytes, raw_len: int) -> dict[str, Any]:
     block = _find_block(ds)
     try:
         policy = _text(block[ELEM_POLICY].value) if block is not None else ""
-    except (KeyError, ValueError, TypeError):
+    except Exception:  # informational only: a damaged value is simply not shown
         policy = ""
     try:
         recipients: int | None = _common.parse_age_header(io.BytesIO(sealed)).x25519_recipients

@@ -21,6 +21,7 @@ __all__ = ["inspect_dicom", "is_dicom_with_pixels", "looks_like_dicom_mode", "un
 PIXEL_DATA = 0x7FE00010
 
 
+
 def is_dicom_with_pixels(src: BinaryIO) -> bool:
     """True if ``src`` is a DICOM Part 10 file with ``(7FE0,0010) Pixel Data``.
 
