@@ -26,14 +26,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import pydicom  # noqa: E402
-from pydicom.data import get_testdata_files  # noqa: E402
+import numpy as np
+import pydicom
+from pydicom.data import get_testdata_files
 
-import cipher  # noqa: E402
-from cipher import chaos, dicomfile, fileformat, keys  # noqa: E402
-from cipher.profile import DicomPolicy  # noqa: E402
-from cipher.pseudonym import PseudonymSecret  # noqa: E402
+import cipher
+from cipher import chaos, dicomfile, fileformat, keys
+from cipher.profile import DicomPolicy
+from cipher.pseudonym import PseudonymSecret
 
 
 def machine() -> str:
