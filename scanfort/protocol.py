@@ -7,7 +7,7 @@ referred to by ``file_id`` (a salted SHA-256 prefix computed by the agent), neve
 Endpoints (all under ``/api/v1``, bearer token in ``Authorization``):
 
 - ``POST /enroll``          ``EnrollRequest`` → ``EnrollResponse`` (token: the enrollment token)
-- ``POST /heartbeat``       ``Heartbeat`` → ``Ack``
+- ``POST /heartbeat``       ``Heartbeat`` → ``HeartbeatAck`` (an ``Ack`` plus pending commands)
 - ``POST /events``          ``EventBatch`` → ``Ack``
 - ``PUT  /objects/{sha256}`` raw protected bytes → ``ObjectReceipt`` (idempotent)
 - ``HEAD /objects/{sha256}`` 200 if stored, 404 otherwise
@@ -41,6 +41,13 @@ EVENT_KINDS = frozenset(
     }
 )
 SEVERITIES = frozenset({"info", "warning", "error"})
+#: What an operator may ask an agent to do with a quarantined item (``Command.kind``):
+#: ``retry`` sends it to its destination again; ``release`` gives up on that destination
+#: for the item (the agent drops its spooled copy for it; the plaintext rules still apply).
+COMMAND_KINDS = frozenset({"retry", "release"})
+STUDY_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_QUARANTINE_ITEMS = 200
+MAX_COMMANDS = 50
 
 T = TypeVar("T")
 
@@ -120,12 +127,64 @@ class DestinationStatus:
     last_success: float | None = None  # unix time
     last_error: str | None = None  # short text, never a file name or patient attribute
     last_error_at: float | None = None
+    #: The peer's own words for the last failure (e.g. the reason in a STOW-RS or C-STORE
+    #: response), cut to 512 characters; never a file name or patient attribute.
+    peer_reason: str | None = None
+    #: How many watched folders route to this destination; 0 means configured but unused.
+    folders: int | None = None
 
     def _validate(self) -> None:
         _check_str("destination.name", self.name, 64)
         _check_str("destination.kind", self.kind, 16)
         _check_number("destination.pending", self.pending)
         _check_str("destination.last_error", self.last_error, 512, optional=True)
+        _check_str("destination.peer_reason", self.peer_reason, 512, optional=True)
+        if self.folders is not None:
+            _check_number("destination.folders", self.folders)
+
+
+@dataclass(frozen=True)
+class QuarantineItem:
+    """One spooled item an agent has given up sending to one destination."""
+
+    item_id: str  # the agent's id for the spooled item (e.g. its file_id), never a name
+    destination: str
+    since: float  # unix time (agent clock) it was quarantined
+    reason: str = ""  # the peer's reason or the agent's, short, no patient attributes
+    attempts: int = 0
+
+    def _validate(self) -> None:
+        _check_str("quarantine.item_id", self.item_id, 64)
+        _check_str("quarantine.destination", self.destination, 64)
+        _check_number("quarantine.since", self.since)
+        _check_str("quarantine.reason", self.reason, 512)
+        _check_number("quarantine.attempts", self.attempts)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """The outcome of a command, reported in a later heartbeat."""
+
+    command_id: str
+    ok: bool
+    message: str = ""
+
+    def _validate(self) -> None:
+        _check_str("command_result.command_id", self.command_id, 64)
+        if not isinstance(self.ok, bool):
+            raise ProtocolError("command_result.ok must be a boolean")
+        _check_str("command_result.message", self.message, 512)
+
+
+@dataclass(frozen=True)
+class Command:
+    """An operator's request for one agent, returned in heartbeat responses until acked."""
+
+    command_id: str
+    kind: str  # one of COMMAND_KINDS
+    item_id: str
+    destination: str
+    issued_at: float  # unix time (central clock)
 
 
 @dataclass(frozen=True)
@@ -146,6 +205,14 @@ class Heartbeat:
     destinations: list[DestinationStatus] = field(default_factory=list)
     watcher: dict[str, int] = field(default_factory=dict)  # reconcile_finds, overflows, observers_alive
     protocol: int = PROTOCOL_VERSION
+    #: The agent's label from ``name`` in its config (shown when no label was set centrally).
+    name: str | None = None
+    #: Items in quarantine right now (at most MAX_QUARANTINE_ITEMS, oldest first).
+    quarantine: list[QuarantineItem] = field(default_factory=list)
+    #: Ids of commands received from the central (so it stops resending them).
+    command_acks: list[str] = field(default_factory=list)
+    #: Outcomes of commands carried out since the last accepted heartbeat.
+    command_results: list[CommandResult] = field(default_factory=list)
 
     def _validate(self) -> None:
         for name in ("agent_id", "version", "host", "os"):
@@ -163,6 +230,17 @@ class Heartbeat:
                 _check_number(f"{mapping_name}.{key}", value)
         if not isinstance(self.destinations, list) or len(self.destinations) > 64:
             raise ProtocolError("destinations must be a list of at most 64 entries")
+        _check_str("name", self.name, 128, optional=True)
+        for list_name, limit in (
+            ("quarantine", MAX_QUARANTINE_ITEMS),
+            ("command_acks", MAX_COMMANDS),
+            ("command_results", MAX_COMMANDS),
+        ):
+            value = getattr(self, list_name)
+            if not isinstance(value, list) or len(value) > limit:
+                raise ProtocolError(f"{list_name} must be a list of at most {limit} entries")
+        for ack in self.command_acks:
+            _check_str("command_acks[]", ack, 64)
 
     @classmethod
     def from_dict(cls, data: Any) -> Heartbeat:
@@ -171,7 +249,17 @@ class Heartbeat:
             d if isinstance(d, DestinationStatus) else _from_dict(DestinationStatus, d)
             for d in hb.destinations
         ]
-        return dataclasses.replace(hb, destinations=dests)
+        quarantine = [
+            q if isinstance(q, QuarantineItem) else _from_dict(QuarantineItem, q)
+            for q in hb.quarantine
+        ]
+        results = [
+            r if isinstance(r, CommandResult) else _from_dict(CommandResult, r)
+            for r in hb.command_results
+        ]
+        return dataclasses.replace(
+            hb, destinations=dests, quarantine=quarantine, command_results=results
+        )
 
 
 @dataclass(frozen=True)
@@ -183,8 +271,17 @@ class Event:
     message: str = ""  # short, no file names, no patient attributes
     file_id: str | None = None  # salted hash of the source file, never its name
     destination: str | None = None
+    #: Keyed hashes (``study_key`` of the site pseudonymisation secret, lowercase hex) of
+    #: the study's AccessionNumber and StudyInstanceUID, on protected/forwarded events:
+    #: the central can answer "did this exam arrive?" without learning the identifiers.
+    study_keys: list[str] = field(default_factory=list)
 
     def _validate(self) -> None:
+        if not isinstance(self.study_keys, list) or len(self.study_keys) > 4:
+            raise ProtocolError("study_keys must be a list of at most 4 keyed hashes")
+        for key in self.study_keys:
+            if not isinstance(key, str) or not STUDY_KEY_RE.match(key):
+                raise ProtocolError("study_keys[] must be 64 lowercase hex digits")
         _check_str("event_id", self.event_id, 64)
         _check_number("at", self.at)
         if self.kind not in EVENT_KINDS:
@@ -221,6 +318,15 @@ class ObjectReceipt:
 class Ack:
     ok: bool = True
     server_time: float | None = None
+
+
+@dataclass(frozen=True)
+class HeartbeatAck:
+    """The heartbeat response: an ``Ack`` plus commands the agent has not acknowledged."""
+
+    ok: bool = True
+    server_time: float | None = None
+    commands: list[Command] = field(default_factory=list)
 
 
 def to_dict(message: Any) -> dict[str, Any]:

@@ -22,9 +22,11 @@ from scanfort.protocol import (
     EnrollResponse,
     EventBatch,
     Heartbeat,
+    HeartbeatAck,
     ObjectReceipt,
     to_dict,
 )
+from service import commands
 from service.context import AppContext, Ctx
 from service.errors import ObjectRejected
 from service.schemas import SchemaError, parse_body
@@ -119,8 +121,8 @@ def _report(
     token: str | None,
     raw: bytes,
     message: type[Any],
-    record: Callable[[AgentAuth, Any], float | int],
-) -> tuple[Response | None, float | int]:
+    record: Callable[[AgentAuth, Any], Any],
+) -> tuple[Response | None, Any]:
     """Authenticate, validate and record an agent report in one worker-thread hop."""
     auth = ctx.store.authenticate_agent(token) if token is not None else None
     if auth is None:
@@ -172,10 +174,10 @@ async def enroll(request: Request, ctx: Ctx) -> Response:
 
 @router.post(
     "/heartbeat",
-    summary="Report the agent's current status",
+    summary="Report the agent's current status; the response carries pending commands",
     response_class=JSONResponse,
     responses={
-        200: _ok("Ack"),
+        200: _ok("HeartbeatAck"),
         **_AUTH_ERRORS,
         403: _error("agent_id does not belong to this token"),
         **_BODY_ERRORS,
@@ -187,13 +189,20 @@ async def heartbeat(request: Request, ctx: Ctx) -> Response:
         raw = await _read_raw(request)
     except ObjectRejected as exc:
         return _problem(exc.status, exc.reason)
-    error, server_time = await run_in_threadpool(
-        _report, ctx, bearer_token(request), raw, Heartbeat, ctx.store.record_heartbeat
+
+    def record(auth: AgentAuth, hb: Heartbeat) -> HeartbeatAck:
+        server_time = ctx.store.record_heartbeat(auth, hb)
+        commands.record_report(ctx.store, auth.agent_id, hb.command_acks, hb.command_results)
+        pending = commands.pending_for(ctx.store, auth.agent_id)
+        return HeartbeatAck(ok=True, server_time=float(server_time), commands=pending)
+
+    error, ack = await run_in_threadpool(
+        _report, ctx, bearer_token(request), raw, Heartbeat, record
     )
     if error is not None:
         return error
     ctx.counters.inc("heartbeats")
-    return JSONResponse(to_dict(Ack(ok=True, server_time=float(server_time))))
+    return JSONResponse(to_dict(ack))
 
 
 @router.post(

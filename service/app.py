@@ -22,10 +22,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scanfort import __version__
-from service import api, dashboard, schemas
+from service import api, dashboard, dashboard_ops, schemas
 from service.context import AppContext, get_context
 from service.metrics import render_metrics
 from service.objects import ObjectStore
+from service.security import tokens_equal
 from service.settings import Settings
 from service.store import Store
 
@@ -74,6 +75,7 @@ def create_app(
     app.state.scanfort = ctx
     app.include_router(api.router)
     app.include_router(dashboard.router)
+    app.include_router(dashboard_ops.router)
     app.mount(
         "/static", StaticFiles(directory=str(Path(__file__).parent / "static")), name="static"
     )
@@ -108,7 +110,15 @@ def create_app(
         responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
     )
     async def metrics(request: Request) -> Response:
-        text = await run_in_threadpool(render_metrics, get_context(request))
+        ctx = get_context(request)
+        expected = ctx.settings.metrics_token
+        if expected and not tokens_equal(api.bearer_token(request) or "", expected):
+            return PlainTextResponse(
+                "metrics need the bearer token\n",
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        text = await run_in_threadpool(render_metrics, ctx)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app.add_middleware(_SecurityHeaders, hsts=settings.cookie_secure)

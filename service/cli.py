@@ -1,4 +1,4 @@
-"""``scanfort central …``: init, run, token, revoke."""
+"""``scanfort central …``: init, run, token, revoke, user."""
 
 from __future__ import annotations
 
@@ -81,6 +81,9 @@ def register(subparsers: Any) -> None:
     token.add_argument(
         "--note", default="", help="where the token is meant to go (shown in the dashboard)"
     )
+    token.add_argument(
+        "--site", default="", help="site / room of the agent that will use it (default: none)"
+    )
     token.add_argument("--ttl-hours", type=float, default=None, help="validity (default: settings)")
     token.add_argument("--json", action="store_true")
     token.set_defaults(func=_cmd_token)
@@ -89,6 +92,44 @@ def register(subparsers: Any) -> None:
     _common(revoke)
     revoke.add_argument("agent_id")
     revoke.set_defaults(func=_cmd_revoke)
+
+    user = sub.add_parser("user", help="dashboard users and roles (admin, operator, viewer)")
+    user_sub = user.add_subparsers(dest="user_command", metavar="ACTION", parser_class=type(user))
+    user.set_defaults(func=lambda _args: (user.print_help(sys.stderr), 2)[1])
+    add = user_sub.add_parser("add", help="add a user (prints a generated password if none given)")
+    _common(add)
+    add.add_argument("username")
+    add.add_argument(
+        "--role",
+        default="viewer",
+        choices=["admin", "operator", "viewer"],
+        help="viewer reads; operator also acts on quarantine; admin also manages (default: viewer)",
+    )
+    add.add_argument(
+        "--password-file",
+        type=Path,
+        default=None,
+        help=f"read the password from this file (or ${PASSWORD_ENV}; default: generate one)",
+    )
+    add.set_defaults(func=_cmd_user_add)
+    listing = user_sub.add_parser("list", help="list users, roles and whether they are disabled")
+    _common(listing)
+    listing.add_argument("--json", action="store_true", help="print JSON (default: a table)")
+    listing.set_defaults(func=_cmd_user_list)
+    disable = user_sub.add_parser("disable", help="disable a user (ends its sessions)")
+    _common(disable)
+    disable.add_argument("username")
+    disable.set_defaults(func=_cmd_user_disable)
+    passwd = user_sub.add_parser("passwd", help="set a user's password (re-enables a disabled user)")
+    _common(passwd)
+    passwd.add_argument("username")
+    passwd.add_argument(
+        "--password-file",
+        type=Path,
+        default=None,
+        help=f"read the password from this file (or ${PASSWORD_ENV}; default: generate one)",
+    )
+    passwd.set_defaults(func=_cmd_user_passwd)
 
 
 def _load(args: argparse.Namespace, **overrides: Any) -> Any:
@@ -230,7 +271,7 @@ def _cmd_token(args: argparse.Namespace) -> int:
     store = Store(settings.database_url)
     try:
         store.create_schema()
-        token_id, token = store.mint_enrollment_token(ttl, args.note)
+        token_id, token = store.mint_enrollment_token(ttl, args.note, args.site)
     finally:
         store.close()
     if args.json:
@@ -256,3 +297,109 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
         return _fail(f"no active agent {args.agent_id}", "the dashboard lists agent ids")
     print(f"revoked {args.agent_id}")
     return 0
+
+
+_CLI_ACTOR = "cli"  # who the audit log names for changes made with `scanfort central user`
+
+
+def _open_store(args: argparse.Namespace) -> Any:
+    from service.store import Store
+
+    settings = _load(args)
+    store = Store(settings.database_url)
+    store.create_schema()
+    return store
+
+
+def _user_password(args: argparse.Namespace) -> tuple[str, bool]:
+    """(password, generated)."""
+    if args.password_file is not None:
+        text = args.password_file.read_text(encoding="utf-8").strip()
+        if not text:
+            raise ValueError(f"{args.password_file} is empty")
+        return text, False
+    env = os.environ.get(PASSWORD_ENV)
+    if env:
+        return env, False
+    from service.security import generate_password
+
+    return generate_password(), True
+
+
+def _user_command(args: argparse.Namespace, action: Any) -> int:
+    from service.users import UserError
+
+    try:
+        store = _open_store(args)
+    except NotInitializedError as exc:
+        return _fail(f"central not initialized ({exc})", "run `scanfort central init` first")
+    except ConfigError as exc:
+        return _fail(f"invalid configuration: {exc}", None, 2)
+    try:
+        return int(action(store))
+    except UserError as exc:
+        return _fail(str(exc), "`scanfort central user list` shows the users")
+    except (OSError, ValueError) as exc:
+        return _fail(str(exc), "check --password-file")
+    finally:
+        store.close()
+
+
+def _cmd_user_add(args: argparse.Namespace) -> int:
+    from service import users
+
+    def action(store: Any) -> int:
+        password, generated = _user_password(args)
+        users.add_user(store, args.username, password, args.role, by=_CLI_ACTOR)
+        print(f"added {args.username} ({args.role})")
+        if generated:
+            print(f"password: {password}   (generated; shown once)")
+        return 0
+
+    return _user_command(args, action)
+
+
+def _cmd_user_list(args: argparse.Namespace) -> int:
+    from service import users
+
+    def action(store: Any) -> int:
+        rows = users.list_users(store)
+        if args.json:
+            print(json.dumps([
+                {"username": u.username, "role": u.role, "disabled": u.disabled_at is not None}
+                for u in rows
+            ]))
+            return 0
+        width = max([len(u.username) for u in rows] + [4])
+        print(f"{'USER':<{width}}  {'ROLE':<8}  STATE")
+        for u in rows:
+            state = "disabled" if u.disabled_at is not None else "active"
+            print(f"{u.username:<{width}}  {u.role:<8}  {state}")
+        return 0
+
+    return _user_command(args, action)
+
+
+def _cmd_user_disable(args: argparse.Namespace) -> int:
+    from service import users
+
+    def action(store: Any) -> int:
+        users.disable_user(store, args.username, by=_CLI_ACTOR)
+        print(f"disabled {args.username} (its sessions ended)")
+        return 0
+
+    return _user_command(args, action)
+
+
+def _cmd_user_passwd(args: argparse.Namespace) -> int:
+    from service import users
+
+    def action(store: Any) -> int:
+        password, generated = _user_password(args)
+        users.set_password(store, args.username, password, by=_CLI_ACTOR)
+        print(f"password of {args.username} changed (its sessions ended)")
+        if generated:
+            print(f"password: {password}   (generated; shown once)")
+        return 0
+
+    return _user_command(args, action)

@@ -3,6 +3,8 @@
 Sessions live in the database (any central process can serve any request). Every form
 carries a CSRF token: the session's for logged-in forms, a double-submit cookie for the
 login form. A failed login answers only after a delay that doubles with recent failures.
+Pages need a role (``service.users``): viewers read, operators act on agents and
+quarantine, admins manage tokens and users; every change is written to the audit log.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
-from service import status
-from service.chart import scans_per_hour_svg
+from service import fleet, status, users
+from service.chart import hourly_bars_svg, line_svg
 from service.context import AppContext, Ctx
 from service.security import tokens_equal
 from service.store import SessionInfo
@@ -71,9 +73,32 @@ def _forbidden() -> HTMLResponse:
     )
 
 
+def _not_allowed(session: SessionInfo, needed: str) -> HTMLResponse:
+    return HTMLResponse(
+        f"<h1>403</h1><p>this needs the {needed} role; {session.username} is "
+        f"{session.role}</p>",
+        status_code=403,
+    )
+
+
+async def _page_session(
+    request: Request, ctx: AppContext, needed: str = "viewer"
+) -> SessionInfo | Response:
+    """The session of a user allowed to see this page, or the response that refuses."""
+    session = await _session(request, ctx)
+    if session is None:
+        return _login_redirect(request)
+    if not users.allows(session.role, needed):
+        return _not_allowed(session, needed)
+    return session
+
+
 def _render(
     request: Request, name: str, context: dict[str, Any], status_code: int = 200
 ) -> HTMLResponse:
+    session = context.get("session")
+    if isinstance(session, SessionInfo):
+        context = {**context, "can": lambda needed: users.allows(session.role, needed)}
     response = templates.TemplateResponse(request, name, context, status_code=status_code)
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -152,37 +177,63 @@ async def logout(request: Request, ctx: Ctx) -> Response:
 # -- overview ---------------------------------------------------------------------------
 
 
+_KINDS = ("protected", "forwarded")
+
+
+def _backlog_charts(ctx: AppContext, now: float, agent_id: str | None = None) -> dict[str, Any]:
+    charts: dict[str, Any] = {}
+    for window, fmt in (("24h", "%H:%M"), ("7d", "%a %d")):
+        data = fleet.backlog(ctx.store, now, window, agent_id)
+        charts[f"depth_{window}"] = line_svg(
+            data.depth, data.start, data.step_s, label=f"spool depth, {window}",
+            css=f"backlog-depth-{window}", stamp_format=fmt,
+        )
+        hours = [None if v is None else round(v / 3600, 1) for v in data.oldest_age_s]
+        charts[f"oldest_{window}"] = line_svg(
+            hours, data.start, data.step_s, label=f"oldest spooled item (hours), {window}",
+            unit=" h", css=f"backlog-oldest-{window}", stamp_format=fmt,
+        )
+    return charts
+
+
 def _overview_context(ctx: AppContext) -> dict[str, Any]:
     now = ctx.clock()
-    agents = ctx.store.list_agents()
-    throughput = ctx.store.event_counts("protected", now - 3600)
+    agents = ctx.store.list_agents(with_status=True)
+    hourly = fleet.hourly_counts(ctx.store, _KINDS, now)
     quarantines = ctx.store.event_counts("quarantined", now - 86400)
     rows: list[dict[str, Any]] = [
         {
             "agent": a,
             "state": status.agent_state(a, ctx.settings, now),
             "age": None if a.last_seen_at is None else now - a.last_seen_at,
-            "per_hour": throughput.get(a.agent_id, 0),
+            "protected_24h": sum(hourly.get((a.agent_id, "protected"), ())),
+            "forwarded_24h": sum(hourly.get((a.agent_id, "forwarded"), ())),
+            "per_hour": (hourly.get((a.agent_id, "protected")) or [0])[-1],
+            "quarantined": len((a.status or {}).get("quarantine") or []),
         }
         for a in agents
     ]
     counts = {state: 0 for state in status.STATES}
     for row in rows:
-        counts[row["state"]] += 1
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    series = [(kind, fleet.fleet_hourly(hourly, kind)) for kind in _KINDS]
     return {
         "rows": rows,
         "counts": counts,
         "alerts": status.alerts_for(agents, ctx.settings, now, quarantines),
         "now": now,
         "settings": ctx.settings,
+        "throughput": hourly_bars_svg(series, now, "protected and forwarded per hour"),
+        "totals_24h": {kind: sum(counts) for kind, counts in series},
+        **_backlog_charts(ctx, now),
     }
 
 
 @router.get("/", response_class=HTMLResponse)
 async def overview(request: Request, ctx: Ctx) -> Response:
-    session = await _session(request, ctx)
-    if session is None:
-        return _login_redirect(request)
+    session = await _page_session(request, ctx)
+    if isinstance(session, Response):
+        return session
     data = await run_in_threadpool(_overview_context, ctx)
     return _render(
         request, "overview.html", {**data, "session": session, "refresh_url": "/partials/overview"}
@@ -201,42 +252,63 @@ async def overview_partial(request: Request, ctx: Ctx) -> Response:
 # -- agent page -------------------------------------------------------------------------
 
 
-def _agent_context(ctx: AppContext, agent_id: str) -> dict[str, Any] | None:
+def event_filters(request: Request) -> dict[str, Any]:
+    """kind / severity / destination / before from the query string (bounded)."""
+    q = request.query_params
+    before = q.get("before", "")
+    return {
+        "kind": q.get("kind", "")[:32] or None,
+        "severity": q.get("severity", "")[:16] or None,
+        "destination": q.get("destination", "")[:64] or None,
+        "before": int(before) if before.isdigit() and len(before) < 19 else None,
+    }
+
+
+def _agent_context(
+    ctx: AppContext, agent_id: str, filters: dict[str, Any]
+) -> dict[str, Any] | None:
     agent = ctx.store.get_agent(agent_id)
     if agent is None:
         return None
     now = ctx.clock()
-    times = ctx.store.event_times(agent_id, "protected", now - 86400)
-    buckets = status.hourly_buckets(times, now)
+    hourly = fleet.hourly_counts(ctx.store, _KINDS, now)
+    series = [(kind, hourly.get((agent_id, kind), [0] * 24)) for kind in _KINDS]
     quarantines = ctx.store.event_counts("quarantined", now - 86400)
     return {
         "agent": agent,
         "state": status.agent_state(agent, ctx.settings, now),
         "age": None if agent.last_seen_at is None else now - agent.last_seen_at,
-        "events": ctx.store.recent_events(agent_id, 50),
-        "chart": scans_per_hour_svg(buckets, now),
-        "scans_24h": sum(buckets),
+        "page": fleet.events_page(ctx.store, agent_id=agent_id, **filters),
+        "filters": filters,
+        "options": fleet.event_filter_options(ctx.store, agent_id),
+        "chart": hourly_bars_svg(series, now, "protected and forwarded per hour"),
+        "scans_24h": sum(series[0][1]),
+        "forwarded_24h": sum(series[1][1]),
         "alerts": status.alerts_for([agent], ctx.settings, now, quarantines),
         "status": agent.status or {},
+        "destinations": fleet.destination_rows(agent),
+        "quarantine": fleet.quarantine_entries([agent]),
         "now": now,
+        **_backlog_charts(ctx, now, agent_id),
     }
 
 
 @router.get("/agents/{agent_id}", response_class=HTMLResponse)
 async def agent_page(request: Request, agent_id: str, ctx: Ctx) -> Response:
-    session = await _session(request, ctx)
-    if session is None:
-        return _login_redirect(request)
-    data = await run_in_threadpool(_agent_context, ctx, agent_id)
+    session = await _page_session(request, ctx)
+    if isinstance(session, Response):
+        return session
+    data = await run_in_threadpool(_agent_context, ctx, agent_id, event_filters(request))
     if data is None:
         return HTMLResponse("<h1>404</h1><p>no such agent</p>", status_code=404)
+    query = f"?{request.url.query}" if request.url.query else ""
     return _render(
         request,
         "agent.html",
         {
             **data,
             "session": session,
-            "refresh_url": f"/partials/agents/{quote(agent_id)}",
+            "refresh_url": f"/partials/agents/{quote(agent_id)}{query}",
             "refresh_s": ctx.settings.refresh_interval_s,
         },
     )
@@ -247,29 +319,49 @@ async def agent_partial(request: Request, agent_id: str, ctx: Ctx) -> Response:
     session = await _session(request, ctx)
     if session is None:
         return HTMLResponse("", status_code=401)
-    data = await run_in_threadpool(_agent_context, ctx, agent_id)
+    data = await run_in_threadpool(_agent_context, ctx, agent_id, event_filters(request))
     if data is None:
         return HTMLResponse("", status_code=404)
     return _render(request, "_agent.html", {**data, "session": session})
 
 
-async def _checked_form(request: Request, ctx: AppContext) -> tuple[SessionInfo, Any] | Response:
-    """Session and CSRF-checked form of a POST, or the response that refuses it."""
+async def _checked_form(
+    request: Request, ctx: AppContext, needed: str = "admin"
+) -> tuple[SessionInfo, Any] | Response:
+    """Session and CSRF-checked form of a POST by a user with role ``needed``, or a refusal."""
     session = await _session(request, ctx)
     if session is None:
         return _login_redirect(request)
     form = await _check_csrf(request, session)
     if form is None:
         return _forbidden()
+    if not users.allows(session.role, needed):
+        return _not_allowed(session, needed)
     return session, form
 
 
 @router.post("/agents/{agent_id}/revoke")
 async def revoke_agent(request: Request, agent_id: str, ctx: Ctx) -> Response:
-    checked = await _checked_form(request, ctx)
+    checked = await _checked_form(request, ctx, "admin")
     if isinstance(checked, Response):
         return checked
-    await run_in_threadpool(ctx.store.revoke_agent, agent_id)
+    if await run_in_threadpool(ctx.store.revoke_agent, agent_id):
+        await run_in_threadpool(users.audit, ctx.store, checked[0].username, "agent.revoke", agent_id)
+    return RedirectResponse(f"/agents/{quote(agent_id)}", status_code=303)
+
+
+@router.post("/agents/{agent_id}/label")
+async def label_agent(request: Request, agent_id: str, ctx: Ctx) -> Response:
+    checked = await _checked_form(request, ctx, "operator")
+    if isinstance(checked, Response):
+        return checked
+    session, form = checked
+    label, site = str(form.get("label", ""))[:128].strip(), str(form.get("site", ""))[:128].strip()
+    if await run_in_threadpool(ctx.store.set_agent_label, agent_id, label, site):
+        await run_in_threadpool(
+            users.audit, ctx.store, session.username, "agent.label", agent_id,
+            f"label={label!r} site={site!r}",
+        )
     return RedirectResponse(f"/agents/{quote(agent_id)}", status_code=303)
 
 
@@ -289,9 +381,9 @@ async def _tokens_page(
 
 @router.get("/tokens", response_class=HTMLResponse)
 async def tokens(request: Request, ctx: Ctx) -> Response:
-    session = await _session(request, ctx)
-    if session is None:
-        return _login_redirect(request)
+    session = await _page_session(request, ctx, "admin")
+    if isinstance(session, Response):
+        return session
     return await _tokens_page(request, ctx, session)
 
 
@@ -301,9 +393,12 @@ async def mint_token(request: Request, ctx: Ctx) -> Response:
     if isinstance(checked, Response):
         return checked
     session, form = checked
-    note = str(form.get("note", ""))[:200]
-    _id, token = await run_in_threadpool(
-        ctx.store.mint_enrollment_token, ctx.settings.enrollment_token_ttl_s, note
+    note, site = str(form.get("note", ""))[:200], str(form.get("site", ""))[:200]
+    token_id, token = await run_in_threadpool(
+        ctx.store.mint_enrollment_token, ctx.settings.enrollment_token_ttl_s, note, site
+    )
+    await run_in_threadpool(
+        users.audit, ctx.store, session.username, "token.mint", token_id, f"note={note!r}"
     )
     return await _tokens_page(request, ctx, session, new_token=token)
 
@@ -313,5 +408,8 @@ async def revoke_token(request: Request, token_id: str, ctx: Ctx) -> Response:
     checked = await _checked_form(request, ctx)
     if isinstance(checked, Response):
         return checked
-    await run_in_threadpool(ctx.store.revoke_enrollment_token, token_id)
+    if await run_in_threadpool(ctx.store.revoke_enrollment_token, token_id):
+        await run_in_threadpool(
+            users.audit, ctx.store, checked[0].username, "token.revoke", token_id
+        )
     return RedirectResponse("/tokens", status_code=303)

@@ -3,12 +3,20 @@
 Fleet gauges come from the database (the same for every central process); ``*_total``
 counters are per process, as Prometheus expects. Labels carry agent ids and host names,
 never anything about patients or files.
+
+Per-agent series carry ``agent_id`` (stable), ``agent`` (the display name: label, configured
+name or host), ``site`` and ``host``. The agent's own counters (protected, forwarded,
+quarantined, retries, …) are exported as ``scanfort_agent_<name>_total``; they restart at
+zero when the agent restarts, which Prometheus' ``rate()`` treats as a counter reset.
 """
 
 from __future__ import annotations
 
 from service import status
 from service.context import AppContext
+from service.store import AgentRow
+
+AGENT_COUNTERS = ("seen", "protected", "forwarded", "quarantined", "retries")
 
 
 def _escape(value: str) -> str:
@@ -20,9 +28,19 @@ def _labels(**labels: str) -> str:
     return "{" + inner + "}" if inner else ""
 
 
+def _agent_labels(agent: AgentRow, **extra: str) -> str:
+    return _labels(
+        agent_id=agent.agent_id,
+        agent=agent.display_name,
+        site=agent.site or "",
+        host=agent.host,
+        **extra,
+    )
+
+
 def render_metrics(ctx: AppContext) -> str:
     now = ctx.clock()
-    agents = ctx.store.list_agents()
+    agents = ctx.store.list_agents(with_status=True)
     totals = ctx.store.totals()
     lines: list[str] = []
 
@@ -75,9 +93,24 @@ def render_metrics(ctx: AppContext) -> str:
         for agent in live:
             value = get(agent)
             if value is not None:
-                lines.append(
-                    f"{name}{_labels(agent_id=agent.agent_id, host=agent.host)} {float(value):g}"
-                )
+                lines.append(f"{name}{_agent_labels(agent)} {float(value):g}")
+
+    for key in AGENT_COUNTERS:
+        name = f"scanfort_agent_{key}_total"
+        family(name, "counter", f"Files {key} by the agent since it started (its own count).")
+        for agent in live:
+            value = ((agent.status or {}).get("counters") or {}).get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                lines.append(f"{name}{_agent_labels(agent)} {float(value):g}")
+    family(
+        "scanfort_agent_destination_paused",
+        "gauge",
+        "1 when the agent has paused sending to this destination.",
+    )
+    for agent in live:
+        for dest in (agent.status or {}).get("destinations") or []:
+            labels = _agent_labels(agent, destination=str(dest.get("name", "")))
+            lines.append(f"scanfort_agent_destination_paused{labels} {int(bool(dest.get('paused')))}")
 
     family("scanfort_objects_stored", "gauge", "Protected objects in the central store.")
     lines.append(f"scanfort_objects_stored {totals['objects']}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from typing import Any
@@ -29,6 +30,16 @@ _LIMITS: dict[tuple[str, str], Schema] = {
     ("DestinationStatus", "kind"): {"maxLength": 16},
     ("DestinationStatus", "pending"): {"minimum": 0},
     ("DestinationStatus", "last_error"): {"maxLength": 512},
+    ("DestinationStatus", "peer_reason"): {"maxLength": 512},
+    ("DestinationStatus", "folders"): {"minimum": 0},
+    ("QuarantineItem", "item_id"): {"maxLength": 64},
+    ("QuarantineItem", "destination"): {"maxLength": 64},
+    ("QuarantineItem", "since"): {"minimum": 0},
+    ("QuarantineItem", "reason"): {"maxLength": 512},
+    ("QuarantineItem", "attempts"): {"minimum": 0},
+    ("CommandResult", "command_id"): {"maxLength": 64},
+    ("CommandResult", "message"): {"maxLength": 512},
+    ("Command", "kind"): {"enum": sorted(protocol.COMMAND_KINDS)},
     ("Heartbeat", "agent_id"): {"maxLength": 256},
     ("Heartbeat", "version"): {"maxLength": 256},
     ("Heartbeat", "host"): {"maxLength": 256},
@@ -45,6 +56,11 @@ _LIMITS: dict[tuple[str, str], Schema] = {
     ("Heartbeat", "counters.*"): {"minimum": 0},
     ("Heartbeat", "watcher.*"): {"minimum": 0},
     ("Heartbeat", "destinations"): {"maxItems": 64},
+    ("Heartbeat", "name"): {"maxLength": 128},
+    ("Heartbeat", "quarantine"): {"maxItems": protocol.MAX_QUARANTINE_ITEMS},
+    ("Heartbeat", "command_acks"): {"maxItems": protocol.MAX_COMMANDS},
+    ("Heartbeat", "command_acks[]"): {"maxLength": 64},
+    ("Heartbeat", "command_results"): {"maxItems": protocol.MAX_COMMANDS},
     ("Event", "event_id"): {"maxLength": 64},
     ("Event", "at"): {"minimum": 0},
     ("Event", "kind"): {"enum": sorted(protocol.EVENT_KINDS)},
@@ -52,6 +68,8 @@ _LIMITS: dict[tuple[str, str], Schema] = {
     ("Event", "message"): {"maxLength": 512},
     ("Event", "file_id"): {"maxLength": 64},
     ("Event", "destination"): {"maxLength": 64},
+    ("Event", "study_keys"): {"maxItems": 4},
+    ("Event", "study_keys[]"): {"pattern": protocol.STUDY_KEY_RE.pattern},
     ("EventBatch", "agent_id"): {"maxLength": 256},
     ("EventBatch", "events"): {"maxItems": 1000},
 }
@@ -60,11 +78,15 @@ MESSAGES: tuple[type[Any], ...] = (
     protocol.EnrollRequest,
     protocol.EnrollResponse,
     protocol.DestinationStatus,
+    protocol.QuarantineItem,
+    protocol.CommandResult,
+    protocol.Command,
     protocol.Heartbeat,
     protocol.Event,
     protocol.EventBatch,
     protocol.ObjectReceipt,
     protocol.Ack,
+    protocol.HeartbeatAck,
 )
 
 ERROR_SCHEMA: Schema = {
@@ -159,6 +181,8 @@ def validate(instance: Any, schema: Schema, path: str = "") -> None:
             _fail(path, "must be a string")
         if len(instance) > schema.get("maxLength", math.inf):
             _fail(path, f"longer than {schema['maxLength']} characters")
+        if "pattern" in schema and not re.search(schema["pattern"], instance):
+            _fail(path, f"does not match {schema['pattern']}")
     if kind == "boolean" and not isinstance(instance, bool):
         _fail(path, "must be a boolean")
     if kind in ("integer", "number"):

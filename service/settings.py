@@ -64,6 +64,7 @@ class Settings:
     enrollment_token_ttl_s: float = 7 * 24 * 3600.0
     event_retention_days: float = 30.0
     cookie_secure: bool = False  # set true behind TLS so cookies never travel in clear
+    metrics_token: str = ""  # non-empty: /metrics needs "Authorization: Bearer <token>"
 
     @property
     def database_url(self) -> str:
@@ -124,6 +125,8 @@ class Settings:
             problems.append(f"max_object_bytes: must be an integer in 1..{MAX_OBJECT_BYTES}")
         if not all(isinstance(r, str) and r.strip() for r in self.recipients):
             problems.append("recipients: must be a list of non-empty strings")
+        if not isinstance(self.metrics_token, str) or len(self.metrics_token) > 256:
+            problems.append("metrics_token: must be a string of at most 256 characters")
         if not isinstance(self.cookie_secure, bool):
             problems.append("cookie_secure: must be true or false")
         url = self.database_url

@@ -45,7 +45,7 @@ def spool_growing(agent: AgentRow, settings: Settings, now: float) -> bool:
 class Alert:
     severity: str  # warning | error
     agent_id: str
-    host: str
+    host: str  # the agent's display name (label, configured name or host name)
     kind: str  # stale | offline | spool_growing | spool_old | destination_paused | intake_paused | quarantine
     text: str
 
@@ -65,7 +65,7 @@ def alerts_for(
                 Alert(
                     "error" if state == OFFLINE else "warning",
                     agent.agent_id,
-                    agent.host,
+                    agent.display_name,
                     state,
                     f"no heartbeat for {format_age(age)}",
                 )
@@ -75,7 +75,7 @@ def alerts_for(
                 Alert(
                     "warning",
                     agent.agent_id,
-                    agent.host,
+                    agent.display_name,
                     "spool_growing",
                     f"spool growing: {agent.spool_depth} items (was {agent.spool_trend_depth})",
                 )
@@ -88,7 +88,7 @@ def alerts_for(
                 Alert(
                     "warning",
                     agent.agent_id,
-                    agent.host,
+                    agent.display_name,
                     "spool_old",
                     f"oldest spooled item waiting {format_age(agent.oldest_item_age_s)}",
                 )
@@ -98,7 +98,7 @@ def alerts_for(
                 Alert(
                     "error",
                     agent.agent_id,
-                    agent.host,
+                    agent.display_name,
                     "destination_paused",
                     f"destination {name} paused (credentials rejected?)",
                 )
@@ -108,7 +108,7 @@ def alerts_for(
                 Alert(
                     "error",
                     agent.agent_id,
-                    agent.host,
+                    agent.display_name,
                     "intake_paused",
                     "intake paused: spool disk below low watermark",
                 )
@@ -119,7 +119,7 @@ def alerts_for(
                 Alert(
                     "warning",
                     agent.agent_id,
-                    agent.host,
+                    agent.display_name,
                     "quarantine",
                     f"{count} file(s) quarantined in the last 24 h",
                 )

@@ -83,6 +83,14 @@ class AgentRow:
     spool_trend_since: float | None
     spool_trend_depth: int | None
     status: dict[str, Any] | None
+    label: str | None = None  # set centrally: the enrollment token's note, or the dashboard
+    site: str | None = None
+    name: str | None = None  # ``name`` from the agent's own config
+
+    @property
+    def display_name(self) -> str:
+        """What tables, alerts, charts and metrics call the agent."""
+        return self.label or self.name or self.host
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,7 @@ class EnrollmentTokenRow:
     used_at: float | None
     agent_id: str | None
     revoked_at: float | None
+    site: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,7 @@ class SessionInfo:
     username: str
     csrf_token: str
     expires_at: float
+    role: str = "admin"
 
 
 def make_engine(url: str) -> sa.Engine:
@@ -183,11 +193,39 @@ class Store:
                 if attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))  # another process created it concurrently
+        self._add_missing_columns()
         with self._write() as conn:
             stmt = self._insert(tables.meta).values(
                 key="schema_version", value=str(tables.SCHEMA_VERSION)
             )
-            conn.execute(stmt.on_conflict_do_nothing())
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["key"], set_={"value": str(tables.SCHEMA_VERSION)}
+                )
+            )
+
+    def _add_missing_columns(self) -> None:
+        """Bring a version-1 database up to date: nullable columns only, so it is additive."""
+        for attempt in range(5):
+            present = {
+                name: {c["name"] for c in sa.inspect(self.engine).get_columns(name)}
+                for name in {t.name for t, _ in tables.ADDED_COLUMNS}
+            }
+            missing = [(t, c) for t, c in tables.ADDED_COLUMNS if c not in present[t.name]]
+            if not missing:
+                return
+            try:
+                with self._write() as conn:
+                    for table, column in missing:
+                        col = table.c[column]
+                        kind = col.type.compile(dialect=self.engine.dialect)
+                        conn.exec_driver_sql(
+                            f'ALTER TABLE {table.name} ADD COLUMN "{column}" {kind}'
+                        )
+            except (sa.exc.OperationalError, sa.exc.ProgrammingError):
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))  # another process added them concurrently
 
     def ping(self) -> None:
         with self._read() as conn:
@@ -204,20 +242,20 @@ class Store:
 
     # -- dashboard users and sessions ---------------------------------------------------
 
-    def set_user(self, username: str, password: str) -> None:
+    def set_user(self, username: str, password: str, role: str | None = None) -> None:
+        """Create a user or set an existing one's password (and role, when given)."""
         encoded = security.hash_password(password)
+        values: dict[str, Any] = {"password_hash": encoded, "failed_count": 0}
+        values["last_failed_at"] = None
+        if role is not None:
+            values["role"] = role
         with self._write() as conn:
             updated = conn.execute(
-                tables.users.update()
-                .where(tables.users.c.username == username)
-                .values(password_hash=encoded, failed_count=0, last_failed_at=None)
+                tables.users.update().where(tables.users.c.username == username).values(**values)
             ).rowcount
             if not updated:
-                conn.execute(
-                    tables.users.insert().values(
-                        username=username, password_hash=encoded, failed_count=0
-                    )
-                )
+                values.setdefault("role", "admin")
+                conn.execute(tables.users.insert().values(username=username, **values))
 
     def check_login(
         self, username: str, password: str, window_s: float = 900.0
@@ -230,9 +268,11 @@ class Store:
                     tables.users.c.password_hash,
                     tables.users.c.failed_count,
                     tables.users.c.last_failed_at,
+                    tables.users.c.disabled_at,
                 ).where(tables.users.c.username == username)
             ).first()
         ok = security.verify_password(password, row.password_hash if row else None)
+        ok = ok and row is not None and row.disabled_at is None
         recent = 0
         if (
             row is not None
@@ -273,15 +313,17 @@ class Store:
         return token, csrf
 
     def get_session(self, token: str) -> SessionInfo | None:
+        """The live session of an enabled user (disabling a user ends its sessions)."""
+        s, u = tables.sessions, tables.users
         with self._read() as conn:
             row = conn.execute(
-                sa.select(tables.sessions).where(
-                    tables.sessions.c.token_hash == security.token_hash(token)
-                )
+                sa.select(s.c.username, s.c.csrf_token, s.c.expires_at, u.c.role, u.c.disabled_at)
+                .join(u, u.c.username == s.c.username)
+                .where(s.c.token_hash == security.token_hash(token))
             ).first()
-        if row is None or row.expires_at < self._clock():
+        if row is None or row.expires_at < self._clock() or row.disabled_at is not None:
             return None
-        return SessionInfo(row.username, row.csrf_token, row.expires_at)
+        return SessionInfo(row.username, row.csrf_token, row.expires_at, row.role or "admin")
 
     def delete_session(self, token: str) -> None:
         with self._write() as conn:
@@ -293,7 +335,9 @@ class Store:
 
     # -- enrollment and agent tokens ----------------------------------------------------
 
-    def mint_enrollment_token(self, ttl_s: float, note: str = "") -> tuple[str, str]:
+    def mint_enrollment_token(
+        self, ttl_s: float, note: str = "", site: str = ""
+    ) -> tuple[str, str]:
         """A one-time enrollment token: (token id, token). Only the hash is stored."""
         token = security.new_token(security.ENROLLMENT_TOKEN_PREFIX)
         token_id = security.new_id("et_")
@@ -304,6 +348,7 @@ class Store:
                     token_id=token_id,
                     token_hash=security.token_hash(token),
                     note=clean_text(note, 200) or "",
+                    site=clean_text(site, 200) or None,
                     created_at=now,
                     expires_at=now + ttl_s,
                 )
@@ -322,6 +367,7 @@ class Store:
                     t.c.used_at,
                     t.c.agent_id,
                     t.c.revoked_at,
+                    t.c.site,
                 ).order_by(t.c.created_at.desc())
             ).all()
         return [EnrollmentTokenRow(*row) for row in rows]
@@ -358,6 +404,11 @@ class Store:
             ).rowcount
             if consumed != 1:
                 return None
+            note, site = conn.execute(
+                sa.select(t.c.note, t.c.site).where(
+                    t.c.token_hash == security.token_hash(enrollment_token)
+                )
+            ).one()
             conn.execute(
                 tables.agents.insert().values(
                     agent_id=agent_id,
@@ -369,6 +420,8 @@ class Store:
                     heartbeats=0,
                     intake_paused=False,
                     paused_destinations="",
+                    label=note or None,  # "CT room 2": the note said where the token went
+                    site=site or None,
                 )
             )
         return agent_id, agent_token
@@ -438,9 +491,28 @@ class Store:
                     spool_trend_since=since,
                     spool_trend_depth=start,
                     status_json=json.dumps(to_dict(hb), ensure_ascii=True),
+                    name=clean_text(hb.name, 128) or None,
                 )
             )
+            sample = self._insert(tables.agent_samples).values(
+                agent_id=auth.agent_id,
+                bucket=int(now // tables.SAMPLE_PERIOD_S),
+                spool_depth=depth,
+                oldest_item_age_s=_float(hb.oldest_item_age_s),
+            )
+            conn.execute(sample.on_conflict_do_nothing())
         return now
+
+    def set_agent_label(self, agent_id: str, label: str, site: str) -> bool:
+        a = tables.agents
+        with self._write() as conn:
+            return bool(
+                conn.execute(
+                    a.update()
+                    .where(a.c.agent_id == agent_id)
+                    .values(label=clean_text(label, 128) or None, site=clean_text(site, 128) or None)
+                ).rowcount
+            )
 
     def record_events(self, agent_id: str, events: list[Event]) -> int:
         """Insert events, ignoring ones already received (a resent batch); returns new ones."""
@@ -466,9 +538,26 @@ class Store:
             .on_conflict_do_nothing(index_elements=["agent_id", "event_id"])
             .returning(tables.events.c.id)
         )
+        keyed = [
+            {
+                "study_key": key,
+                "agent_id": agent_id,
+                "event_id": row["event_id"],
+                "at": row["at"],
+                "received_at": now,
+                "kind": row["kind"],
+                "destination": row["destination"],
+                "file_id": row["file_id"],
+            }
+            for e, row in zip(events, rows, strict=True)
+            for key in dict.fromkeys(e.study_keys)
+        ]
         with self._write() as conn:
             # RETURNING lists only inserted rows (driver rowcounts differ for executemany)
-            return len(conn.execute(stmt, rows).all())
+            added = len(conn.execute(stmt, rows).all())
+            if keyed:
+                conn.execute(self._insert(tables.study_events).on_conflict_do_nothing(), keyed)
+            return added
 
     def record_object(self, sha256: str, size: int, agent_id: str) -> bool:
         """Remember a stored object; False if it was already known."""
@@ -504,6 +593,9 @@ class Store:
             spool_trend_since=row.spool_trend_since,
             spool_trend_depth=row.spool_trend_depth,
             status=status,
+            label=row.label,
+            site=row.site,
+            name=row.name,
         )
 
     def list_agents(self, *, with_status: bool = False) -> list[AgentRow]:
@@ -575,6 +667,15 @@ class Store:
                 tables.events.delete().where(tables.events.c.received_at < now - event_retention_s)
             )
             conn.execute(tables.sessions.delete().where(tables.sessions.c.expires_at < now))
+            conn.execute(
+                tables.study_events.delete().where(
+                    tables.study_events.c.received_at < now - event_retention_s
+                )
+            )
+            oldest_bucket = int((now - 8 * 86400) // tables.SAMPLE_PERIOD_S)
+            conn.execute(
+                tables.agent_samples.delete().where(tables.agent_samples.c.bucket < oldest_bucket)
+            )
 
 
 class _WithDefault:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: roles, labels/sites, audit, commands, backlog samples, study keys
 
 metadata = sa.MetaData()
 
@@ -28,6 +28,8 @@ users = sa.Table(
     sa.Column("password_hash", sa.Text, nullable=False),
     sa.Column("failed_count", sa.Integer, nullable=False, default=0),
     sa.Column("last_failed_at", sa.Float, nullable=True),
+    sa.Column("role", sa.String(16), nullable=True),  # admin | operator | viewer; NULL: admin (v1)
+    sa.Column("disabled_at", sa.Float, nullable=True),
 )
 
 sessions = sa.Table(
@@ -51,6 +53,7 @@ enrollment_tokens = sa.Table(
     sa.Column("used_at", sa.Float, nullable=True),
     sa.Column("agent_id", sa.String(32), nullable=True),
     sa.Column("revoked_at", sa.Float, nullable=True),
+    sa.Column("site", sa.Text, nullable=True),
 )
 
 agents = sa.Table(
@@ -76,6 +79,9 @@ agents = sa.Table(
     sa.Column("spool_trend_since", sa.Float, nullable=True),
     sa.Column("spool_trend_depth", sa.BigInteger, nullable=True),
     sa.Column("status_json", sa.Text, nullable=True),  # the last heartbeat, as received
+    sa.Column("label", sa.Text, nullable=True),  # set centrally (token note, dashboard)
+    sa.Column("site", sa.Text, nullable=True),  # site / room, set centrally
+    sa.Column("name", sa.Text, nullable=True),  # ``name`` from the agent's config (heartbeat)
 )
 
 events = sa.Table(
@@ -103,4 +109,70 @@ objects = sa.Table(
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("agent_id", sa.String(32), nullable=False),
     sa.Column("stored_at", sa.Float, nullable=False),
+)
+
+audit = sa.Table(
+    "sf_audit",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False, index=True),
+    sa.Column("username", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.Text, nullable=False, default=""),
+    sa.Column("detail", sa.Text, nullable=False, default=""),
+)
+
+commands = sa.Table(
+    "sf_commands",
+    metadata,
+    sa.Column("command_id", sa.String(32), primary_key=True),
+    sa.Column("agent_id", sa.String(32), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("item_id", sa.Text, nullable=False),
+    sa.Column("destination", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),
+    # pending -> acknowledged -> succeeded | failed
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("delivered_at", sa.Float, nullable=True),
+    sa.Column("acked_at", sa.Float, nullable=True),
+    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Column("result", sa.Text, nullable=True),
+    sa.Index("ix_sf_commands_agent_state", "agent_id", "state"),
+)
+
+# Backlog history: the first heartbeat of each agent in each SAMPLE_PERIOD_S bucket.
+SAMPLE_PERIOD_S = 600
+agent_samples = sa.Table(
+    "sf_agent_samples",
+    metadata,
+    sa.Column("agent_id", sa.String(32), primary_key=True),
+    sa.Column("bucket", sa.BigInteger, primary_key=True),  # floor(server time / period)
+    sa.Column("spool_depth", sa.BigInteger, nullable=False),
+    sa.Column("oldest_item_age_s", sa.Float, nullable=True),
+    sa.Index("ix_sf_agent_samples_bucket", "bucket"),
+)
+
+# Exam lookup: keyed hashes of study identifiers from protected/forwarded events.
+study_events = sa.Table(
+    "sf_study_events",
+    metadata,
+    sa.Column("study_key", sa.String(64), primary_key=True),
+    sa.Column("agent_id", sa.String(32), primary_key=True),
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("destination", sa.Text, nullable=True),
+    sa.Column("file_id", sa.Text, nullable=True),
+)
+
+#: Columns added after schema version 1: ``create_schema`` adds them to older databases.
+ADDED_COLUMNS: tuple[tuple[sa.Table, str], ...] = (
+    (users, "role"),
+    (users, "disabled_at"),
+    (enrollment_tokens, "site"),
+    (agents, "label"),
+    (agents, "site"),
+    (agents, "name"),
 )

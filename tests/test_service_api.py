@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from cipher.pseudonym import PseudonymSecret
-from scanfort.protocol import Ack, EnrollResponse, ObjectReceipt, to_dict
+from scanfort.protocol import Ack, EnrollResponse, HeartbeatAck, ObjectReceipt, to_dict
 from service import dashboard, status, tables
 from service.app import create_app
 from service.settings import Settings
@@ -328,8 +328,8 @@ def test_heartbeat_needs_the_agents_own_valid_token(client, store):
     assert r.status_code == 403
     r = client.post("/api/v1/heartbeat", json=heartbeat(a.agent_id), headers=bearer(a.agent_token))
     assert r.status_code == 200
-    ack = Ack(**r.json())
-    assert ack.ok and ack.server_time is not None
+    ack = HeartbeatAck(**r.json())
+    assert ack.ok and ack.server_time is not None and ack.commands == []
 
 
 @pytest.mark.parametrize(
@@ -570,7 +570,8 @@ def test_metrics_and_healthz(client, store):
     )
     text = client.get("/metrics").text
     assert 'scanfort_agents{state="online"} 1' in text
-    assert f'scanfort_agent_spool_items{{agent_id="{a.agent_id}",host="ct-metrics"}} 2' in text
+    labels = f'agent_id="{a.agent_id}",agent="ct-metrics",site="",host="ct-metrics"'
+    assert f"scanfort_agent_spool_items{{{labels}}} 2" in text
     assert "scanfort_heartbeats_total 1" in text
     health = client.get("/healthz")
     assert health.status_code == 200 and health.json() == {"status": "ok", "problems": []}
