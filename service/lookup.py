@@ -35,16 +35,21 @@ class LookupUnavailable(RuntimeError):
     """The central has no (valid) pseudonymisation secret, so it cannot hash queries."""
 
 
+def load_key_text(text: str) -> bytes:
+    """The HMAC key from the secret's text form (``scanfort-pseudonym-secret/1 V KEY``)."""
+    body = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    match = _TEXT_RE.fullmatch(body[0]) if len(body) == 1 else None
+    if match is None:
+        raise LookupUnavailable("not a pseudonymisation secret")
+    return base64.urlsafe_b64decode(match.group(2).rstrip("=") + "=")
+
+
 def load_key(path: Path) -> bytes:
     try:
         text = path.read_text(encoding="ascii")
     except (FileNotFoundError, UnicodeDecodeError) as exc:
         raise LookupUnavailable(f"no pseudonymisation secret at {path}") from exc
-    body = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
-    match = _TEXT_RE.fullmatch(body[0]) if len(body) == 1 else None
-    if match is None:
-        raise LookupUnavailable(f"{path} is not a pseudonymisation secret")
-    return base64.urlsafe_b64decode(match.group(2).rstrip("=") + "=")
+    return load_key_text(text)
 
 
 def study_key(key: bytes, value: str) -> str:

@@ -18,20 +18,8 @@ from fastapi.testclient import TestClient
 from service import fleet, tables, users
 from service.app import create_app
 from service.store import Store
-from tests.test_service_api import (  # noqa: F401  (fixtures)
-    PASSWORD,
-    FakeClock,
-    _settings,
-    bearer,
-    client,
-    clock,
-    db_url,
-    enroll,
-    heartbeat,
-    postgres_server,
-    settings,
-    store,
-)
+from tests import test_service_api as _api
+from tests.test_service_api import PASSWORD, _settings, bearer, heartbeat
 
 
 def login_as(client: TestClient, username: str, password: str) -> str:
@@ -44,6 +32,14 @@ def login_as(client: TestClient, username: str, password: str) -> str:
     )
     assert r.status_code == 303, r.text
     return client.get("/").text.split('name="csrf" value="')[1].split('"')[0]
+
+# fixtures shared with test_service_api (SQLite and a real PostgreSQL)
+client = _api.client
+clock = _api.clock
+db_url = _api.db_url
+postgres_server = _api.postgres_server
+settings = _api.settings
+store = _api.store
 
 
 def enroll_with(client: TestClient, store: Store, note: str, site: str, host: str) -> Any:
@@ -147,7 +143,8 @@ def test_a_version_1_database_gains_the_new_columns(tmp_path, clock):
     s.create_schema()  # twice: idempotent
     cols = {c["name"] for c in sa.inspect(s.engine).get_columns("sf_agents")}
     assert {"label", "site", "name"} <= cols
-    assert users.get_user(s, "old-admin").role == "admin"  # v1 users were all admins
+    old_admin = users.get_user(s, "old-admin")
+    assert old_admin is not None and old_admin.role == "admin"  # v1 users were all admins
     s.close()
 
 

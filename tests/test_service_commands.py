@@ -1,0 +1,192 @@
+"""Quarantine across the fleet, the command channel, exam lookup, ``scanfort central user``.
+
+The agent does not send these fields yet; the tests post them as an agent would.
+"""
+
+from __future__ import annotations
+
+import json
+
+from cipher.pseudonym import PseudonymSecret
+from scanfort.cli import main
+from service import commands, lookup, users
+from service.settings import load_settings
+from service.store import Store
+from tests import test_service_api as _api
+from tests.test_service_api import PASSWORD, bearer, heartbeat
+from tests.test_service_fleet import beat, enroll_with, ev, login_as, post_events
+
+ITEM = "0123456789abcdef"
+QUARANTINED = {
+    "item_id": ITEM,
+    "destination": "pacs",
+    "since": 1_800_000_000.0,
+    "reason": "stow-rs: HTTP 400 (Orthanc: bad file format)",
+    "attempts": 5,
+}
+
+# fixtures shared with test_service_api (SQLite and a real PostgreSQL)
+client = _api.client
+clock = _api.clock
+db_url = _api.db_url
+postgres_server = _api.postgres_server
+settings = _api.settings
+store = _api.store
+
+
+def test_quarantine_retry_reaches_the_agent_and_its_result_comes_back(client, store, clock):
+    a = enroll_with(client, store, "CT 2", "Room 2", "vm")
+    other = enroll_with(client, store, "MR", "", "vm")
+    assert beat(client, a, quarantine=[QUARANTINED])["commands"] == []
+    csrf = login_as(client, "admin", PASSWORD)
+    page = client.get("/quarantine").text
+    row = page.split(f'data-item="{ITEM}"')[1].split("</tr>")[0]
+    assert "CT 2" in row and "pacs" in row and "Orthanc: bad file format" in row and "retry" in row
+
+    form = {"csrf": csrf, "agent_id": a["agent_id"], "item_id": ITEM, "destination": "pacs"}
+    r = client.post("/quarantine/command", data={**form, "kind": "retry"}, follow_redirects=False)
+    assert r.status_code == 303
+    # an item the agent did not report cannot be targeted
+    bogus = {**form, "item_id": "f" * 16, "kind": "release"}
+    assert client.post("/quarantine/command", data=bogus).status_code == 404
+    # repeating an open command does not queue a second one
+    client.post("/quarantine/command", data={**form, "kind": "retry"}, follow_redirects=False)
+
+    assert beat(client, other)["commands"] == []  # only the addressed agent gets it
+    first = beat(client, a, quarantine=[QUARANTINED])["commands"]
+    assert [(c["kind"], c["item_id"], c["destination"]) for c in first] == [("retry", ITEM, "pacs")]
+    command_id = first[0]["command_id"]
+    again = beat(client, a, quarantine=[QUARANTINED])["commands"]
+    assert [c["command_id"] for c in again] == [command_id]  # resent until acknowledged
+    # another agent cannot acknowledge or complete it
+    beat(client, other, command_acks=[command_id],
+         command_results=[{"command_id": command_id, "ok": False, "message": "nope"}])
+    assert commands.list_commands(store, a["agent_id"])[0].state == commands.PENDING
+
+    assert beat(client, a, command_acks=[command_id])["commands"] == []
+    assert commands.list_commands(store, a["agent_id"])[0].state == commands.ACKNOWLEDGED
+    result = {"command_id": command_id, "ok": True, "message": "sent, HTTP 200"}
+    beat(client, a, quarantine=[], command_results=[result])
+    done = commands.list_commands(store, a["agent_id"])
+    assert len(done) == 1 and done[0].state == commands.SUCCEEDED
+    assert done[0].result == "sent, HTTP 200" and done[0].created_by == "admin"
+    page = client.get("/quarantine").text
+    assert "Nothing in quarantine." in page and 'data-state="succeeded"' in page
+    audit = [r for r in users.audit_log(store) if r.action == "quarantine.retry"]
+    assert len(audit) == 2 and command_id in audit[0].detail
+
+
+def test_heartbeat_schema_rejects_malformed_command_fields(client, store):
+    a = enroll_with(client, store, "", "", "vm")
+    for bad in (
+        {"quarantine": [{"item_id": ITEM}]},
+        {"command_results": [{"command_id": "x", "ok": "yes"}]},
+        {"command_acks": ["x" * 65]},
+        {"name": "n" * 129},
+    ):
+        r = client.post(
+            "/api/v1/heartbeat",
+            json=heartbeat(a["agent_id"], **bad),
+            headers=bearer(a["agent_token"]),
+        )
+        assert r.status_code == 422, (bad, r.text)
+
+
+# -- exam lookup ------------------------------------------------------------------------
+
+
+def test_study_key_matches_the_cipher_package():
+    secret = PseudonymSecret.generate()
+    key = lookup.load_key_text(secret.encode())
+    for value in ("1.2.840.113619.2.55.3.604688119", "ACC12345 ", "ACC12345\x00", "Ünïcode"):
+        assert lookup.study_key(key, value) == secret.study_key(value)
+    assert lookup.study_key(key, "A1") != lookup.study_key(b"\x01" * 32, "A1")
+
+
+def test_exam_lookup_finds_who_protected_it_and_which_destinations_acknowledged(
+    client, store, settings
+):
+    secret = PseudonymSecret.generate()
+    settings.pseudonym_secret_path.parent.mkdir(parents=True, exist_ok=True)
+    settings.pseudonym_secret_path.write_text(secret.encode(), encoding="ascii")
+    accession, study_uid = "ACC-2024-0042", "1.2.826.0.1.3680043.8.498.1"
+    keys = [secret.study_key(accession), secret.study_key(study_uid)]
+    a = enroll_with(client, store, "CT 2", "", "vm")
+    post_events(
+        client,
+        a,
+        [
+            ev("protected", 1_800_000_000.0, file_id=ITEM, study_keys=keys),
+            ev("forwarded", 1_800_000_010.0, file_id=ITEM, destination="pacs", study_keys=keys),
+            ev("protected", 1_800_000_020.0, study_keys=[secret.study_key("OTHER")]),
+        ],
+    )
+    csrf = login_as(client, "admin", PASSWORD)
+    for typed in (accession, f"{study_uid} "):  # DICOM padding is ignored
+        r = client.post("/lookup", data={"csrf": csrf, "q": typed})
+        assert r.status_code == 200
+        result = r.text.split('id="lookup-result"')[1]
+        assert "Protected by <b>CT 2</b>" in result and "Acknowledged by: <b>pacs</b>" in result
+        assert result.count("<tr><td>") == 2
+        assert typed.strip() not in r.text.split("<main>")[1].split("</form>")[1]  # not echoed
+    r = client.post("/lookup", data={"csrf": csrf, "q": "ACC-UNKNOWN"})
+    assert "Not seen" in r.text
+    assert client.post("/lookup", data={"q": accession}).status_code == 403  # CSRF
+    # the central keeps only keyed hashes
+    dumped = "\n".join(str(row) for row in store.engine.connect().exec_driver_sql(
+        "SELECT * FROM sf_study_events").all())
+    assert accession not in dumped and study_uid not in dumped and keys[0] in dumped
+
+
+def test_exam_lookup_without_a_secret_says_so(client, store):
+    csrf = login_as(client, "admin", PASSWORD)
+    r = client.post("/lookup", data={"csrf": csrf, "q": "ACC1"})
+    assert r.status_code == 503 and "pseudonymisation secret" in r.text
+
+
+# -- scanfort central user --------------------------------------------------------------
+
+
+def test_user_cli_add_list_disable_passwd(tmp_path, capsys, monkeypatch):
+    data = tmp_path / "central"
+
+    def central(*args: str) -> tuple[int, str, str]:
+        code = main(["central", *args, "--data-dir", str(data)])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    monkeypatch.setenv("SCANFORT_ADMIN_PASSWORD", "first-admin-password")
+    assert central("init")[0] == 0
+    monkeypatch.delenv("SCANFORT_ADMIN_PASSWORD")
+    pw = tmp_path / "pw"
+    pw.write_text("operator-password\n")
+    code, out, _ = central("user", "add", "otto", "--role", "operator", "--password-file", str(pw))
+    assert code == 0 and "added otto (operator)" in out
+    code, out, _ = central("user", "add", "vera")
+    assert code == 0 and "password:" in out  # generated, viewer by default
+    code, _, err = central("user", "add", "otto", "--password-file", str(pw))
+    assert code == 1 and "user otto exists" in err
+    code, out, _ = central("user", "list", "--json")
+    assert json.loads(out) == [
+        {"username": "admin", "role": "admin", "disabled": False},
+        {"username": "otto", "role": "operator", "disabled": False},
+        {"username": "vera", "role": "viewer", "disabled": False},
+    ]
+    assert central("user", "disable", "otto")[0] == 0
+    assert "otto   operator  disabled" in central("user", "list")[1]
+    code, _, err = central("user", "disable", "admin")
+    assert code == 1 and "last enabled admin" in err
+    pw.write_text("short")
+    code, _, err = central("user", "passwd", "otto", "--password-file", str(pw))
+    assert code == 1 and "at least 10" in err
+    pw.write_text("a-longer-password")
+    assert central("user", "passwd", "otto", "--password-file", str(pw))[0] == 0
+    assert "otto   operator  active" in central("user", "list")[1]
+    code, _, err = central("user", "passwd", "nobody", "--password-file", str(pw))
+    assert code == 1 and "no user nobody" in err
+    s = Store(load_settings(data).database_url)
+    try:
+        actions = [(r.username, r.action, r.target) for r in users.audit_log(s)]
+    finally:
+        s.close()
+    assert ("cli", "user.disable", "otto") in actions and ("cli", "user.passwd", "otto") in actions
