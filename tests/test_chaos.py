@@ -314,6 +314,10 @@ def test_a_kernel_that_fails_the_known_answer_is_not_used(monkeypatch: pytest.Mo
     real = chaos._passes_known_answer
     monkeypatch.setattr(chaos, "_passes_known_answer", lambda k: k != broken and real(k))
     assert chaos.kernel.__wrapped__() == (chaos._native.KERNELS[1] if len(NATIVE) > 1 else chaos.REFERENCE)
+    monkeypatch.setattr(chaos, "_KAT_SHA256", "00" * 32)  # no kernel matches: the reference, loudly
+    monkeypatch.setattr(chaos, "_passes_known_answer", real)
+    with pytest.warns(RuntimeWarning, match="known answer"):
+        assert chaos.kernel.__wrapped__() == chaos.REFERENCE
 
 
 def test_unknown_or_missing_kernels_are_errors(monkeypatch: pytest.MonkeyPatch) -> None:
