@@ -6,9 +6,9 @@
  *   sf_core.c      GF(2^8), GF(2) matrices, the S-box, the logistic maps, the three passes
  *                  and their inverses, the kernel list and CPU detection;
  *   k_table.c      the portable kernel: 256-entry tables (any C99 compiler);
- *   k_aesni_*.c    AES-NI (SubBytes) between two affine maps done with PSHUFB nibble
- *                  lookups: SSSE3, AVX2, AVX2 + VAES;
- *   k_gfni_*.c     GF2P8AFFINEQB / GF2P8AFFINEINVQB: AVX2 and AVX-512BW;
+ *   k_aesni_sse.c, k_aesni_avx2.c, k_vaes_avx2.c (with k_aesni.h): AES SubBytes between
+ *                  two affine maps done with PSHUFB nibble lookups: SSSE3, AVX2, AVX2 + VAES;
+ *   k_gfni_avx2.c, k_gfni_avx512.c (with k_gfni.h): GF2P8AFFINEQB / GF2P8AFFINEINVQB;
  *   k_neon.c       ARMv8 AESE + TBL;
  *   rowloop.h      the row loop every vector kernel shares (full vectors, then the ragged
  *                  end or a narrow row through small buffers).
