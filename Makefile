@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBS := orthanc orthanc-dicomweb dcmtk dicom3tools age postgresql chromium systemd dpkg-dev qemu-user gcc-aarch64-linux-gnu
+DEBS := orthanc orthanc-dicomweb dcmtk dicom3tools age postgresql chromium systemd dpkg-dev qemu-user gcc-aarch64-linux-gnu valgrind
 
 .PHONY: demo test lint setup sysdeps bench
 
@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml setup.py $(wildcard cipher/csrc/*.c cipher/csrc/*.h)
 setup: $(STAMP)
 
 # Debian packages the peer tests need (qemu-user and the aarch64 cross compiler: the
-# NEON kernel's vector check); installed only when missing.
+# NEON kernel's vector check; valgrind: the constant-time check); installed only when
+# missing.
 sysdeps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

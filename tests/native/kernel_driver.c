@@ -6,6 +6,12 @@
  *   kernel_driver KERNEL jobs       read jobs from stdin, write each ciphertext to stdout
  *   kernel_driver KERNEL random N   N random layouts and parameters, KERNEL against the
  *                                   table kernel both ways; prints "ok N"
+ *   kernel_driver KERNEL ct         under valgrind (built with -DSF_CT_CHECK): every secret
+ *                                   input (stream, S-box samples, multipliers, data, map
+ *                                   seeds) is marked undefined, then the setup, the maps,
+ *                                   the health check's count and KERNEL's passes run both
+ *                                   ways; memcheck reports any branch or memory address
+ *                                   that depends on them (tests/test_constant_time.py)
  *
  * A job (little-endian): "SFJ1", u32 lane_bits, last, tail_start, rows, g_f, g_b, then the
  * 4L + 2R stream bytes, the 34 S-box samples and the n = (rows-1)·L + last input bytes.
@@ -16,6 +22,13 @@
 #include <string.h>
 
 #include "sf_core.h"
+
+#if defined(SF_CT_CHECK)
+#include <valgrind/memcheck.h>
+#define SECRET(p, n) VALGRIND_MAKE_MEM_UNDEFINED((p), (n))
+#else
+#define SECRET(p, n) ((void)(p), (void)(n))
+#endif
 
 static void die(int code, const char *msg)
 {
@@ -112,6 +125,48 @@ static int run_random(const sf_kernel *kn, long count)
     return 0;
 }
 
+/* Layouts: one lane, a narrow row, ragged rows of every vector width, a wide layout. */
+static int run_ct(const sf_kernel *kn)
+{
+    static const int layouts[][3] = {{0, 5, 1}, {3, 9, 5}, {5, 70, 17}, {6, 66, 63}, {7, 65, 100}, {12, 20, 4000}};
+    for (size_t c = 0; c < sizeof layouts / sizeof layouts[0]; c++) {
+        int k = layouts[c][0];
+        ptrdiff_t L = (ptrdiff_t)1 << k, R = layouts[c][1], last = layouts[c][2];
+        ptrdiff_t t0 = R - (k + 2) > 1 ? R - (k + 2) : 1, n = (R - 1) * L + last;
+        uint8_t *st = xmalloc((size_t)(4 * L + 2 * R)), *in = xmalloc((size_t)n), smp[SF_SBOX_SAMPLES];
+        uint8_t *m = xmalloc((size_t)(R * L)), *back = xmalloc((size_t)(R * L));
+        fill(st, 4 * L + 2 * R);
+        fill(in, n);
+        fill(smp, SF_SBOX_SAMPLES);
+        uint8_t g[2] = {(uint8_t)(2 + next() % 254), (uint8_t)(2 + next() % 254)};
+        SECRET(st, (size_t)(4 * L + 2 * R));
+        SECRET(in, (size_t)n);
+        SECRET(smp, sizeof smp);
+        SECRET(g, sizeof g);
+        sf_sbox sd;
+        sf_job jb;
+        sf_sbox_from_samples(smp, &sd);
+        job_init(&jb, m, R, k, last, t0, st, in);
+        sf_encrypt(&jb, &sd, g[0], g[1], kn);
+        job_init(&jb, back, R, k, last, t0, st, m);
+        sf_decrypt(&jb, &sd, g[0], g[1], kn);
+        free(st);
+        free(in);
+        free(m);
+        free(back);
+    }
+    /* the logistic maps and the health check's count, on secret seeds */
+    double seed[2] = {0.3, 3.995}, lanes[256];
+    uint8_t out[600];
+    SECRET(seed, sizeof seed);
+    sf_scalar_fill(seed[0], seed[1], 1000, 4294967296.0, out, 300);
+    sf_stream_fill(seed[0], seed[1], 256, 1.0 / 4294967296.0, 64, 4294967296.0, lanes, out, 600);
+    volatile int distinct = sf_distinct(out, 600);
+    (void)distinct;
+    printf("ran %s\n", kn->name);
+    return 0;
+}
+
 static int read_exact(uint8_t *p, size_t n)
 {
     return fread(p, 1, n, stdin) == n;
@@ -149,7 +204,7 @@ int main(int argc, char **argv)
 {
     sf_init();
     if (argc < 3)
-        die(1, "usage: kernel_driver KERNEL jobs | KERNEL random N");
+        die(1, "usage: kernel_driver KERNEL jobs | random N | ct");
     const sf_kernel *kn = sf_kernel_named(argv[1]);
     if (kn == NULL)
         die(1, "kernel not built into this driver");
@@ -159,6 +214,8 @@ int main(int argc, char **argv)
         return run_random(kn, strtol(argv[3], NULL, 10));
     if (strcmp(argv[2], "jobs") == 0)
         return run_jobs(kn);
-    die(1, "usage: kernel_driver KERNEL jobs | KERNEL random N");
+    if (strcmp(argv[2], "ct") == 0)
+        return run_ct(kn);
+    die(1, "usage: kernel_driver KERNEL jobs | random N | ct");
     return 1;
 }
