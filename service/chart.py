@@ -56,9 +56,10 @@ def hourly_bars_svg(
                 f"<title>{escape(stamp)}: {count} {escape(name)}</title></rect>"
             )
         if i % 4 == 0 or i == n - 1:
+            anchor = "end" if i == n - 1 else "middle"
             parts.append(
                 f'<text class="tick" x="{_LEFT + i * slot + slot / 2:.1f}" y="{_H - 6}" '
-                f'text-anchor="middle">{escape(stamp)}</text>'
+                f'text-anchor="{anchor}">{escape(stamp)}</text>'
             )
     parts.append("</svg>")
     return Markup("".join(parts))
@@ -105,8 +106,9 @@ def line_svg(
     for k in range(ticks + 1):
         i = round(k * (n - 1) / ticks) if n > 1 else 0
         stamp = time.strftime(stamp_format, time.localtime(start + i * step_s))
+        anchor = "end" if k == ticks else "middle"  # the last label must not overflow
         parts.append(
-            f'<text class="tick" x="{_LEFT + i * dx:.1f}" y="{_H - 6}" text-anchor="middle">'
+            f'<text class="tick" x="{_LEFT + i * dx:.1f}" y="{_H - 6}" text-anchor="{anchor}">'
             f"{escape(stamp)}</text>"
         )
     points = sum(1 for v in values if v is not None)

@@ -198,7 +198,9 @@ def _backlog_charts(ctx: AppContext, now: float, agent_id: str | None = None) ->
 
 def _overview_context(ctx: AppContext) -> dict[str, Any]:
     now = ctx.clock()
-    agents = ctx.store.list_agents(with_status=True)
+    agents = sorted(
+        ctx.store.list_agents(with_status=True), key=lambda a: (a.display_name.lower(), a.agent_id)
+    )
     hourly = fleet.hourly_counts(ctx.store, _KINDS, now)
     quarantines = ctx.store.event_counts("quarantined", now - 86400)
     rows: list[dict[str, Any]] = [

@@ -2,7 +2,8 @@
 
 Event pages collapse runs of identical events (same agent, kind, severity, destination
 and message) into one group with a count, so 40 "protected" in a row are one line.
-Paging is by event id (``before``), stable while new events arrive.
+Newest first by the agent's clock; paging is by the last event shown (``before``, an id),
+stable while new events arrive.
 """
 
 from __future__ import annotations
@@ -68,10 +69,14 @@ def events_page(
     ):
         if value:
             query = query.where(column == value)
-    if before is not None:
-        query = query.where(e.c.id < before)
     with store._read() as conn:
-        rows = conn.execute(query.order_by(e.c.id.desc()).limit(limit + 1)).all()
+        if before is not None:  # keyset paging on (agent time, id): stable as events arrive
+            at = conn.execute(sa.select(e.c.at).where(e.c.id == before)).scalar()
+            if at is not None:
+                query = query.where(sa.or_(e.c.at < at, sa.and_(e.c.at == at, e.c.id < before)))
+        rows = conn.execute(
+            query.order_by(e.c.at.desc(), e.c.id.desc()).limit(limit + 1)
+        ).all()
     more = len(rows) > limit
     rows = rows[:limit]
     groups: list[EventGroup] = []

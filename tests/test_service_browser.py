@@ -167,12 +167,14 @@ def test_dashboard_in_chromium_shows_online_then_stale(central, tmp_path, capsys
                 assert page.locator("#agent-state").inner_text() == "stale"
                 heights = [
                     float(h or 0)
-                    for h in page.locator("svg.chart rect.bar").evaluate_all(
+                    for h in page.locator("svg.chart rect.bar.protected").evaluate_all(
                         "rs => rs.map(r => r.getAttribute('height'))"
                     )
                 ]
                 assert len(heights) == 24 and sum(1 for h in heights if h > 0) == 3
-                assert page.locator("#events tbody tr").count() == 7
+                # seven identical "protected" events collapse into one row with a count
+                assert page.locator("#events tbody tr").count() == 1
+                assert page.locator("#events tbody tr").get_attribute("data-count") == "7"
                 page.screenshot(path=str(shots / "3-agent.png"), full_page=True)
             finally:
                 browser.close()
