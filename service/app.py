@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scanfort import __version__
-from service import api, dashboard, dashboard_ops, schemas
+from service import api, dashboard, dashboard_ops, schemas, throttle
 from service.context import AppContext, get_context
 from service.metrics import render_metrics
 from service.objects import ObjectStore
@@ -189,7 +189,11 @@ class _SecurityHeaders:
 async def _prune_forever(ctx: AppContext) -> None:
     while True:
         try:
-            await run_in_threadpool(ctx.store.prune, ctx.settings.event_retention_days * 86400)
+            retention_s = ctx.settings.event_retention_days * 86400
+            await run_in_threadpool(ctx.store.prune, retention_s)
+            await run_in_threadpool(
+                throttle.prune, ctx.store, ctx.settings.login_window_s, retention_s
+            )
         except Exception:  # pruning is housekeeping; the next round retries
             log.warning("pruning old events failed", exc_info=True)
         await asyncio.sleep(_PRUNE_PERIOD_S)

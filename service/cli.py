@@ -130,6 +130,12 @@ def register(subparsers: Any) -> None:
         help=f"read the password from this file (or ${PASSWORD_ENV}; default: generate one)",
     )
     passwd.set_defaults(func=_cmd_user_passwd)
+    unlock = user_sub.add_parser(
+        "unlock", help="unlock an account locked after too many failed logins"
+    )
+    _common(unlock)
+    unlock.add_argument("username")
+    unlock.set_defaults(func=_cmd_user_unlock)
 
 
 def _load(args: argparse.Namespace, **overrides: Any) -> Any:
@@ -400,6 +406,20 @@ def _cmd_user_passwd(args: argparse.Namespace) -> int:
         print(f"password of {args.username} changed (its sessions ended)")
         if generated:
             print(f"password: {password}   (generated; shown once)")
+        return 0
+
+    return _user_command(args, action)
+
+
+def _cmd_user_unlock(args: argparse.Namespace) -> int:
+    from service import throttle, users
+
+    def action(store: Any) -> int:
+        if not throttle.unlock(store, args.username):
+            print(f"{args.username} was not locked")
+            return 0
+        users.audit(store, _CLI_ACTOR, "user.unlock", args.username)
+        print(f"unlocked {args.username}")
         return 0
 
     return _user_command(args, action)

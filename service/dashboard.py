@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
-from service import fleet, status, users
+from service import fleet, status, throttle, users
 from service.chart import hourly_bars_svg, line_svg
 from service.context import AppContext, Ctx
 from service.security import tokens_equal
@@ -127,6 +127,27 @@ async def login_page(request: Request, ctx: Ctx, next: str | None = None) -> Res
     return response
 
 
+def _attempt_login(
+    ctx: AppContext, username: str, password: str, address: str
+) -> tuple[bool, str, int]:
+    """(ok, error text, failures before this attempt), counted before the password check."""
+    settings, store = ctx.settings, ctx.store
+    account = throttle.record_attempt(store, throttle.user_key(username), settings.login_window_s)
+    client = throttle.record_attempt(store, throttle.ip_key(address), settings.login_window_s)
+    recent = max(account.previous_failures, client.previous_failures)
+    if account.locked or account.previous_failures >= settings.login_lockout_after:
+        throttle.lock(store, throttle.user_key(username))
+        return False, "too many failed logins: account locked; an admin can unlock it", recent
+    if client.previous_failures >= settings.login_address_limit:
+        return False, "too many failed logins from this address; try again later", recent
+    ok, _ = store.check_login(username, password)
+    if not ok:
+        return False, "wrong user name or password", recent
+    throttle.succeeded(store, throttle.user_key(username))
+    throttle.forgive_one(store, throttle.ip_key(address))
+    return True, "", 0
+
+
 @router.post("/login", response_class=HTMLResponse)
 async def login_submit(request: Request, ctx: Ctx) -> Response:
     form = await request.form()
@@ -135,7 +156,9 @@ async def login_submit(request: Request, ctx: Ctx) -> Response:
     next_url = _safe_next(str(form.get("next", "/")))
     if not cookie or not tokens_equal(sent, cookie):
         return _forbidden()
-    ok, recent = await run_in_threadpool(ctx.store.check_login, username, password)
+    ok, error, recent = await run_in_threadpool(
+        _attempt_login, ctx, username, password, request.client.host if request.client else "?"
+    )
     if not ok:
         ctx.counters.inc("login_failures")
         # Slow down guessing: the answer comes only after the delay, doubling per recent failure.
@@ -143,7 +166,7 @@ async def login_submit(request: Request, ctx: Ctx) -> Response:
         return _render(
             request,
             "login.html",
-            {"csrf": cookie, "next": next_url, "error": "wrong user name or password"},
+            {"csrf": cookie, "next": next_url, "error": error},
             status_code=401,
         )
     token, _csrf = await run_in_threadpool(
@@ -196,13 +219,22 @@ def _backlog_charts(ctx: AppContext, now: float, agent_id: str | None = None) ->
     return charts
 
 
+def _quarantine_counts(ctx: AppContext, agents: list[Any], now: float) -> dict[str, int]:
+    """Per agent: quarantine events in 24 h, or the items it lists now if more."""
+    counts = ctx.store.event_counts("quarantined", now - 86400)
+    for agent in agents:
+        listed = len((agent.status or {}).get("quarantine") or [])
+        counts[agent.agent_id] = max(counts.get(agent.agent_id, 0), listed)
+    return counts
+
+
 def _overview_context(ctx: AppContext) -> dict[str, Any]:
     now = ctx.clock()
     agents = sorted(
         ctx.store.list_agents(with_status=True), key=lambda a: (a.display_name.lower(), a.agent_id)
     )
     hourly = fleet.hourly_counts(ctx.store, _KINDS, now)
-    quarantines = ctx.store.event_counts("quarantined", now - 86400)
+    quarantines = _quarantine_counts(ctx, agents, now)
     rows: list[dict[str, Any]] = [
         {
             "agent": a,
@@ -275,7 +307,7 @@ def _agent_context(
     now = ctx.clock()
     hourly = fleet.hourly_counts(ctx.store, _KINDS, now)
     series = [(kind, hourly.get((agent_id, kind), [0] * 24)) for kind in _KINDS]
-    quarantines = ctx.store.event_counts("quarantined", now - 86400)
+    quarantines = _quarantine_counts(ctx, [agent], now)
     return {
         "agent": agent,
         "state": status.agent_state(agent, ctx.settings, now),

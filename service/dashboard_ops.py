@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from service import commands, fleet, lookup, users
+from service import commands, fleet, lookup, throttle, users
 from service.context import AppContext, Ctx
 from service.dashboard import _checked_form, _page_session, _render, event_filters
 from service.store import SessionInfo
@@ -180,10 +180,12 @@ async def _users_page(
     request: Request, ctx: AppContext, session: SessionInfo, error: str | None = None
 ) -> Response:
     rows = await run_in_threadpool(users.list_users, ctx.store)
+    locked = await run_in_threadpool(throttle.locked_users, ctx.store)
     return _render(
         request,
         "users.html",
-        {"session": session, "users": rows, "roles": users.ROLES, "error": error},
+        {"session": session, "users": rows, "roles": users.ROLES, "error": error,
+         "locked": locked},
         status_code=400 if error else 200,
     )
 
@@ -222,6 +224,16 @@ async def disable_user(request: Request, username: str, ctx: Ctx) -> Response:
         await run_in_threadpool(users.disable_user, ctx.store, username, by=checked[0].username)
     except users.UserError as exc:
         return await _users_page(request, ctx, checked[0], str(exc))
+    return RedirectResponse("/users", status_code=303)
+
+
+@router.post("/users/{username}/unlock", response_class=HTMLResponse)
+async def unlock_user(request: Request, username: str, ctx: Ctx) -> Response:
+    checked = await _checked_form(request, ctx, "admin")
+    if isinstance(checked, Response):
+        return checked
+    if await run_in_threadpool(throttle.unlock, ctx.store, username):
+        await run_in_threadpool(users.audit, ctx.store, checked[0].username, "user.unlock", username)
     return RedirectResponse("/users", status_code=303)
 
 

@@ -59,6 +59,9 @@ class Settings:
     max_object_bytes: int = MAX_OBJECT_BYTES
     recipients: tuple[str, ...] = ()
     login_failure_delay_s: float = 1.0  # doubled per recent failure, capped at 8x
+    login_window_s: float = 900.0  # failures count within this window
+    login_lockout_after: int = 10  # failures of one account in a window: locked until unlocked
+    login_address_limit: int = 100  # failures from one client address in a window: refused
     session_lifetime_s: float = 8 * 3600.0
     refresh_interval_s: float = 10.0  # dashboard auto-refresh
     enrollment_token_ttl_s: float = 7 * 24 * 3600.0
@@ -105,6 +108,9 @@ class Settings:
             "refresh_interval_s",
             "enrollment_token_ttl_s",
             "event_retention_days",
+            "login_window_s",
+            "login_lockout_after",
+            "login_address_limit",
         )
         for name in positive:
             value = getattr(self, name)

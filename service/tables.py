@@ -167,6 +167,16 @@ study_events = sa.Table(
     sa.Column("file_id", sa.Text, nullable=True),
 )
 
+# Login throttling (``service.throttle``): failures per account and per client address.
+login_throttle = sa.Table(
+    "sf_login_throttle",
+    metadata,
+    sa.Column("key", sa.String(80), primary_key=True),  # user:<name> | ip:<address>
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("window_start", sa.Float, nullable=False),
+    sa.Column("locked_at", sa.Float, nullable=True),
+)
+
 #: Columns added after schema version 1: ``create_schema`` adds them to older databases.
 ADDED_COLUMNS: tuple[tuple[sa.Table, str], ...] = (
     (users, "role"),

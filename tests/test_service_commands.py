@@ -9,7 +9,7 @@ import json
 
 from cipher.pseudonym import PseudonymSecret
 from scanfort.cli import main
-from service import commands, lookup, users
+from service import commands, lookup, throttle, users
 from service.settings import load_settings
 from service.store import Store
 from tests import test_service_api as _api
@@ -184,9 +184,16 @@ def test_user_cli_add_list_disable_passwd(tmp_path, capsys, monkeypatch):
     assert "otto   operator  active" in central("user", "list")[1]
     code, _, err = central("user", "passwd", "nobody", "--password-file", str(pw))
     assert code == 1 and "no user nobody" in err
+    assert "otto was not locked" in central("user", "unlock", "otto")[1]
     s = Store(load_settings(data).database_url)
     try:
+        throttle.record_attempt(s, throttle.user_key("otto"), 900.0)
+        throttle.lock(s, throttle.user_key("otto"))
+        assert throttle.locked_users(s) == {"otto"}
+        assert "unlocked otto" in central("user", "unlock", "otto")[1]
+        assert throttle.locked_users(s) == set()
         actions = [(r.username, r.action, r.target) for r in users.audit_log(s)]
     finally:
         s.close()
     assert ("cli", "user.disable", "otto") in actions and ("cli", "user.passwd", "otto") in actions
+    assert ("cli", "user.unlock", "otto") in actions
