@@ -7,8 +7,10 @@ so these tests post them to the API exactly as an agent would.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +34,8 @@ def login_as(client: TestClient, username: str, password: str) -> str:
     )
     assert r.status_code == 303, r.text
     return client.get("/").text.split('name="csrf" value="')[1].split('"')[0]
+
+GRAFANA_JSON = Path(__file__).parent.parent / "service" / "grafana" / "scanfort-fleet.json"
 
 # fixtures shared with test_service_api (SQLite and a real PostgreSQL)
 client = _api.client
@@ -337,3 +341,39 @@ def test_metrics_export_per_agent_counters_and_can_require_a_token(tmp_path, db_
         assert f"scanfort_agent_{key}_total{{{labels}}} {value}" in text
     assert f'scanfort_agent_destination_paused{{{labels},destination="pacs"}} 1' in text
     assert "# TYPE scanfort_agent_protected_total counter" in text
+
+
+def test_grafana_dashboard_queries_only_series_the_central_exports(client, store):
+    dashboard = json.loads(GRAFANA_JSON.read_text(encoding="utf-8"))
+    assert dashboard["uid"] and dashboard["schemaVersion"] >= 36
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells = set()
+    for p in panels:
+        assert p["type"] in {"stat", "timeseries", "table"} and p["targets"]
+        g = p["gridPos"]
+        assert g["x"] + g["w"] <= 24
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"panel {p['title']} overlaps another"
+                cells.add((x, y))
+    a = enroll_with(client, store, "CT 2", "Room 2", "vm")
+    counters = {"seen": 1, "protected": 1, "forwarded": 1, "quarantined": 0, "retries": 0}
+    beat(client, a, counters=counters, oldest_item_age_s=5.0,
+         destinations=[{"name": "pacs", "kind": "dicomweb", "paused": True}])
+    exported = set(re.findall(r"^# TYPE (\S+)", client.get("/metrics").text, re.M))
+    queried = {
+        name
+        for p in panels
+        for t in p["targets"]
+        for name in re.findall(r"scanfort_[a-z_]+", t["expr"])
+    }
+    variables = {
+        name
+        for v in dashboard["templating"]["list"]
+        if v["type"] == "query"
+        for name in re.findall(r"scanfort_[a-z_]+", v["definition"])
+    }
+    assert queried and queried | variables <= exported, (queried | variables) - exported
+    for label in ("agent", "site"):  # legends and variables use labels the series carry
+        assert f'{label}="' in client.get("/metrics").text
