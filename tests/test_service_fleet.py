@@ -208,18 +208,30 @@ def test_roles_limit_what_each_user_may_do_and_admin_actions_are_audited(client,
 
 def test_every_form_refuses_a_missing_or_forged_csrf_token(client, store):
     a = enroll_with(client, store, "", "", "ct-1")
+    item = {"item_id": "f" * 16, "destination": "pacs", "since": 1.0, "reason": "HTTP 400"}
+    beat(client, a, quarantine=[item])  # so the quarantine page has its action forms
     login_as(client, "admin", PASSWORD)
     pages = ["/", f"/agents/{a['agent_id']}", "/tokens", "/users", "/lookup", "/quarantine"]
     actions = set()
     for path in pages:
         for match in re.finditer(r'<form method="post" action="([^"]+)"', client.get(path).text):
             actions.add(match.group(1))
-    assert {"/logout", "/tokens", "/users", "/lookup", f"/agents/{a['agent_id']}/label"} <= actions
+    assert {
+        "/logout",
+        "/tokens",
+        "/users",
+        "/lookup",
+        "/quarantine/command",
+        "/users/admin/disable",
+        f"/agents/{a['agent_id']}/label",
+        f"/agents/{a['agent_id']}/revoke",
+    } <= actions
     for action in sorted(actions):
         for data in ({}, {"csrf": "forged"}):
             r = client.post(action, data=data, follow_redirects=False)
             assert r.status_code == 403, (action, data, r.status_code)
     assert store.get_agent(a["agent_id"]).revoked_at is None
+    assert users.audit_log(store) == []  # nothing was done
 
 
 def test_a_disabled_user_cannot_log_in_and_loses_its_session(client, store):
