@@ -257,6 +257,7 @@ def _overview_context(ctx: AppContext) -> dict[str, Any]:
         "alerts": status.alerts_for(agents, ctx.settings, now, quarantines),
         "now": now,
         "settings": ctx.settings,
+        "destinations": fleet.destination_health(agents),
         "throughput": hourly_bars_svg(series, now, "protected and forwarded per hour"),
         "totals_24h": {kind: sum(counts) for kind, counts in series},
         **_backlog_charts(ctx, now),

@@ -8,7 +8,7 @@ stable while new events arrive.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -246,3 +246,34 @@ def destination_rows(agent: AgentRow) -> list[dict[str, Any]]:
             state = "active"
         rows.append({**d, "state": state})
     return rows
+
+
+@dataclass
+class DestinationHealth:
+    name: str
+    kind: str
+    agents: int = 0
+    pending: int = 0
+    by_state: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def worst(self) -> str:
+        for state in ("paused", "failing", "active", "unused"):
+            if self.by_state.get(state):
+                return state
+        return "unused"
+
+
+def destination_health(agents: list[AgentRow]) -> list[DestinationHealth]:
+    """Destinations across the fleet (by name): how many agents use them and in what state."""
+    out: dict[str, DestinationHealth] = {}
+    for agent in agents:
+        if agent.revoked_at is not None:
+            continue
+        for d in destination_rows(agent):
+            name = str(d.get("name", ""))
+            health = out.setdefault(name, DestinationHealth(name, str(d.get("kind", ""))))
+            health.agents += 1
+            health.pending += int(d.get("pending") or 0)
+            health.by_state[d["state"]] = health.by_state.get(d["state"], 0) + 1
+    return sorted(out.values(), key=lambda h: h.name)

@@ -302,6 +302,13 @@ def test_destinations_show_the_peers_reason_and_unused_ones(client, store):
     states = dict(re.findall(r'data-destination="([^"]+)" data-state="([^"]+)"', html))
     assert states == {"pacs": "failing", "spare": "unused", "central": "active"}
     assert "peer said: <q>Orthanc: bad file format</q>" in html
+    b = enroll_with(client, store, "MR", "", "mr-1")
+    beat(client, b, destinations=[{"name": "pacs", "kind": "dicomweb", "paused": True, "pending": 4}])
+    table = client.get("/").text.split('id="fleet-destinations"')[1].split("</table>")[0]
+    rows = dict(re.findall(r'data-destination="([^"]+)" data-state="([^"]+)"', table))
+    assert rows == {"central": "active", "pacs": "paused", "spare": "unused"}
+    pacs = table.split('data-destination="pacs"')[1].split("</tr>")[0]
+    assert "1 paused" in pacs and "1 failing" in pacs and "<td>2</td><td>4</td>" in pacs
 
 
 # -- fleet view and metrics -------------------------------------------------------------
