@@ -461,7 +461,7 @@ class Store:
             (
                 d.last_error_at if isinstance(d.last_error_at, (int, float)) else 0.0,
                 d.name,
-                d.last_error,
+                d.last_error if not d.peer_reason else f"{d.last_error} ({d.peer_reason})",
             )
             for d in hb.destinations
             if isinstance(d.last_error, str) and d.last_error
@@ -469,7 +469,7 @@ class Store:
         last_error = None
         if errors:
             _, name, message = max(errors, key=lambda e: e[0])
-            last_error = clean_text(f"{name}: {message}", 600)
+            last_error = clean_text(f"{name}: {message}", 1100)
         a = tables.agents
         with self._write() as conn:
             conn.execute(

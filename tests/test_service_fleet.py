@@ -302,6 +302,8 @@ def test_destinations_show_the_peers_reason_and_unused_ones(client, store):
     states = dict(re.findall(r'data-destination="([^"]+)" data-state="([^"]+)"', html))
     assert states == {"pacs": "failing", "spare": "unused", "central": "active"}
     assert "peer said: <q>Orthanc: bad file format</q>" in html
+    overview = client.get("/").text
+    assert "pacs: stow-rs: HTTP 400 (Orthanc: bad file format)" in overview  # agents table
     b = enroll_with(client, store, "MR", "", "mr-1")
     beat(client, b, destinations=[{"name": "pacs", "kind": "dicomweb", "paused": True, "pending": 4}])
     table = client.get("/").text.split('id="fleet-destinations"')[1].split("</table>")[0]
@@ -316,6 +318,8 @@ def test_destinations_show_the_peers_reason_and_unused_ones(client, store):
 
 def test_fleet_throughput_and_backlog_charts(client, store, clock):
     a = enroll_with(client, store, "CT", "", "ct-1")
+    overview = client.get("/").text
+    assert "pacs: stow-rs: HTTP 400 (Orthanc: bad file format)" in overview  # agents table
     b = enroll_with(client, store, "MR", "", "mr-1")
     now = clock.now
     post_events(client, a, [ev("protected", now - 60 - 3600 * (i % 3)) for i in range(6)])
