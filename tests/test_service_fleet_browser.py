@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 
+from cipher.pseudonym import PseudonymSecret
 from service import tables, users
 from service.server import BackgroundServer
 from service.settings import Settings
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.peer
 
 ADMIN_PW, OPERATOR_PW, VIEWER_PW = "admin-password-1", "operator-password-1", "viewer-password-1"
 ITEM = "00c0ffee00c0ffee"
+ACCESSION = "ACC-2026-0815"  # synthetic
 
 
 class Fleet:
@@ -75,6 +77,9 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         refresh_interval_s=1.0,
         login_failure_delay_s=0.1,
     )
+    secret = PseudonymSecret.generate()
+    settings.pseudonym_secret_path.parent.mkdir(parents=True, exist_ok=True)
+    settings.pseudonym_secret_path.write_text(secret.encode(), encoding="ascii")
     store = Store(settings.database_url)
     store.create_schema()
     store.set_user("admin", ADMIN_PW)
@@ -120,6 +125,12 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
                  "kind": kind, "destination": "pacs"}
                 for i in range(count) for kind in ("protected", "forwarded")
             ])
+        keys = [secret.study_key(ACCESSION), secret.study_key("1.2.826.0.1.3680043.8.498.7")]
+        f.events("ct", [
+            {"event_id": uuid.uuid4().hex, "at": now - 900, "kind": "protected", "study_keys": keys},
+            {"event_id": uuid.uuid4().hex, "at": now - 880, "kind": "forwarded",
+             "destination": "pacs", "study_keys": keys},
+        ])
         # a week of backlog history, as heartbeats every 10 minutes would have left it
         with store._write() as conn:
             rows = []
@@ -170,7 +181,7 @@ def test_fleet_dashboard_in_chromium(fleet, tmp_path, capsys):
             assert "CT room 2" in page.locator("#agents").inner_text()
             bars = page.locator("#fleet-throughput rect.bar.protected").evaluate_all(
                 "rs => rs.map(r => +r.dataset.count)")
-            assert len(bars) == 24 and sum(bars) == 14
+            assert len(bars) == 24 and sum(bars) == 15  # 9 + 4 + 1, and the looked-up exam
             week = page.locator("#fleet-backlog-7d desc").get_attribute("data-points")
             assert int(week or 0) >= 160
             page.screenshot(path=str(shots / "1-wall-1920.png"), full_page=True)
@@ -242,6 +253,14 @@ def test_fleet_dashboard_in_chromium(fleet, tmp_path, capsys):
             page.screenshot(path=str(shots / "4-phone-360-dark.png"), full_page=True)
             page.goto(f"{url}/quarantine")
             assert page.locator("button.retry").count() == 0  # viewers read only
+            page.goto(f"{url}/lookup")
+            page.fill('#lookup-form input[name="q"]', ACCESSION)
+            page.click("#lookup-form button")
+            page.wait_for_selector("#lookup-result")
+            verdict = page.locator("#lookup-result .verdict").inner_text()
+            assert "Protected by CT 2 console" in verdict and "Acknowledged by: pacs" in verdict
+            assert ACCESSION not in page.url
+            page.screenshot(path=str(shots / "5-lookup-360-dark.png"), full_page=True)
             assert "Enrollment tokens" not in page.locator("header").inner_text()
             context.close()
         finally:
