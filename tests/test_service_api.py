@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -27,6 +26,7 @@ from service.app import create_app
 from service.settings import Settings
 from service.store import Store
 from tests.peers import central_run_command
+from tests.pgcluster import PostgresMissing, throwaway_postgres
 
 PASSWORD = "correct horse battery"
 
@@ -40,11 +40,6 @@ def _missing_peer(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _pg_bindir() -> Path | None:
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)
-    return candidates[0].parent if candidates else None
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -54,68 +49,13 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """Admin URL of a throw-away PostgreSQL cluster (initdb in a temp dir, loopback only)."""
-    bindir = _pg_bindir()
-    if bindir is None:
-        _missing_peer("PostgreSQL server binaries not installed (Debian package postgresql)")
-        return
-    as_user: list[str] = []
-    base = Path(tempfile.mkdtemp(prefix="sf-pg-"))
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        import pwd
-
+    with contextlib.ExitStack() as stack:
         try:
-            pw = pwd.getpwnam("postgres")
-        except KeyError:
-            _missing_peer("running as root and no 'postgres' user to run PostgreSQL as")
+            url = stack.enter_context(throwaway_postgres())
+        except PostgresMissing as exc:
+            _missing_peer(str(exc))
             return
-        os.chown(base, pw.pw_uid, pw.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data = base / "data"
-    port = _free_port()
-    subprocess.run(
-        [
-            *as_user,
-            str(bindir / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "scanfort",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-            "--no-instructions",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    opts = f"-h 127.0.0.1 -p {port} -k {base} -F -c max_connections=200"
-    subprocess.run(
-        [
-            *as_user,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(base / "log"),
-            "-w",
-            "-t",
-            "60",
-            "-o",
-            opts,
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql://scanfort@127.0.0.1:{port}"
-    finally:
-        subprocess.run(
-            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            capture_output=True,
-        )
-        shutil.rmtree(base, ignore_errors=True)
+        yield url
 
 
 def _new_pg_database(server: str) -> str:
@@ -603,7 +543,6 @@ def test_heartbeat_round_trip_keeps_the_reported_status(client, store):
 @pytest.mark.peer
 def test_two_central_processes_share_one_postgresql(postgres_server, tmp_path):
     """`central init --db` once, then two `central run` processes serve the same fleet."""
-    import subprocess
 
     import requests
 
