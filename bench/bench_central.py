@@ -1,20 +1,26 @@
-"""Benchmark: many simulated agents heartbeating against one central service on SQLite.
+"""Benchmark: many simulated agents heartbeating against central services on SQLite or PostgreSQL.
 
-Starts ``scanfort central run`` as a separate process on a fresh data dir, enrolls N agents
-through the API, then every agent sends a realistic heartbeat every INTERVAL seconds (random
+Starts ``scanfort central run`` as separate processes (``--processes N``, sharing one
+database) on a fresh data dir, enrolls N agents through the API (spread over the
+processes), then every agent sends a realistic heartbeat every INTERVAL seconds (random
 phase) for DURATION seconds. Prints client-side latency percentiles and errors, with
-``/healthz`` sampled once a second as the in-run reference, and the server's CPU and RSS.
+``/healthz`` sampled once a second as the in-run reference, and the servers' CPU and RSS.
+``--postgres`` runs on a throw-away PostgreSQL cluster on loopback (``tests/pgcluster.py``).
 
     .venv/bin/python bench/bench_central.py [--agents 2000] [--interval 30] [--duration 120]
+    .venv/bin/python bench/bench_central.py --postgres --processes 2 --agents 5000
 
-Target (issue 5): p99 < 100 ms and 0 errors for 2,000 agents every 30 s.
+Targets: p99 < 100 ms and 0 errors for 2,000 agents every 30 s on SQLite (issue 5), and
+for 5,000 agents every 30 s on PostgreSQL with two central processes (issue 14).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import platform
 import random
 import socket
 import statistics
@@ -29,6 +35,7 @@ import httpx
 
 from service.bootstrap import initialize
 from service.store import Store
+from tests.pgcluster import throwaway_postgres
 
 
 @dataclass
@@ -143,10 +150,16 @@ async def _reference_loop(client: httpx.AsyncClient, stats: Stats, end: float) -
 
 
 async def _run(
-    url: str, tokens: list[str], interval: float, duration: float, connections: int
+    urls: list[str], tokens: list[str], interval: float, duration: float, connections: int
 ) -> dict[str, Stats]:
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+    per = max(1, connections // len(urls))
+    limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(httpx.AsyncClient(base_url=u, limits=limits, timeout=30))
+            for u in urls
+        ]
+        client = clients[0]
         enroll_stats = Stats()
         sem = asyncio.Semaphore(connections)
         agents: list[tuple[str, str]] = []
@@ -154,7 +167,7 @@ async def _run(
         async def enroll(i: int, token: str) -> None:
             async with sem:
                 r = await _timed(
-                    client,
+                    clients[i % len(clients)],
                     enroll_stats,
                     "POST",
                     "/api/v1/enroll",
@@ -174,69 +187,92 @@ async def _run(
         await asyncio.gather(
             _reference_loop(client, ref_stats, end),
             *(
-                _agent_loop(client, hb_stats, a, i, interval, end, started)
+                _agent_loop(clients[i % len(clients)], hb_stats, a, i, interval, end, started)
                 for i, a in enumerate(agents)
             ),
         )
     return {"enroll": enroll_stats, "heartbeat": hb_stats, "healthz (reference)": ref_stats}
 
 
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def _start_central(data: Path, db_url: str | None, port: int) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "scanfort", "central", "run", "--data-dir", str(data),
+               "--port", str(port), "--log-level", "warning"]
+    if db_url:
+        command += ["--db", db_url]
+    return subprocess.Popen(command)
+
+
+def _wait_ready(url: str, server: subprocess.Popen[bytes]) -> bool:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--agents", type=int, default=2000)
-    parser.add_argument("--interval", type=float, default=30.0)
-    parser.add_argument("--duration", type=float, default=120.0)
-    parser.add_argument("--connections", type=int, default=100, help="client connection pool size")
+    parser.add_argument("--agents", type=int, default=2000, help="simulated agents (default: 2000)")
+    parser.add_argument("--interval", type=float, default=30.0, help="heartbeat period in s (default: 30)")
+    parser.add_argument("--duration", type=float, default=120.0, help="measured time in s (default: 120)")
+    parser.add_argument("--connections", type=int, default=100, help="client connection pool size (default: 100)")
+    parser.add_argument("--processes", type=int, default=1, help="central processes sharing the database (default: 1)")
+    parser.add_argument("--postgres", action="store_true", help="use a throw-away PostgreSQL cluster (default: SQLite)")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="sf-bench-central-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="sf-bench-central-"))
+        db_url = None
+        if args.postgres:
+            admin = stack.enter_context(throwaway_postgres(max_connections=300))
+            db_url = admin + "/postgres"
         data = Path(tmp) / "central"
-        result = initialize(data, admin_password="bench")
+        result = initialize(data, db_url=db_url, admin_password="bench")
         store = Store(result.settings.database_url)
         tokens = [store.mint_enrollment_token(3600)[1] for _ in range(args.agents)]
         store.close()
-        port = _free_port()
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "scanfort",
-                "central",
-                "run",
-                "--data-dir",
-                str(data),
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-        )
-        url = f"http://127.0.0.1:{port}"
+        servers: list[subprocess.Popen[bytes]] = []
+        urls: list[str] = []
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
+            for _ in range(args.processes):
+                port = _free_port()
+                servers.append(_start_central(data, db_url, port))
+                urls.append(f"http://127.0.0.1:{port}")
+            for url, server in zip(urls, servers, strict=True):
+                if not _wait_ready(url, server):
                     print("central did not start", file=sys.stderr)
                     return 1
-                time.sleep(0.2)
-            cpu0, _ = _proc_cpu_rss(server.pid)
+            cpu0 = sum(_proc_cpu_rss(s.pid)[0] for s in servers)
             wall0 = time.monotonic()
-            stats = asyncio.run(_run(url, tokens, args.interval, args.duration, args.connections))
-            cpu1, rss = _proc_cpu_rss(server.pid)
+            stats = asyncio.run(_run(urls, tokens, args.interval, args.duration, args.connections))
+            usage = [_proc_cpu_rss(s.pid) for s in servers]
+            cpu1, rss = sum(u[0] for u in usage), sum(u[1] for u in usage)
             wall = time.monotonic() - wall0
         finally:
-            server.terminate()
-            server.wait(15)
+            for server in servers:
+                server.terminate()
+            for server in servers:
+                server.wait(15)
         db_size = sum(p.stat().st_size for p in data.glob("central.sqlite3*"))
 
+    backend = "PostgreSQL" if args.postgres else "SQLite"
+    print(f"\nCPU: {_cpu_model()}, {os.cpu_count()} cores; kernel {platform.release()}")
     print(
-        f"\ncentral on SQLite, {args.agents} agents, heartbeat every {args.interval:g} s "
-        f"for {args.duration:g} s, {args.connections} client connections, {os.cpu_count()} cores"
+        f"central on {backend} ({args.processes} process{'es' if args.processes > 1 else ''}), "
+        f"{args.agents} agents, heartbeat every {args.interval:g} s "
+        f"for {args.duration:g} s, {args.connections} client connections"
     )
     header = f"{'request':<22}{'count':>8}{'errors':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
     print(header)
@@ -260,7 +296,8 @@ def main() -> int:
     )
     print(
         f"server CPU {cpu1 - cpu0:.1f} s over {wall:.0f} s ({100 * (cpu1 - cpu0) / wall:.0f}% of a core), "
-        f"RSS {rss / 2**20:.0f} MB, SQLite files {db_size / 2**20:.1f} MB"
+        f"RSS {rss / 2**20:.0f} MB"
+        + ("" if args.postgres else f", SQLite files {db_size / 2**20:.1f} MB")
     )
     ok = bool(hb) and _pct(hb, 0.99) < 100 and stats["heartbeat"].errors == 0
     print(f"target p99 < 100 ms and 0 errors: {'met' if ok else 'NOT met'}")
