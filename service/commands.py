@@ -68,6 +68,11 @@ def enqueue(
             return str(open_id)
         command_id = security.new_id("cmd_")
         conn.execute(
+            tables.agents.update()
+            .where(tables.agents.c.agent_id == agent_id)
+            .values(commands_pending=True)
+        )
+        conn.execute(
             c.insert().values(
                 command_id=command_id,
                 agent_id=agent_id,
@@ -114,8 +119,14 @@ def record_report(
             )
 
 
-def pending_for(store: Store, agent_id: str) -> list[Command]:
-    """Commands to hand to the agent in this heartbeat response (oldest first)."""
+def pending_for(store: Store, agent_id: str, flagged: bool = True) -> list[Command]:
+    """Commands to hand to the agent in this heartbeat response (oldest first).
+
+    ``flagged`` is the agent row's ``commands_pending`` as read at authentication: when
+    false nothing was queued since the last check, and the query is skipped.
+    """
+    if not flagged:
+        return []
     c = tables.commands
     with store._read() as conn:
         rows = conn.execute(
@@ -125,6 +136,12 @@ def pending_for(store: Store, agent_id: str) -> list[Command]:
             .limit(50)
         ).all()
     if not rows:
+        a = tables.agents
+        none_pending = ~sa.exists().where(c.c.agent_id == agent_id, c.c.state == PENDING)
+        with store._write() as conn:  # cleared only if nothing was queued meanwhile
+            conn.execute(
+                a.update().where(a.c.agent_id == agent_id, none_pending).values(commands_pending=False)
+            )
         return []
     undelivered = [r.command_id for r in rows]
     with store._write() as conn:

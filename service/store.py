@@ -61,6 +61,8 @@ class AgentAuth:
     spool_depth: int | None
     spool_trend_since: float | None
     spool_trend_depth: int | None
+    commands_pending: bool = False
+    last_seen_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -431,10 +433,17 @@ class Store:
         with self._read() as conn:
             row = conn.execute(
                 sa.select(
-                    a.c.agent_id, a.c.spool_depth, a.c.spool_trend_since, a.c.spool_trend_depth
+                    a.c.agent_id,
+                    a.c.spool_depth,
+                    a.c.spool_trend_since,
+                    a.c.spool_trend_depth,
+                    a.c.commands_pending,
+                    a.c.last_seen_at,
                 ).where(a.c.token_hash == security.token_hash(token), a.c.revoked_at.is_(None))
             ).first()
-        return AgentAuth(*row) if row is not None else None
+        if row is None:
+            return None
+        return AgentAuth(row[0], row[1], row[2], row[3], bool(row[4]), row[5])
 
     def revoke_agent(self, agent_id: str) -> bool:
         a = tables.agents
@@ -494,13 +503,17 @@ class Store:
                     name=clean_text(hb.name, 128) or None,
                 )
             )
-            sample = self._insert(tables.agent_samples).values(
-                agent_id=auth.agent_id,
-                bucket=int(now // tables.SAMPLE_PERIOD_S),
-                spool_depth=depth,
-                oldest_item_age_s=_float(hb.oldest_item_age_s),
-            )
-            conn.execute(sample.on_conflict_do_nothing())
+            bucket = int(now // tables.SAMPLE_PERIOD_S)
+            last = auth.last_seen_at
+            if last is None or int(last // tables.SAMPLE_PERIOD_S) != bucket:
+                # the first heartbeat of the bucket: one backlog sample (others skip the write)
+                sample = self._insert(tables.agent_samples).values(
+                    agent_id=auth.agent_id,
+                    bucket=bucket,
+                    spool_depth=depth,
+                    oldest_item_age_s=_float(hb.oldest_item_age_s),
+                )
+                conn.execute(sample.on_conflict_do_nothing())
         return now
 
     def set_agent_label(self, agent_id: str, label: str, site: str) -> bool:

@@ -82,6 +82,8 @@ agents = sa.Table(
     sa.Column("label", sa.Text, nullable=True),  # set centrally (token note, dashboard)
     sa.Column("site", sa.Text, nullable=True),  # site / room, set centrally
     sa.Column("name", sa.Text, nullable=True),  # ``name`` from the agent's config (heartbeat)
+    # true while sf_commands may hold pending commands for it (spares heartbeats a query)
+    sa.Column("commands_pending", sa.Boolean, nullable=True),
 )
 
 events = sa.Table(
@@ -185,4 +187,5 @@ ADDED_COLUMNS: tuple[tuple[sa.Table, str], ...] = (
     (agents, "label"),
     (agents, "site"),
     (agents, "name"),
+    (agents, "commands_pending"),
 )
