@@ -96,6 +96,10 @@ uint8_t sf_sbox_eval(const sf_sbox *d, unsigned x);  /* table lookup: not consta
 void sf_scalar_fill(double x0, double r, ptrdiff_t transient, double quant, uint8_t *out, ptrdiff_t count);
 void sf_stream_fill(double x0, double r, ptrdiff_t lanes, double step, ptrdiff_t transient, double quant,
                     double *x, uint8_t *out, ptrdiff_t count);
+/* The byte stream with one instruction set (tests compare them): -1 if the CPU lacks it. */
+enum { SF_ISA_GENERIC = 0, SF_ISA_AVX2 = 1, SF_ISA_AVX512 = 2 };
+int sf_stream_fill_isa(int isa, double x0, double r, ptrdiff_t lanes, double step, ptrdiff_t transient,
+                       double quant, double *x, uint8_t *out, ptrdiff_t count);
 int sf_distinct(const uint8_t *p, ptrdiff_t n);      /* constant-time count of distinct bytes */
 void sf_encrypt(sf_job *jb, const sf_sbox *sd, uint8_t g_f, uint8_t g_b, const sf_kernel *kn);
 void sf_decrypt(sf_job *jb, const sf_sbox *sd, uint8_t g_f, uint8_t g_b, const sf_kernel *kn);
