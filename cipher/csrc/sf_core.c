@@ -307,7 +307,7 @@ static void nibbles(const uint8_t a[8], uint8_t c, uint8_t lo[16], uint8_t hi[16
     }
 }
 
-/* The constants of one pass for kernel `kn`. The round is written as
+/* The constants of a pass that depend on the S-box, for a kernel that reads `needs`. The round is written as
  *   encrypt: c = Fout(SB(Fin(z))) + g·cross,   z = x ⊕ K ⊕ W ⊕ prev
  *   decrypt: x = Fout(SB(Fin(c − g·cross))) ⊕ prev ⊕ K ⊕ W
  * where SB is AES SubBytes, so that S(~z) = A2·inv(A1·~z ⊕ c1) ⊕ c2 gives
@@ -316,7 +316,7 @@ static void nibbles(const uint8_t a[8], uint8_t c, uint8_t lo[16], uint8_t hi[16
  *   decrypt: Fin = A2^-1·y ⊕ A2^-1·c2, Fout = A1^-1·M^-1·s ⊕ (A1^-1·(M^-1·0x63 ⊕ c1) ⊕ 0xFF).
  * The GFNI kernels use A1, A2 (encrypt) or their inverses (decrypt) directly: the affine-
  * inverse instruction computes A·inv(x) itself. */
-static void pass_consts(sf_consts *c, const sf_sbox *sd, uint8_t g, int decrypt, int needs)
+static void sbox_consts(sf_consts *c, const sf_sbox *sd, int decrypt, int needs)
 {
     memset(c, 0, sizeof *c);
     if (needs & SF_NEEDS_TABLES) {
@@ -325,15 +325,13 @@ static void pass_consts(sf_consts *c, const sf_sbox *sd, uint8_t g, int decrypt,
                 c->tab[sf_sbox_eval(sd, v)] = (uint8_t)v;
             else
                 c->tab[v] = sf_sbox_eval(sd, v ^ 0xFFu);
-            c->mul[v] = sf_gf_mul(g, (uint8_t)v);
         }
     }
     if (needs & (SF_NEEDS_NIBBLES | SF_NEEDS_QWORDS)) {
-        uint8_t minv[8], a1i[8], a2i[8], pout[8], mg[8];
+        uint8_t minv[8], a1i[8], a2i[8], pout[8];
         aes_inverse_affine(minv);
         mat_inverse(sd->a1, a1i); /* Lo·Up with unit diagonals: always invertible */
         mat_inverse(sd->a2, a2i);
-        mul_matrix(g, mg);
         uint8_t m63 = mat_apply(minv, 0x63);
         if (needs & SF_NEEDS_NIBBLES) {
             if (decrypt) {
@@ -345,10 +343,8 @@ static void pass_consts(sf_consts *c, const sf_sbox *sd, uint8_t g, int decrypt,
                 mat_mul(sd->a2, minv, pout);
                 nibbles(pout, (uint8_t)(mat_apply(pout, 0x63) ^ sd->c2), c->out_lo, c->out_hi);
             }
-            nibbles(mg, 0, c->mul_lo, c->mul_hi);
         }
         if (needs & SF_NEEDS_QWORDS) {
-            c->qg = mat_qword(mg);
             if (decrypt) { /* S^-1(y) = A1^-1·inv(A2^-1·y ⊕ b2) ⊕ b1 */
                 c->q1 = mat_qword(a1i);
                 c->q2 = mat_qword(a2i);
@@ -362,6 +358,29 @@ static void pass_consts(sf_consts *c, const sf_sbox *sd, uint8_t g, int decrypt,
             }
         }
     }
+}
+
+/* The multiplication by g of one pass (the forward and backward passes share the rest). */
+static void multiplier_consts(sf_consts *c, uint8_t g, int needs)
+{
+    uint8_t mg[8];
+    mul_matrix(g, mg);
+    nibbles(mg, 0, c->mul_lo, c->mul_hi);
+    if (needs & SF_NEEDS_TABLES) /* g·v is linear: the two nibbles' images XORed */
+        for (unsigned v = 0; v < 256; v++)
+            c->mul[v] = (uint8_t)(c->mul_lo[v & 15] ^ c->mul_hi[v >> 4]);
+    if (needs & SF_NEEDS_QWORDS)
+        c->qg = mat_qword(mg);
+}
+
+/* The constants of the forward (cf) and backward (cb) passes. */
+static void pass_consts(sf_consts *cf, sf_consts *cb, const sf_sbox *sd, uint8_t g_f, uint8_t g_b, int decrypt,
+                        int needs)
+{
+    sbox_consts(cf, sd, decrypt, needs);
+    *cb = *cf;
+    multiplier_consts(cf, g_f, needs);
+    multiplier_consts(cb, g_b, needs);
 }
 
 /* ------------------------------------------------------------------ the passes */
@@ -438,8 +457,7 @@ static void reset_padding(const sf_job *jb)
 void sf_encrypt(sf_job *jb, const sf_sbox *sd, uint8_t g_f, uint8_t g_b, const sf_kernel *kn)
 {
     sf_consts cf, cb;
-    pass_consts(&cf, sd, g_f, 0, kn->needs);
-    pass_consts(&cb, sd, g_b, 0, kn->needs);
+    pass_consts(&cf, &cb, sd, g_f, g_b, 0, kn->needs);
     ptrdiff_t R = jb->R;
     if (jb->src != NULL) { /* the forward pass reads full rows from the input */
         copy_rows(jb, R - 1);
@@ -455,8 +473,7 @@ void sf_encrypt(sf_job *jb, const sf_sbox *sd, uint8_t g_f, uint8_t g_b, const s
 void sf_decrypt(sf_job *jb, const sf_sbox *sd, uint8_t g_f, uint8_t g_b, const sf_kernel *kn)
 {
     sf_consts cf, cb;
-    pass_consts(&cf, sd, g_f, 1, kn->needs);
-    pass_consts(&cb, sd, g_b, 1, kn->needs);
+    pass_consts(&cf, &cb, sd, g_f, g_b, 1, kn->needs);
     ptrdiff_t R = jb->R, t0 = jb->t0;
     /* the tail undo needs rows t0-2 .. R-1 (t0-2: the one-lane cross row) in the matrix;
      * the backward undo reads the rows below from the input */
