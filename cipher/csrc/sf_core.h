@@ -23,6 +23,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#if defined(_MSC_VER) && !defined(__cplusplus) && !defined(inline)
+#define inline __inline /* MSVC's C mode: the portable core and table kernel build there */
+#endif
+
 #define SF_SBOX_SAMPLES 34 /* A1 (8 + 8 samples), c1, A2 (8 + 8), c2 */
 #define SF_MAX_LANE_BITS 30 /* a sanity bound; the cipher uses at most 16 */
 
