@@ -36,7 +36,7 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
             pytest.fail(f"{', '.join(missing)} missing under CI (Makefile DEBS: gcc-aarch64-linux-gnu, qemu-user)")
         pytest.skip(f"{', '.join(missing)} not installed (apt-get install gcc-aarch64-linux-gnu qemu-user)")
     exe = tmp_path_factory.mktemp("neon") / "kernel_driver"
-    sources = [ROOT / "tests" / "native" / "kernel_driver.c", CSRC / "sf_core.c", CSRC / "k_table.c", CSRC / "k_neon.c"]
+    sources = [ROOT / "tests" / "native" / "kernel_driver.c", CSRC / "sf_core.c", CSRC / "sf_maps.c", CSRC / "k_table.c", CSRC / "k_neon.c"]
     # the flags setup.py uses; -static: qemu-aarch64 then needs no ARM sysroot
     cmd = [CC, "-O3", "-std=c99", "-ffp-contract=off", "-fno-fast-math", "-fno-strict-aliasing", "-Wall", "-Werror",
            "-static", f"-I{CSRC}", *map(str, sources), "-o", str(exe)]

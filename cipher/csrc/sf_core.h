@@ -3,8 +3,9 @@
  * so the same files build the extension cipher._native (module.c) and the stand-alone
  * kernel driver the tests run under qemu-aarch64 (tests/native/kernel_driver.c).
  *
- *   sf_core.c      GF(2^8), GF(2) matrices, the S-box, the logistic maps, the three passes
- *                  and their inverses, the kernel list and CPU detection;
+ *   sf_core.c      GF(2^8), GF(2) matrices, the S-box, the per-pass constants, the three
+ *                  passes and their inverses, the kernel list;
+ *   sf_maps.c      the logistic maps and the health check's count (exact IEEE doubles);
  *   k_table.c      the portable kernel: 256-entry tables (any C99 compiler);
  *   k_aesni_sse.c, k_aesni_avx2.c, k_vaes_avx2.c (with k_aesni.h): AES SubBytes between
  *                  two affine maps done with PSHUFB nibble lookups: SSSE3, AVX2, AVX2 + VAES;

@@ -1,7 +1,8 @@
 /*
  * A stand-alone driver of the cipher's C core (cipher/csrc), for checking a kernel on a
  * CPU the test machine only emulates (the NEON kernel under qemu-aarch64; see
- * tests/test_neon_kernel.py). No Python: it links sf_core.c, k_table.c and the kernel.
+ * tests/test_neon_kernel.py). No Python: it links sf_core.c, sf_maps.c, k_table.c and the
+ * kernel.
  *
  *   kernel_driver KERNEL jobs       read jobs from stdin, write each ciphertext to stdout
  *   kernel_driver KERNEL random N   N random layouts and parameters, KERNEL against the
