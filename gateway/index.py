@@ -1,0 +1,172 @@
+"""The index of real patient attributes, sealed at rest, rebuilt from the upstream on demand.
+
+The archive only holds pseudonyms, so QIDO-RS by real PatientID, AccessionNumber or name
+runs against this index: one sealed row per instance (its non-bulk attributes as DICOM
+JSON, restored by the cipher) keyed by its UIDs. A sync compares the upstream's studies
+and instance counts with the index and (re)indexes each study that differs, by retrieving
+and restoring it. Rows are opened once per process and kept in memory (the trusted zone's
+RAM, like the decrypted cache), never written anywhere in clear.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from pydicom.dataset import Dataset
+
+from gateway import dicomdata
+from gateway.errors import RefusedInstance, UpstreamNotFound
+from gateway.restore import Restored, Restorer
+from gateway.security import IndexSeal
+from gateway.store import Store
+from gateway.upstream import STUDY_UID, Upstream, first_value
+
+_BINARY_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
+NUMBER_OF_STUDY_RELATED_INSTANCES = "00201208"
+
+Row = dict[str, Any]  # tag (8 hex digits) → DICOM JSON attribute
+
+
+def index_row(ds: Dataset) -> Row:
+    """The attributes a search may match or return: everything but bulk data."""
+    keep = Dataset()
+    for elem in ds:
+        if elem.tag == dicomdata.PIXEL_DATA or elem.VR in _BINARY_VRS:
+            continue
+        keep.add(elem)
+    row: Row = keep.to_json_dict(bulk_data_threshold=1 << 20,
+                                 bulk_data_element_handler=lambda _e: "")  # fmt: skip
+    if "00020010" not in row and hasattr(ds, "file_meta") and "TransferSyntaxUID" in ds.file_meta:
+        row["00020010"] = {"vr": "UI", "Value": [str(ds.file_meta.TransferSyntaxUID)]}
+    return row
+
+
+class Index:
+    """Search rows for QIDO-RS, kept in step with the upstream."""
+
+    def __init__(
+        self,
+        store: Store,
+        seal: IndexSeal,
+        upstream: Upstream,
+        restorer: Restorer,
+        on_study_indexed: Callable[[str, int, list[RefusedInstance]], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._seal = seal
+        self._upstream = upstream
+        self._restorer = restorer
+        self._on_study = on_study_indexed
+        self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._rows: dict[str, Row] | None = None  # instance UID → row
+        self._refused: dict[str, int] = {}  # study UID → instances refused at its last sync
+
+    # -- rows ------------------------------------------------------------------------------
+
+    def _load(self) -> dict[str, Row]:
+        rows: dict[str, Row] = {}
+        for uid, sealed in self._store.index_rows():
+            try:
+                rows[uid] = json.loads(self._seal.open(uid, sealed))
+            except (InvalidTag, ValueError):
+                continue  # a row sealed under another identity or damaged: reindexed by sync
+        return rows
+
+    def rows(self) -> list[Row]:
+        with self._lock:
+            if self._rows is None:
+                self._rows = self._load()
+            return list(self._rows.values())
+
+    def record(self, items: list[Restored]) -> None:
+        """Index restored instances (called after every retrieve and by the sync)."""
+        if not items:
+            return
+        prepared: list[tuple[str, str, str, bytes]] = []
+        rows: dict[str, Row] = {}
+        for item in items:
+            row = index_row(dicomdata.parse(item.data))
+            rows[item.sop_uid] = row
+            plain = json.dumps(row, separators=(",", ":")).encode("utf-8")
+            sealed = self._seal.seal(item.sop_uid, plain)
+            prepared.append((item.sop_uid, item.study_uid, item.series_uid, sealed))
+        self._store.put_index(prepared)
+        with self._lock:
+            if self._rows is not None:
+                self._rows.update(rows)
+
+    def forget(self) -> None:
+        """Drop the in-memory rows (after another process changed the table)."""
+        with self._lock:
+            self._rows = None
+
+    # -- sync ------------------------------------------------------------------------------
+
+    def upstream_studies(self) -> dict[str, int]:
+        """Study UID → instance count, as the upstream reports them (paged)."""
+        out: dict[str, int] = {}
+        offset, page = 0, 1000
+        while True:
+            items = self._upstream.search(
+                "/studies",
+                {"limit": str(page), "offset": str(offset),
+                 "includefield": NUMBER_OF_STUDY_RELATED_INSTANCES},
+            )  # fmt: skip
+            for item in items:
+                uid = first_value(item, STUDY_UID)
+                try:
+                    out[uid] = int(first_value(item, NUMBER_OF_STUDY_RELATED_INSTANCES) or -1)
+                except ValueError:
+                    out[uid] = -1
+            if len(items) < page:
+                return out
+            offset += page
+
+    def sync(self, only_study: str | None = None) -> int:
+        """Index every study whose instance count differs from the upstream; return how many."""
+        with self._sync_lock:
+            self.forget()
+            upstream = self.upstream_studies()
+            known = self._store.index_counts()
+            todo = [
+                uid
+                for uid, count in upstream.items()
+                if (only_study is None or uid == only_study)
+                and known.get(uid, 0) + self._refused.get(uid, 0) != count
+            ]
+            for uid in todo:
+                self.index_study(uid)
+            for gone in set(known) - set(upstream):
+                if only_study is None or gone == only_study:
+                    self._store.clear_index(gone)
+            self.forget()
+            return len(todo)
+
+    def index_study(self, study_uid: str) -> None:
+        refused: list[RefusedInstance] = []
+        batch: list[Restored] = []
+        count = 0
+        try:
+            for raw in self._upstream.iter_instances(f"/studies/{study_uid}"):
+                try:
+                    item = self._restorer.restore(raw)
+                except RefusedInstance as exc:
+                    refused.append(exc)
+                    continue
+                self._restorer.cache.put(item)
+                batch.append(item)
+                count += 1
+                if len(batch) >= 50:
+                    self.record(batch)
+                    batch = []
+        except UpstreamNotFound:
+            pass
+        self.record(batch)
+        self._refused[study_uid] = len(refused)
+        if self._on_study is not None:
+            self._on_study(study_uid, count, refused)
