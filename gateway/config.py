@@ -61,6 +61,7 @@ class Settings:
     cookie_secure: bool = False  # set true behind TLS so cookies never travel in clear
     cors_origins: tuple[str, ...] = ()  # viewers on another origin allowed to call DICOMweb
     viewer_dir: str = ""  # an OHIF dist/ to serve on the same origin (empty: no viewer)
+    public_url: str = ""  # e.g. https://gateway.example; empty: from the request's Host
     syslog_address: str = ""  # host:port for RFC 5424 audit messages over UDP (empty: off)
 
     @property
@@ -115,6 +116,8 @@ class Settings:
                 problems.append(f"cors_origins: {origin!r} is not an http(s) origin")
         if not isinstance(self.cookie_secure, bool):
             problems.append("cookie_secure: must be true or false")
+        if self.public_url and not str(self.public_url).startswith(("http://", "https://")):
+            problems.append("public_url: must be an http(s) URL")
         if self.syslog_address and ":" not in str(self.syslog_address):
             problems.append("syslog_address: must be host:port")
         url = self.database_url

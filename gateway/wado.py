@@ -28,7 +28,9 @@ router = APIRouter(prefix="/dicom-web")
 
 
 def dicomweb_root(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/dicom-web"
+    """Base of RetrieveURL and BulkDataURI: ``public_url``, else from the Host header."""
+    public = get_gateway(request).settings.public_url
+    return (public or str(request.base_url)).rstrip("/") + "/dicom-web"
 
 
 def _event(p: Principal, request: Request, op: str, outcome: str, study: str = "",
