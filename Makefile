@@ -3,9 +3,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBS := orthanc orthanc-dicomweb dcmtk age postgresql chromium systemd dpkg-dev
+DEBS := orthanc orthanc-dicomweb dcmtk age postgresql chromium systemd dpkg-dev nodejs npm
+# The OHIF viewer the gateway serves (npm package @ohif/app, its built dist/), never committed.
+OHIF_VERSION := 3.13.2
+VIEWER_DIR := .viewer
 
-.PHONY: demo test lint setup sysdeps bench
+.PHONY: demo test lint setup sysdeps bench viewer
 
 # setup.py builds the C extension cipher._native in place: a changed C file reinstalls.
 $(STAMP): pyproject.toml setup.py cipher/_native.c
@@ -32,8 +35,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: sysdeps $(STAMP) lint
+test: sysdeps $(STAMP) lint viewer
 	CI=$${CI:-} $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/scanfort bench
+
+# `scanfort gateway run --viewer .viewer` serves it; tests find it here (or $SCANFORT_OHIF_DIR).
+viewer: $(VIEWER_DIR)/index.html
+
+$(VIEWER_DIR)/index.html:
+	rm -rf $(VIEWER_DIR).tmp && mkdir -p $(VIEWER_DIR).tmp
+	cd $(VIEWER_DIR).tmp && npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null \
+	  && tar xzf ohif-app-$(OHIF_VERSION).tgz package/dist
+	rm -rf $(VIEWER_DIR) && mv $(VIEWER_DIR).tmp/package/dist $(VIEWER_DIR) && rm -rf $(VIEWER_DIR).tmp

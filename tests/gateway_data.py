@@ -14,7 +14,7 @@ import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 import cipher
 
@@ -45,11 +45,11 @@ def phantom(rows: int, cols: int, index: int = 0) -> np.ndarray:
 
 def _file(ds: Dataset, sop_class: str) -> bytes:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
-    ds.SOPClassUID = sop_class
+    ds.SOPClassUID = UID(sop_class)
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
@@ -164,3 +164,10 @@ def sop_uid(raw: bytes) -> str:
 def uids(raw: bytes) -> tuple[str, str, str]:
     ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
     return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+
+
+def window_noise(protected: bytes) -> np.ndarray:
+    """What a viewer pointed at the archive shows: the ciphered pixels, CT-windowed."""
+    ds = pydicom.dcmread(io.BytesIO(protected))
+    hu = ds.pixel_array.astype(np.float64) - 1024
+    return (np.clip((hu - (40 - 200)) / 400, 0, 1) * 255).astype(np.uint8)

@@ -105,7 +105,9 @@ def client(site: Site, user: str = "rita") -> DICOMwebClient:
 
 def raw_parts(resp: requests.Response) -> list[bytes]:
     """Bodies of a multipart/related answer (a parser independent of the gateway's)."""
-    boundary = re.search(r"boundary=([^;\s]+)", resp.headers["Content-Type"]).group(1).strip('"')
+    match = re.search(r"boundary=([^;\s]+)", resp.headers["Content-Type"])
+    assert match is not None
+    boundary = match.group(1).strip('"')
     chunks = resp.content.split(b"--" + boundary.encode())
     bodies = []
     for chunk in chunks[1:]:
@@ -252,7 +254,8 @@ def test_a_non_scanfort_instance_passes_through_unchanged_and_is_audited(site: S
     st, se, sop = data.uids(site.plain)
     resp = get(site, f"/studies/{st}/series/{se}/instances/{sop}")
     assert raw_parts(resp) == [site.plain]
-    assert raw_parts(resp) == [site.orthanc.instance_file(site.orthanc.find_instance(sop))]
+    stored = site.orthanc.find_instance(sop)
+    assert stored is not None and raw_parts(resp) == [site.orthanc.instance_file(stored)]
     last = [e for e in audit_rows(site) if e.instance_uid == sop][-1]
     assert (last.operation, last.outcome, last.username) == ("retrieve", "passthrough", "rita")
 
