@@ -57,13 +57,18 @@ def iter_parts(chunks: Iterable[bytes], boundary: str, max_part: int) -> Iterato
             if len(buf) < tail + 2:
                 scan = at
                 break
+            after = bytes(buf[tail : tail + 2])
+            if after not in (b"--", b"\r\n"):
+                scan = at + 1  # "--boundary" followed by more characters: part of a body
+                continue
             if started:
                 head_end = buf.find(b"\r\n\r\n", 0, at)
-                if head_end < 0:
-                    yield Part({}, bytes(buf[:at]))
-                else:
-                    yield Part(_headers(bytes(buf[:head_end])), bytes(buf[head_end + 4 : at]))
-            if buf[tail : tail + 2] == b"--":
+                body_start = 0 if head_end < 0 else head_end + 4
+                if at - body_start > max_part:
+                    raise UpstreamError(502, "upstream part larger than the gateway accepts")
+                headers = {} if head_end < 0 else _headers(bytes(buf[:head_end]))
+                yield Part(headers, bytes(buf[body_start:at]))
+            if after == b"--":
                 return
             started = True
             del buf[: tail + 2]  # the delimiter and its CRLF

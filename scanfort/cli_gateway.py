@@ -88,13 +88,13 @@ def register(subparsers: Any) -> None:
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Any:
-    from gateway.config import load_settings
+    from gateway.config import CONFIG_NAME, default_data_dir, load_settings
     from gateway.errors import NotInitializedError
 
-    settings = load_settings(args.data_dir, db_url=args.db, **overrides)
-    if not settings.config_path.exists():
-        raise NotInitializedError(f"no {settings.config_path}")
-    return settings
+    path = (args.data_dir or default_data_dir()).expanduser() / CONFIG_NAME
+    if not path.exists():
+        raise NotInitializedError(f"no {path}")
+    return load_settings(args.data_dir, db_url=args.db, **overrides)
 
 
 def _password(args: argparse.Namespace) -> tuple[str, bool]:

@@ -1,0 +1,189 @@
+"""Gateway pieces without peers: config, multipart streaming, QIDO matching, ATNA syslog, CLI."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cipher import keys
+from gateway import audit, qido
+from gateway.config import load_settings
+from gateway.errors import ConfigError, UpstreamError
+from gateway.multipart import closing, iter_parts, part_bytes
+from gateway.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_config_reports_every_bad_key(tmp_path: Path) -> None:
+    (tmp_path / "gateway.toml").write_text(
+        'identity_file = ""\nupstreams = ["ftp://x"]\ncache_bytes = -1\nbogus = 1\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings(tmp_path)
+    assert err.value.problems == ["bogus: unknown key"]
+    (tmp_path / "gateway.toml").write_text(
+        'identity_file = ""\nupstreams = ["ftp://x"]\ncache_bytes = -1\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings(tmp_path)
+    assert {p.split(":")[0] for p in err.value.problems} == {
+        "cache_bytes", "identity_file", "upstreams"}  # fmt: skip
+    (tmp_path / "gateway.toml").write_text(
+        'identity_file = "site.key"\nupstreams = ["http://pacs/dicom-web"]\n'
+    )
+    settings = load_settings(tmp_path, cache_bytes=1024)
+    assert settings.upstreams == ("http://pacs/dicom-web",) and settings.cache_bytes == 1024
+    with pytest.raises(ConfigError, match="identity_file: cannot read"):
+        settings.read_identities()
+
+
+# --------------------------------------------------------------------------- multipart
+
+
+def _body(boundary: str, parts: list[bytes]) -> bytes:
+    return b"preamble\r\n" + b"".join(
+        part_bytes(boundary, "application/dicom", p) for p in parts
+    ) + closing(boundary)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 20])
+def test_multipart_parts_survive_any_chunking(chunk: int) -> None:
+    boundary = "b0und"
+    # bodies that contain CRLFs, dashes and almost-boundaries
+    parts = [b"\r\n--b0un\r\n" * 3, b"", bytes(range(256)) * 40, b"x\r\n--b0undary-ish"]
+    body = _body(boundary, parts)
+    chunks = [body[i : i + chunk] for i in range(0, len(body), chunk)]
+    got = list(iter_parts(chunks, boundary, max_part=1 << 20))
+    assert [p.body for p in got] == parts
+    assert got[0].headers["content-type"] == "application/dicom"
+
+
+def test_multipart_truncated_or_oversized_is_an_upstream_error() -> None:
+    body = _body("xx", [b"a" * 100, b"b" * 100])
+    with pytest.raises(UpstreamError, match="closing boundary"):
+        list(iter_parts([body[:-10]], "xx", 1 << 20))
+    with pytest.raises(UpstreamError, match="larger"):
+        list(iter_parts([body], "xx", 10))
+
+
+# --------------------------------------------------------------------------- QIDO
+
+
+def _row(pid: str, name: str, date: str, modality: str, study: str, series: str,
+         sop: str) -> qido.Row:  # fmt: skip
+    return {
+        "00100020": {"vr": "LO", "Value": [pid]},
+        "00100010": {"vr": "PN", "Value": [{"Alphabetic": name}]},
+        "00080020": {"vr": "DA", "Value": [date]},
+        "00080060": {"vr": "CS", "Value": [modality]},
+        "0020000D": {"vr": "UI", "Value": [study]},
+        "0020000E": {"vr": "UI", "Value": [series]},
+        "00080018": {"vr": "UI", "Value": [sop]},
+    }
+
+
+ROWS = [
+    _row("P1", "DOE^JANE", "20240315", "CT", "1.1", "1.1.1", "1.1.1.1"),
+    _row("P1", "DOE^JANE", "20240315", "SR", "1.1", "1.1.2", "1.1.2.1"),
+    _row("P2", "DOERING^MAX", "20230101", "MR", "1.2", "1.2.1", "1.2.1.1"),
+    _row("P3", "SMITH^JOHN", "20220101", "CT", "1.3", "1.3.1", "1.3.1.1"),
+]
+
+
+def _studies(**params: str) -> list[str]:
+    q = qido.parse_query(qido.STUDY, params.items())
+    return [r["0020000D"]["Value"][0] for r in qido.search(ROWS, q, "http://gw/dicom-web")]
+
+
+def test_qido_matching_rules() -> None:
+    assert _studies(PatientName="doe*") == ["1.1", "1.2"]  # PN: case-insensitive wildcard
+    assert _studies(PatientName="DOE^JANE") == ["1.1"]
+    assert _studies(PatientName="JANE", fuzzymatching="true") == ["1.1"]
+    assert _studies(PatientName="JANE") == []
+    assert _studies(PatientID="P?") == ["1.1", "1.2", "1.3"]
+    assert _studies(PatientID="p1") == []  # LO: case-sensitive
+    assert _studies(StudyDate="20230101-20241231") == ["1.1", "1.2"]
+    assert _studies(StudyDate="-20221231") == ["1.3"]
+    assert _studies(StudyDate="20240315") == ["1.1"]
+    assert _studies(ModalitiesInStudy="SR") == ["1.1"]
+    assert _studies(ModalitiesInStudy="MR\\SR") == ["1.1", "1.2"]
+    assert _studies(StudyInstanceUID="1.2,1.3") == ["1.2", "1.3"]
+    assert _studies(**{"00100020": "P3"}) == ["1.3"]
+    assert _studies(limit="1", offset="1") == ["1.2"]
+    q = qido.parse_query(qido.STUDY, [("PatientID", "P1")])
+    result = qido.search(ROWS, q, "http://gw/dicom-web")[0]
+    assert result["00080061"]["Value"] == ["CT", "SR"]
+    assert result["00201206"]["Value"] == [2] and result["00201208"]["Value"] == [2]
+    assert result["00081190"]["Value"] == ["http://gw/dicom-web/studies/1.1"]
+    with pytest.raises(qido.QueryError, match="unknown attribute"):
+        qido.parse_query(qido.STUDY, [("NoSuchKeyword", "x")])
+    with pytest.raises(qido.QueryError, match="limit"):
+        qido.parse_query(qido.STUDY, [("limit", "-1")])
+
+
+# --------------------------------------------------------------------------- syslog
+
+
+def test_audit_entries_go_to_syslog_as_rfc5424_atna_messages(tmp_path: Path) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5)
+    store = Store(f"sqlite:///{tmp_path / 'gw.sqlite3'}")
+    store.create_schema()
+    sender = audit.SyslogSender(f"127.0.0.1:{sock.getsockname()[1]}")
+    store.on_audit = sender.send
+    store.append_audit([audit.AuditEvent("rita", "10.0.0.9", "retrieve", "refused", "1.2.3",
+                                         "1.2.3.4", "1.2.3.4.5", "tampered")])  # fmt: skip
+    message = sock.recv(65536).decode("utf-8")
+    sender.close()
+    sock.close()
+    store.close()
+    assert message.startswith("<85>1 ")
+    assert 'csd-code="110103"' in message  # DICOM Instances Accessed
+    assert 'EventOutcomeIndicator="8"' in message  # serious failure: a refused instance
+    assert 'UserID="rita"' in message and 'ParticipantObjectID="1.2.3"' in message
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "scanfort", "gateway", *args],
+                          capture_output=True, text=True, check=False,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})  # fmt: skip
+
+
+def test_cli_init_user_token_and_audit(tmp_path: Path) -> None:
+    identity, _ = keys.generate_identity()
+    key = tmp_path / "site.key"
+    key.write_text(identity + "\n")
+    data_dir = tmp_path / "gw"
+    common = ["--data-dir", str(data_dir)]
+    init = _cli("init", *common, "--identity", str(key), "--upstream", "http://127.0.0.1:1/dw")
+    assert init.returncode == 0, init.stderr
+    assert "password:" in init.stdout  # generated, shown once
+    assert identity not in init.stdout + init.stderr
+    text = (data_dir / "gateway.toml").read_text()
+    assert f'identity_file = "{key}"' in text and identity not in text
+    again = _cli("init", *common, "--identity", str(key), "--upstream", "http://x/dw")
+    assert again.returncode == 1 and "already initialized" in again.stderr
+    user = _cli("user", *common, "rita", "--role", "reader", env={"SCANFORT_GATEWAY_PASSWORD": "p"})
+    assert user.returncode == 0 and "rita: reader" in user.stdout
+    token = _cli("token", *common, "rita")
+    assert token.returncode == 0 and token.stdout.startswith("sfg_")
+    assert _cli("token", *common, "nobody").returncode == 1
+    verify = _cli("audit", "verify", *common)
+    assert verify.returncode == 0 and "verified: 0 entries" in verify.stdout
+    bad_viewer = _cli("run", *common, "--viewer", str(tmp_path))
+    assert bad_viewer.returncode == 2 and "index.html" in bad_viewer.stderr
+    missing = _cli("run", "--data-dir", str(tmp_path / "none"))
+    assert missing.returncode == 1 and "gateway init" in missing.stderr
