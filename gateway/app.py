@@ -16,9 +16,10 @@ from fastapi import FastAPI, Request, Response
 from starlette.middleware.cors import CORSMiddleware
 
 from gateway import pages, searchapi, wado
-from gateway.audit import SyslogSender
+from gateway.audit import AuditEvent, SyslogSender
 from gateway.config import Settings
 from gateway.context import Gateway
+from gateway.errors import RefusedInstance
 from gateway.index import Index
 from gateway.restore import Restorer
 from gateway.security import IndexSeal
@@ -36,6 +37,8 @@ _VIEWER_CSP = (
 )
 #: Largest instance the gateway accepts from an upstream (a 1 GB multi-frame fits).
 MAX_INSTANCE_BYTES = 2 * 1024**3
+#: The user name of the gateway's own decryptions in the audit log.
+INDEXER = "(gateway index)"
 
 
 def create_app(
@@ -52,8 +55,16 @@ def create_app(
     store.create_schema()
     upstream = Upstream(settings.upstreams, settings.upstream_timeout_s, MAX_INSTANCE_BYTES)
     restorer = Restorer(ids, settings.cache_bytes, settings.max_concurrent_restores)
-    gw = Gateway(settings, store, upstream, restorer, Index(store, IndexSeal(ids), upstream,
-                                                             restorer), clock, sleep)  # fmt: skip
+    def indexed(study: str, count: int, refused: list[RefusedInstance]) -> None:
+        # the gateway's own decryptions (building the index) are audited like a reader's
+        store.append_audit([
+            AuditEvent(INDEXER, "-", "reindex", "ok", study, detail=f"{count} instances"),
+            *(AuditEvent(INDEXER, "-", "reindex", "refused", study, "", r.sop_instance_uid,
+                         r.reason) for r in refused),
+        ])  # fmt: skip
+
+    index = Index(store, IndexSeal(ids), upstream, restorer, indexed)
+    gw = Gateway(settings, store, upstream, restorer, index, clock, sleep)
     if settings.syslog_address:
         store.on_audit = SyslogSender(settings.syslog_address).send
     app = FastAPI(title="ScanFort reading gateway", docs_url=None, redoc_url=None,
@@ -73,7 +84,7 @@ def create_app(
     ) -> Response:
         response = await call_next(request)
         path = request.url.path
-        own = path.startswith(("/dicom-web", "/login", "/logout", "/audit", "/healthz"))
+        own = path.startswith(("/dicom-web", "/login", "/logout", "/audit", "/healthz", "/admin"))
         response.headers.setdefault("Content-Security-Policy", _PAGE_CSP if own else _VIEWER_CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")

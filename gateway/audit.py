@@ -25,7 +25,7 @@ GENESIS = "0" * 64
 #: Operations written to the log.
 OPERATIONS = (
     "login", "logout", "search", "retrieve", "metadata", "frames", "bulkdata", "rendered",
-    "export", "reindex", "audit-view", "denied",
+    "export", "reindex", "audit-view", "denied", "cache-clear",
 )  # fmt: skip
 #: Outcomes: ``ok`` served (decrypted or passed through), ``refused`` an instance that does
 #: not restore, ``denied`` missing role, ``failed`` upstream or login failure.

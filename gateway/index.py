@@ -23,26 +23,35 @@ from gateway.errors import RefusedInstance, UpstreamNotFound
 from gateway.restore import Restored, Restorer
 from gateway.security import IndexSeal
 from gateway.store import Store
-from gateway.upstream import STUDY_UID, Upstream, first_value
+from gateway.upstream import SERIES_UID, SOP_UID, STUDY_UID, Upstream, first_value
 
-_BINARY_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
 NUMBER_OF_STUDY_RELATED_INSTANCES = "00201208"
 
 Row = dict[str, Any]  # tag (8 hex digits) → DICOM JSON attribute
 
 
+#: Stands for the instance's WADO-RS URL in the BulkDataURI values of an index row.
+INSTANCE_URL = "@instance@"
+
+
 def index_row(ds: Dataset) -> Row:
-    """The attributes a search may match or return: everything but bulk data."""
-    keep = Dataset()
-    for elem in ds:
-        if elem.tag == dicomdata.PIXEL_DATA or elem.VR in _BINARY_VRS:
-            continue
-        keep.add(elem)
-    row: Row = keep.to_json_dict(bulk_data_threshold=1 << 20,
-                                 bulk_data_element_handler=lambda _e: "")  # fmt: skip
-    if "00020010" not in row and hasattr(ds, "file_meta") and "TransferSyntaxUID" in ds.file_meta:
-        row["00020010"] = {"vr": "UI", "Value": [str(ds.file_meta.TransferSyntaxUID)]}
-    return row
+    """The instance's metadata JSON (bulk data as BulkDataURI relative to ``INSTANCE_URL``).
+
+    The same row answers QIDO-RS (matching, includefield) and WADO-RS metadata, so a viewer
+    gets a series' metadata without a single pixel being decrypted again.
+    """
+    return dicomdata.metadata_json(ds, INSTANCE_URL)
+
+
+def metadata_of(row: Row, instance_url: str) -> Row:
+    """An index row as WADO-RS metadata of the instance at ``instance_url``."""
+    out: Row = {}
+    for tag, attr in row.items():
+        uri = attr.get("BulkDataURI")
+        if isinstance(uri, str) and uri.startswith(INSTANCE_URL):
+            attr = {**attr, "BulkDataURI": instance_url + uri[len(INSTANCE_URL) :]}
+        out[tag] = attr
+    return out
 
 
 class Index:
@@ -107,16 +116,28 @@ class Index:
 
     # -- sync ------------------------------------------------------------------------------
 
-    def upstream_studies(self) -> dict[str, int]:
+    def series_rows(self, study_uid: str, series_uid: str | None) -> list[Row]:
+        """Rows of one series (or of a study), in instance-number order."""
+        def key(r: Row) -> tuple[str, int, str]:
+            num = (r.get("00200013", {}).get("Value") or [0])[0]
+            return (first_value(r, SERIES_UID), int(num or 0), first_value(r, SOP_UID))
+
+        return sorted(
+            (r for r in self.rows() if first_value(r, STUDY_UID) == study_uid
+             and (series_uid is None or first_value(r, SERIES_UID) == series_uid)),
+            key=key,
+        )  # fmt: skip
+
+    def upstream_studies(self, only_study: str | None = None) -> dict[str, int]:
         """Study UID → instance count, as the upstream reports them (paged)."""
         out: dict[str, int] = {}
         offset, page = 0, 1000
         while True:
-            items = self._upstream.search(
-                "/studies",
-                {"limit": str(page), "offset": str(offset),
-                 "includefield": NUMBER_OF_STUDY_RELATED_INSTANCES},
-            )  # fmt: skip
+            params = {"limit": str(page), "offset": str(offset),
+                      "includefield": NUMBER_OF_STUDY_RELATED_INSTANCES}  # fmt: skip
+            if only_study:
+                params["StudyInstanceUID"] = only_study
+            items = self._upstream.search("/studies", params)
             for item in items:
                 uid = first_value(item, STUDY_UID)
                 try:
@@ -130,8 +151,7 @@ class Index:
     def sync(self, only_study: str | None = None) -> int:
         """Index every study whose instance count differs from the upstream; return how many."""
         with self._sync_lock:
-            self.forget()
-            upstream = self.upstream_studies()
+            upstream = self.upstream_studies(only_study)
             known = self._store.index_counts()
             todo = [
                 uid
@@ -139,12 +159,15 @@ class Index:
                 if (only_study is None or uid == only_study)
                 and known.get(uid, 0) + self._refused.get(uid, 0) != count
             ]
+            gone = [u for u in set(known) - set(upstream) if only_study in (None, u)]
+            if todo or gone:
+                self.forget()
             for uid in todo:
                 self.index_study(uid)
-            for gone in set(known) - set(upstream):
-                if only_study is None or gone == only_study:
-                    self._store.clear_index(gone)
-            self.forget()
+            for uid in gone:
+                self._store.clear_index(uid)
+            if todo or gone:
+                self.forget()
             return len(todo)
 
     def index_study(self, study_uid: str) -> None:

@@ -129,6 +129,17 @@ def audit_csv(request: Request) -> PlainTextResponse:
     )  # fmt: skip
 
 
+@router.post("/admin/cache/clear")
+def clear_cache(request: Request) -> dict[str, int]:
+    """Drop every decrypted instance from memory now (admin; e.g. at the end of a session)."""
+    p = require(request, "admin")
+    gw = get_gateway(request)
+    dropped = gw.restorer.cache.size
+    gw.restorer.cache.clear()
+    gw.audit([AuditEvent(p.username, client_of(request), "cache-clear", "ok")])
+    return {"dropped_bytes": dropped}
+
+
 # --------------------------------------------------------------------------- the viewer
 
 

@@ -152,7 +152,8 @@ def matches(row: Row, tag: str, query: str, fuzzy: bool = False) -> bool:
 
 
 def _pick(row: Row, tags: Iterable[str]) -> dict[str, Any]:
-    return {t: row[t] for t in tags if t in row}
+    # bulk data is never part of a QIDO-RS answer
+    return {t: row[t] for t in tags if t in row and "BulkDataURI" not in row[t]}
 
 
 def search(rows: list[Row], q: Query, retrieve_root: str) -> list[dict[str, Any]]:

@@ -20,9 +20,11 @@ from gateway.audit import AuditEvent
 from gateway.auth import require
 from gateway.context import Gateway, client_of, get_gateway
 from gateway.errors import RefusedInstance, UpstreamError, UpstreamNotFound
+from gateway.index import metadata_of
 from gateway.multipart import closing, new_boundary, part_bytes
 from gateway.restore import Restored
 from gateway.store import Principal
+from gateway.upstream import first_value
 
 router = APIRouter(prefix="/dicom-web")
 
@@ -179,17 +181,36 @@ def _metadata_stream(gw: Gateway, p: Principal, request: Request, path: str, stu
     return StreamingResponse(body(), media_type="application/dicom+json")
 
 
+def _metadata(request: Request, study: str, series: str | None) -> Response:
+    """From the index when it holds the study (no pixel decrypted again), else streamed."""
+    p = require(request, "reader", study=study, series=series or "")
+    gw = get_gateway(request)
+    try:
+        gw.index.sync(only_study=study)
+    except UpstreamError as exc:
+        raise _fail_upstream(gw, p, request, "metadata", exc, study, series or "") from None
+    rows = gw.index.series_rows(study, series)
+    if not rows:
+        path = f"/studies/{study}" + (f"/series/{series}" if series else "")
+        return _metadata_stream(gw, p, request, path, study, series or "")
+    root = dicomweb_root(request)
+    out, events = [], []
+    for row in rows:
+        se, sop = first_value(row, "0020000E"), first_value(row, "00080018")
+        out.append(metadata_of(row, f"{root}/studies/{study}/series/{se}/instances/{sop}"))
+        events.append(_event(p, request, "metadata", "ok", study, se, sop, "index"))
+    gw.audit(events)
+    return Response(json.dumps(out, separators=(",", ":")), media_type="application/dicom+json")
+
+
 @router.get("/studies/{study}/metadata")
 def study_metadata(study: str, request: Request) -> Response:
-    p = require(request, "reader", study=study)
-    return _metadata_stream(get_gateway(request), p, request, f"/studies/{study}", study)
+    return _metadata(request, study, None)
 
 
 @router.get("/studies/{study}/series/{series}/metadata")
 def series_metadata(study: str, series: str, request: Request) -> Response:
-    p = require(request, "reader", study=study, series=series)
-    path = f"/studies/{study}/series/{series}"
-    return _metadata_stream(get_gateway(request), p, request, path, study, series)
+    return _metadata(request, study, series)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/metadata")

@@ -272,6 +272,9 @@ def test_a_tampered_instance_is_refused_alone_and_audited(site: Site) -> None:
     refused = [e for e in audit_rows(site) if e.instance_uid == sop and e.outcome == "refused"]
     assert {e.operation for e in refused} >= {"retrieve", "frames"}
     assert all("tampered" in e.detail for e in refused)
+    indexer = [e for e in audit_rows(site) if e.operation == "reindex" and e.study_uid == st]
+    assert [(e.outcome, e.instance_uid) for e in indexer] == [("ok", ""), ("refused", sop)]
+    assert indexer[0].detail == "4 instances"
 
 
 # --------------------------------------------------------------------------- who may read
