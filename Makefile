@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBS := orthanc orthanc-dicomweb dcmtk age postgresql chromium systemd dpkg-dev nodejs npm
+DEBS := orthanc orthanc-dicomweb dcmtk dicom3tools age postgresql chromium systemd dpkg-dev nodejs npm
 # The OHIF viewer the gateway serves (npm package @ohif/app, its built dist/), never committed.
 OHIF_VERSION := 3.13.2
 VIEWER_DIR := .viewer
