@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from fastapi import FastAPI, Request, Response
 from starlette.middleware.cors import CORSMiddleware
 
+from cipher.pseudonym import PseudonymSecret
 from gateway import pages, searchapi, wado
 from gateway.audit import AuditEvent, SyslogSender
 from gateway.config import Settings
@@ -46,6 +47,7 @@ def create_app(
     *,
     store: Store | None = None,
     identities: Sequence[str] | None = None,
+    pseudonyms: PseudonymSecret | None = None,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
 ) -> FastAPI:
@@ -64,7 +66,8 @@ def create_app(
         ])  # fmt: skip
 
     index = Index(store, IndexSeal(ids), upstream, restorer, indexed)
-    gw = Gateway(settings, store, upstream, restorer, index, clock, sleep)
+    secret = pseudonyms if pseudonyms is not None else settings.read_pseudonym_secret()
+    gw = Gateway(settings, store, upstream, restorer, index, clock, sleep, secret)
     if settings.syslog_address:
         store.on_audit = SyslogSender(settings.syslog_address).send
     app = FastAPI(title="ScanFort reading gateway", docs_url=None, redoc_url=None,

@@ -12,11 +12,14 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cipher.pseudonym import PseudonymSecret
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -87,6 +90,22 @@ class Settings:
             raise ConfigError([f"identity_file: cannot read {path}: {exc.strerror}"]) from exc
         except ValueError as exc:
             raise ConfigError([f"identity_file: {path}: {exc}"]) from exc
+
+    def read_pseudonym_secret(self) -> PseudonymSecret | None:
+        """The pseudonymisation secret from ``pseudonym_secret_file`` (None when unset)."""
+        if not self.pseudonym_secret_file:
+            return None
+        from cipher.pseudonym import PseudonymSecret
+
+        path = Path(self.pseudonym_secret_file).expanduser()
+        if not path.is_absolute():
+            path = self.data_dir / path
+        try:
+            return PseudonymSecret.parse(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError([f"pseudonym_secret_file: cannot read {path}: {exc.strerror}"]) from exc
+        except ValueError as exc:
+            raise ConfigError([f"pseudonym_secret_file: {path}: {exc}"]) from exc
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` listing every invalid key."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from cipher.pseudonym import PseudonymSecret
 from gateway.audit import AuditEvent
 from gateway.config import Settings
 from gateway.index import Index
@@ -25,6 +26,7 @@ class Gateway:
     index: Index
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
+    pseudonyms: PseudonymSecret | None = None
     basic_cache: dict[str, tuple[Principal, float]] = field(default_factory=dict)
 
     def audit(self, events: Sequence[AuditEvent]) -> None:

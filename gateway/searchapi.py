@@ -17,6 +17,7 @@ from gateway.audit import AuditEvent
 from gateway.auth import require
 from gateway.context import Gateway, client_of, get_gateway
 from gateway.errors import UpstreamError
+from gateway.upstream import first_value
 from gateway.wado import dicomweb_root
 
 router = APIRouter(prefix="/dicom-web")
@@ -34,7 +35,13 @@ def _answer(request: Request, level: str, study: str = "", series: str = "") -> 
     if series:
         q.filters[qido.SERIES_UID] = series
     try:
-        gw.index.sync(only_study=study or q.filters.get(qido.STUDY_UID) or None)
+        scoped = study or q.filters.get(qido.STUDY_UID)
+        through_pseudonyms = None if scoped else pseudonym_scope(gw, q)
+        if through_pseudonyms is not None:
+            for uid in through_pseudonyms:
+                gw.index.sync(only_study=uid)
+        else:
+            gw.index.sync(only_study=scoped or None)
     except UpstreamError as exc:
         gw.audit([AuditEvent(p.username, client_of(request), "search", "failed", study, series,
                              detail=str(exc))])  # fmt: skip
@@ -45,6 +52,29 @@ def _answer(request: Request, level: str, study: str = "", series: str = "") -> 
     if not results:
         return Response(status_code=204)
     return Response(json.dumps(results), media_type="application/dicom+json")
+
+
+def pseudonym_scope(gw: Gateway, q: qido.Query) -> list[str] | None:
+    """Study UIDs the upstream holds for an exact PatientID/AccessionNumber, via pseudonyms.
+
+    With the site's pseudonym secret (DICOM mode v2), an exact real identifier maps to the
+    pseudonym the archive stores, so only the matching studies need indexing: a search on a
+    large archive does not walk all of it. None when that shortcut does not apply.
+    """
+    secret = gw.pseudonyms
+    if secret is None:
+        return None
+    issuer = q.filters.get("00100021", "")
+    params: dict[str, str] = {}
+    pid, acc = q.filters.get("00100020", ""), q.filters.get("00080050", "")
+    if pid and not any(c in pid for c in "*?\\"):
+        params["PatientID"] = secret.patient_id(pid, issuer)
+    elif acc and not any(c in acc for c in "*?\\"):
+        params["AccessionNumber"] = secret.accession(acc)
+    else:
+        return None
+    found = gw.upstream.search("/studies", params)
+    return [first_value(item, qido.STUDY_UID) for item in found]
 
 
 @router.get("/studies")

@@ -390,3 +390,36 @@ def test_decrypted_instances_are_cached_in_memory_within_the_cap(site: Site) -> 
         get(site, f"/studies/{st}/series/{se}/instances/{sop}/frames/1")
     assert cache.hits == hits + 3
     assert 0 < cache.size <= cache.cap
+
+
+def test_exact_ids_are_found_through_keyed_pseudonyms_without_walking_the_archive(
+    tmp_path: Path,
+) -> None:
+    import cipher
+    from cipher.pseudonym import PseudonymSecret
+
+    secret = PseudonymSecret.generate()
+    identity, recipient = keys.generate_identity()
+    policy = cipher.DicomPolicy(pseudonym_secret=secret)
+    a = data.ct_series(data.Patient("PAT-A", "ALPHA^A", "ACC-A", "20240101"), 2)
+    b = data.ct_series(data.Patient("PAT-B", "BETA^B", "ACC-B", "20240102"), 1)
+    with peers.start_orthanc(tmp_path / "orthanc") as orthanc:
+        for raw in a + b:
+            out = io.BytesIO()
+            cipher.protect(io.BytesIO(raw), out, [recipient], mode="dicom", policy=policy)
+            orthanc.upload(out.getvalue())
+        stored = orthanc.get_json(f"/instances/{orthanc.instances()[0]}/simplified-tags")
+        assert stored["PatientID"].startswith("SF1-")  # the archive holds pseudonyms only
+        settings = _settings(tmp_path / "gw", orthanc.dicomweb_url)
+        with BackgroundServer(settings, identities=[identity], pseudonyms=secret) as server:
+            store = server.app.state.gateway.store
+            store.set_user("rita", PASSWORD, ["reader"])
+            c = DICOMwebClient(url=server.url + "/dicom-web")
+            c._session.auth = ("rita", PASSWORD)
+            found = c.search_for_studies(search_filters={"PatientID": "PAT-A"})
+            assert [s["0020000D"]["Value"][0] for s in found] == [data.uids(a[0])[0]]
+            assert found[0]["00100010"]["Value"][0]["Alphabetic"] == "ALPHA^A"
+            assert set(store.index_counts()) == {data.uids(a[0])[0]}  # B was not decrypted
+            by_acc = c.search_for_studies(search_filters={"AccessionNumber": "ACC-B"})
+            assert [s["00100020"]["Value"][0] for s in by_acc] == ["PAT-B"]
+            assert len(store.index_counts()) == 2
