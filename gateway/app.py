@@ -10,10 +10,11 @@ and CORS only for the origins listed in ``cors_origins``.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from fastapi import FastAPI, Request, Response
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cipher.pseudonym import PseudonymSecret
 from gateway import pages, searchapi, wado
@@ -81,21 +82,36 @@ def create_app(
     def viewer(path: str, request: Request) -> Response:
         return pages.viewer_response(request, path)
 
-    @app.middleware("http")
-    async def security_headers(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        path = request.url.path
-        own = path.startswith(("/dicom-web", "/login", "/logout", "/audit", "/healthz", "/admin"))
-        response.headers.setdefault("Content-Security-Policy", _PAGE_CSP if own else _VIEWER_CSP)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        return response
-
+    app.add_middleware(SecurityHeaders)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=True,
             allow_methods=["GET"], allow_headers=["Authorization", "Accept"],
         )  # fmt: skip
     return app
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware (BaseHTTPMiddleware would relay every streamed chunk)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        own = path.startswith(("/dicom-web", "/login", "/logout", "/audit", "/healthz", "/admin"))
+        extra = [
+            (b"content-security-policy", (_PAGE_CSP if own else _VIEWER_CSP).encode()),
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"same-origin"),
+        ]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -27,6 +28,9 @@ class Gateway:
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     pseudonyms: PseudonymSecret | None = None
+    pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="gw-restore")
+    )
     basic_cache: dict[str, tuple[Principal, float]] = field(default_factory=dict)
 
     def audit(self, events: Sequence[AuditEvent]) -> None:

@@ -92,8 +92,16 @@ class Index:
                 self._rows = self._load()
             return list(self._rows.values())
 
-    def record(self, items: list[Restored]) -> None:
-        """Index restored instances (called after every retrieve and by the sync)."""
+    def has(self, sop_uid: str) -> bool:
+        with self._lock:
+            if self._rows is None:
+                self._rows = self._load()
+            return sop_uid in self._rows
+
+    def record(self, items: list[Restored], *, only_new: bool = False) -> None:
+        """Index restored instances (called after retrieves and by the sync)."""
+        if only_new:
+            items = [i for i in items if not self.has(i.sop_uid)]
         if not items:
             return
         prepared: list[tuple[str, str, str, bytes]] = []

@@ -101,29 +101,25 @@ class Restorer:
         self._slots = threading.BoundedSemaphore(max_concurrent)
 
     def restore(self, raw: bytes) -> Restored:
-        study, series, sop = read_uids(raw)
-        src = io.BytesIO(raw)
-        try:
-            mode = cipher.detect_mode(src)
-        except CipherError:
-            mode = None
-        if mode is None:
-            if not sop or any(m in raw for m in _MARKERS):
-                raise RefusedInstance(sop or "unknown", "damaged protected instance")
+        # Without ScanFort's markers anywhere in the bytes the instance is not ours: pass it
+        # through. With them, the cipher decides; anything it cannot restore is refused.
+        if not any(m in raw for m in _MARKERS):
+            study, series, sop = read_uids(raw)
+            if not sop:
+                raise RefusedInstance("unknown", "not a DICOM instance")
             return Restored(raw, False, study, series, sop)
-        if mode != cipher.DICOM_MODE:
-            raise RefusedInstance(sop or "unknown", "not a DICOM instance")
         out = io.BytesIO()
         with self._slots:
             try:
-                cipher.unprotect(src, out, self._identities)
+                cipher.unprotect(io.BytesIO(raw), out, self._identities)
             except CipherError as exc:
-                reason = (
-                    "no site identity matches"
-                    if isinstance(exc, cipher.NoIdentityMatchError)
-                    else "does not authenticate (tampered or damaged)"
-                )
-                raise RefusedInstance(sop or "unknown", reason) from None
+                if isinstance(exc, cipher.NoIdentityMatchError):
+                    reason = "no site identity matches"
+                elif isinstance(exc, cipher.FormatError):
+                    reason = "damaged protected instance"
+                else:
+                    reason = "does not authenticate (tampered or damaged)"
+                raise RefusedInstance(read_uids(raw)[2] or "unknown", reason) from None
         data = out.getvalue()
         study, series, sop = read_uids(data)
         return Restored(data, True, study, series, sop)

@@ -18,7 +18,7 @@ from gateway.errors import UpstreamError, UpstreamNotFound
 from gateway.multipart import boundary_of, iter_parts
 
 DICOM_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-_CHUNK = 256 * 1024
+_CHUNK = 1024 * 1024
 STUDY_UID = "0020000D"
 SERIES_UID = "0020000E"
 SOP_UID = "00080018"

@@ -10,7 +10,9 @@ entry says why) and answered 409 when asked for alone, never served as noise.
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
@@ -74,29 +76,55 @@ def _stream_instances(
     if first is None:
         raise HTTPException(404, "no instances")
     boundary = new_boundary()
+    ahead = max(1, gw.settings.max_concurrent_restores)
+
+    def restore(raw: bytes) -> Restored | RefusedInstance:
+        try:
+            return gw.restorer.restore(raw)
+        except RefusedInstance as exc:
+            return exc
 
     def body() -> Iterator[bytes]:
-        raw: bytes | None = first
+        # Up to ``ahead`` instances are restored at once on the shared pool (the cipher
+        # releases the GIL) while this thread reads the next one from the upstream; parts
+        # still leave in the upstream's order. Memory: ``ahead`` + 1 instances.
+        pending: deque[Future[Restored | RefusedInstance]] = deque([gw.pool.submit(restore, first)])
         served: list[Restored] = []
+        upstream_done = False
         try:
-            while raw is not None:
-                try:
-                    item = gw.restorer.restore(raw)
-                except RefusedInstance as exc:
-                    gw.audit([_refused(p, request, "retrieve", exc, study, series)])
-                else:
-                    gw.audit([_served(p, request, "retrieve", item)])
+            while pending:
+                while not upstream_done and len(pending) < ahead + 1:
+                    raw = next(instances, None)
+                    if raw is None:
+                        upstream_done = True
+                    else:
+                        pending.append(gw.pool.submit(restore, raw))
+                # every restore already finished goes out together: one audit transaction
+                ready = [pending.popleft().result()]
+                while pending and pending[0].done():
+                    ready.append(pending.popleft().result())
+                events, parts = [], []
+                for item in ready:
+                    if isinstance(item, RefusedInstance):
+                        events.append(_refused(p, request, "retrieve", item, study, series))
+                        continue
+                    events.append(_served(p, request, "retrieve", item))
                     gw.restorer.cache.put(item)
                     served.append(item)
-                    yield part_bytes(boundary, "application/dicom", item.data)
-                    if len(served) >= 50:
-                        gw.index.record(served)
-                        served = []
-                raw = next(instances, None)
+                    parts.append(part_bytes(boundary, "application/dicom", item.data))
+                gw.audit(events)  # before the bytes leave
+                if parts:
+                    yield b"".join(parts)
+                if len(served) >= 50:
+                    gw.index.record(served, only_new=True)
+                    served = []
         except (UpstreamError, UpstreamNotFound) as exc:
             gw.audit([_event(p, request, "retrieve", "failed", study, series, "", str(exc))])
             return  # the missing closing boundary tells the client the stream is incomplete
-        gw.index.record(served)
+        finally:
+            for f in pending:
+                f.cancel()
+        gw.index.record(served, only_new=True)
         yield closing(boundary)
 
     ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
@@ -134,7 +162,7 @@ def retrieve_instance(study: str, series: str, sop: str, request: Request) -> Re
     p = require(request, "reader", study=study, series=series, instance=sop)
     gw = get_gateway(request)
     item = _one(gw, p, request, "retrieve", study, series, sop)
-    gw.index.record([item])
+    gw.index.record([item], only_new=True)
     boundary = new_boundary()
     body = part_bytes(boundary, "application/dicom", item.data) + closing(boundary)
     ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
@@ -175,7 +203,7 @@ def _metadata_stream(gw: Gateway, p: Principal, request: Request, path: str, stu
                 raw = next(instances, None)
         except (UpstreamError, UpstreamNotFound) as exc:
             gw.audit([_event(p, request, "metadata", "failed", study, series, "", str(exc))])
-        gw.index.record(served)
+        gw.index.record(served, only_new=True)
         yield b"[]" if sep == b"[" else b"]"
 
     return StreamingResponse(body(), media_type="application/dicom+json")
