@@ -92,13 +92,15 @@ def _stream_instances(
         served: list[Restored] = []
         upstream_done = False
         try:
-            while pending:
+            while True:
                 while not upstream_done and len(pending) < ahead + 1:
                     raw = next(instances, None)
                     if raw is None:
                         upstream_done = True
                     else:
                         pending.append(gw.pool.submit(restore, raw))
+                if not pending:
+                    break
                 # every restore already finished goes out together: one audit transaction
                 ready = [pending.popleft().result()]
                 while pending and pending[0].done():
