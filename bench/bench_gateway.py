@@ -75,11 +75,15 @@ class Target:
         return r.content
 
 
-def series_retrieve(t: Target, study: str, series: str) -> tuple[float, int]:
+def series_retrieve(t: Target, study: str, series: str, count: int) -> tuple[float, int]:
     t.before()
     start = time.perf_counter()
     body = t.get(f"/studies/{study}/series/{series}", DICOM)
-    return time.perf_counter() - start, len(body)
+    secs = time.perf_counter() - start
+    parts = body.count(b"\r\nContent-Type: application/dicom")
+    if parts != count:
+        raise SystemExit(f"{t.name}: {parts} instances in the series retrieve, not {count}")
+    return secs, len(body)
 
 
 def instance_retrieve(t: Target, study: str, series: str, sops: list[str]) -> tuple[float, int]:
@@ -159,7 +163,7 @@ def main() -> int:
                 }
                 for _ in range(args.repeats):
                     for t in (orthanc_t, gateway_t):  # interleaved
-                        secs, size = series_retrieve(t, study, series_uid)
+                        secs, size = series_retrieve(t, study, series_uid, len(sops))
                         results[t.name]["series"].append(size / 1e6 / secs)
                         secs, size = instance_retrieve(t, study, series_uid, sops)
                         results[t.name]["instances"].append(size / 1e6 / secs)
