@@ -1,4 +1,4 @@
-"""``scanfort gateway …``: init, run, user, token, reindex, audit."""
+"""``scanfort gateway …``: init, run, user, token, reindex, export, audit."""
 
 from __future__ import annotations
 
@@ -79,6 +79,13 @@ def register(subparsers: Any) -> None:
     reindex = sub.add_parser("reindex", help="rebuild the search index from the upstream")
     _common(reindex)
     reindex.set_defaults(func=_cmd_reindex)
+
+    export = sub.add_parser("export", help="push a study's decrypted instances (audited)")
+    _common(export)
+    export.add_argument("--study", required=True, metavar="UID")
+    export.add_argument("--to", required=True, metavar="TARGET",
+                        help="dicom://AE@host:port (C-STORE) or an http(s) DICOMweb root")
+    export.set_defaults(func=_cmd_export)
 
     audit = sub.add_parser("audit", help="verify the audit chain or export it as CSV")
     _common(audit)
@@ -240,6 +247,29 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
         gw.store.close()
     print(f"indexed {count} studies")
     return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import getpass
+
+    from gateway.app import create_app
+    from gateway.errors import GatewayError, UpstreamNotFound
+    from gateway.export import export_study
+
+    try:
+        gw = create_app(_settings(args)).state.gateway
+    except GatewayError as exc:
+        return _fail(str(exc), "run `scanfort gateway init` first")
+    try:
+        result = export_study(gw, args.study, args.to, f"cli:{getpass.getuser()}")
+    except UpstreamNotFound:
+        return _fail(f"no study {args.study} in the archive")
+    except GatewayError as exc:
+        return _fail(str(exc), "check --to and the upstreams in gateway.toml")
+    finally:
+        gw.store.close()
+    print(f"sent {result.sent}, refused {result.refused}, failed {result.failed}")
+    return 0 if not (result.refused or result.failed) else 1
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:

@@ -274,6 +274,7 @@ def test_a_tampered_instance_is_refused_alone_and_audited(site: Site) -> None:
     refused = [e for e in audit_rows(site) if e.instance_uid == sop and e.outcome == "refused"]
     assert {e.operation for e in refused} >= {"retrieve", "frames"}
     assert all("tampered" in e.detail for e in refused)
+    client(site).search_for_studies(search_filters={"StudyInstanceUID": st})  # indexed once
     indexer = [e for e in audit_rows(site) if e.operation == "reindex" and e.study_uid == st]
     assert [(e.outcome, e.instance_uid) for e in indexer] == [("ok", ""), ("refused", sop)]
     assert indexer[0].detail == "4 instances"
@@ -425,3 +426,24 @@ def test_exact_ids_are_found_through_keyed_pseudonyms_without_walking_the_archiv
             by_acc = c.search_for_studies(search_filters={"AccessionNumber": "ACC-B"})
             assert [s["00100020"]["Value"][0] for s in by_acc] == ["PAT-B"]
             assert len(store.index_counts()) == 2
+
+
+def test_export_pushes_decrypted_instances_by_c_store_and_audits_them(
+    site: Site, tmp_path: Path
+) -> None:
+    from gateway.export import export_study
+
+    study = data.uids(site.ct[0])[0]
+    gw = site.server.app.state.gateway
+    with peers.start_storescp(tmp_path / "scp") as scp:
+        result = export_study(gw, study, f"dicom://{scp.aet}@127.0.0.1:{scp.port}", "cli:test")
+        files = scp.wait_for(4)
+    assert (result.sent, result.refused, result.failed) == (4, 1, 0)
+    received = {str(d.SOPInstanceUID): d for d in (pydicom.dcmread(f) for f in files)}
+    for original in site.ct:
+        ds = received[data.sop_uid(original)]
+        assert ds.PatientID == "PAT-001"  # the real patient, restored
+        assert ds.PixelData == pydicom.dcmread(io.BytesIO(original)).PixelData
+    exports = [e for e in audit_rows(site) if e.operation == "export"]
+    assert sorted(e.outcome for e in exports) == ["ok"] * 4 + ["refused"]
+    assert all(e.username == "cli:test" and e.study_uid == study for e in exports)

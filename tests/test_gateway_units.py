@@ -187,3 +187,33 @@ def test_cli_init_user_token_and_audit(tmp_path: Path) -> None:
     assert bad_viewer.returncode == 2 and "index.html" in bad_viewer.stderr
     missing = _cli("run", "--data-dir", str(tmp_path / "none"))
     assert missing.returncode == 1 and "gateway init" in missing.stderr
+
+
+def test_cors_only_for_listed_origins_and_csp_on_every_page(tmp_path: Path) -> None:
+    import requests
+
+    from gateway.config import Settings
+    from gateway.server import BackgroundServer
+
+    identity, _ = keys.generate_identity()
+    settings = Settings(data_dir=tmp_path, identity_file="unused",
+                        upstreams=("http://127.0.0.1:9/dicom-web",),
+                        cors_origins=("https://viewer.example",))  # fmt: skip
+    with BackgroundServer(settings, identities=[identity]) as gw:
+        pre = {"Access-Control-Request-Method": "GET",
+               "Access-Control-Request-Headers": "authorization"}  # fmt: skip
+        ok = requests.options(gw.url + "/dicom-web/studies", timeout=10,
+                              headers={"Origin": "https://viewer.example", **pre})  # fmt: skip
+        assert ok.headers["Access-Control-Allow-Origin"] == "https://viewer.example"
+        assert ok.headers["Access-Control-Allow-Credentials"] == "true"
+        other = requests.options(gw.url + "/dicom-web/studies", timeout=10,
+                                 headers={"Origin": "https://evil.example", **pre})  # fmt: skip
+        assert "Access-Control-Allow-Origin" not in other.headers
+        login = requests.get(gw.url + "/login", timeout=10)
+        assert "script-src 'self';" in login.headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in login.headers["Content-Security-Policy"]
+        assert login.headers["X-Content-Type-Options"] == "nosniff"
+        denied = requests.get(gw.url + "/dicom-web/studies", timeout=10)
+        assert denied.status_code == 401 and "Content-Security-Policy" in denied.headers
+        no_viewer = requests.get(gw.url + "/viewer", timeout=10, allow_redirects=False)
+        assert no_viewer.status_code == 404
