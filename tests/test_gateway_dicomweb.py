@@ -447,3 +447,15 @@ def test_export_pushes_decrypted_instances_by_c_store_and_audits_them(
     exports = [e for e in audit_rows(site) if e.operation == "export"]
     assert sorted(e.outcome for e in exports) == ["ok"] * 4 + ["refused"]
     assert all(e.username == "cli:test" and e.study_uid == study for e in exports)
+
+
+def test_export_by_stow_rs_sends_the_original_bytes(site: Site, tmp_path: Path) -> None:
+    from gateway.export import export_study
+
+    study = data.uids(site.mr)[0]
+    gw = site.server.app.state.gateway
+    with peers.start_orthanc(tmp_path / "clinical") as clinical:
+        result = export_study(gw, study, clinical.dicomweb_url, "cli:test")
+        assert (result.sent, result.refused, result.failed) == (1, 0, 0)
+        stored = clinical.find_instance(data.sop_uid(site.mr))
+        assert stored is not None and clinical.instance_file(stored) == site.mr
