@@ -459,3 +459,43 @@ def test_export_by_stow_rs_sends_the_original_bytes(site: Site, tmp_path: Path) 
         assert (result.sent, result.refused, result.failed) == (1, 0, 0)
         stored = clinical.find_instance(data.sop_uid(site.mr))
         assert stored is not None and clinical.instance_file(stored) == site.mr
+
+
+def test_encapsulated_instances_serve_their_compressed_frames_and_render(tmp_path: Path) -> None:
+    from pydicom.encaps import generate_frames
+
+    identity, recipient = keys.generate_identity()
+    patient = data.Patient("PAT-RLE", "RLE^ONE", "ACCRLE", "20240202")
+    rle = data.pydicom_file("MR_small_RLE.dcm", patient)  # RLE Lossless, encapsulated
+    rgb = data.pydicom_file("SC_rgb_rle.dcm", patient)
+    with peers.start_orthanc(tmp_path / "orthanc") as orthanc:
+        for raw in (rle, rgb):
+            orthanc.upload(data.protect(raw, recipient))
+        with BackgroundServer(_settings(tmp_path / "gw", orthanc.dicomweb_url),
+                              identities=[identity]) as server:  # fmt: skip
+            server.app.state.gateway.store.set_user("rita", PASSWORD, ["reader"])
+            site_url = server.url + "/dicom-web"
+            for original in (rle, rgb):
+                st, se, sop = data.uids(original)
+                base = f"{site_url}/studies/{st}/series/{se}/instances/{sop}"
+                ds = pydicom.dcmread(io.BytesIO(original))
+                whole = requests.get(base, auth=("rita", PASSWORD), timeout=30,
+                                     headers={"Accept": 'multipart/related; type="application/dicom"'})
+                assert whole.content.count(original) == 1  # byte for byte, still compressed
+                frames = requests.get(base + "/frames/1", auth=("rita", PASSWORD), timeout=30,
+                                      headers={"Accept": "multipart/related; "
+                                               "type=application/octet-stream; transfer-syntax=*"})
+                assert f"transfer-syntax={ds.file_meta.TransferSyntaxUID}" in \
+                    frames.headers["Content-Type"]
+                first = next(generate_frames(ds.PixelData, number_of_frames=1))
+                assert raw_parts(frames) == [first]
+                png = requests.get(base + "/rendered", auth=("rita", PASSWORD), timeout=30,
+                                   headers={"Accept": "image/png"})
+                img = np.asarray(Image.open(io.BytesIO(png.content)))
+                pixels = ds.pixel_array
+                if pixels.ndim == 2:  # grayscale, with the file's own window (600/1600)
+                    lo = float(ds.WindowCenter) - float(ds.WindowWidth) / 2
+                    want = np.clip((pixels - lo) / float(ds.WindowWidth), 0, 1) * 255
+                    assert np.abs(img.astype(int) - want.round().astype(int)).max() <= 1
+                else:
+                    assert np.array_equal(img, pixels if pixels.ndim == 3 else pixels[0])
