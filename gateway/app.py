@@ -66,7 +66,8 @@ def create_app(
                          r.reason) for r in refused),
         ])  # fmt: skip
 
-    index = Index(store, IndexSeal(ids), upstream, restorer, indexed)
+    index = Index(store, IndexSeal(ids), upstream, restorer, indexed,
+                  full_sync_interval_s=settings.index_sync_interval_s)
     secret = pseudonyms if pseudonyms is not None else settings.read_pseudonym_secret()
     gw = Gateway(settings, store, upstream, restorer, index, clock, sleep, secret)
     if settings.syslog_address:

@@ -57,6 +57,7 @@ class Settings:
     upstreams: tuple[str, ...] = ()  # DICOMweb roots, e.g. http://pacs:8042/dicom-web
     db_url: str = ""  # empty: SQLite file in data_dir
     upstream_timeout_s: float = 30.0
+    index_sync_interval_s: float = 5.0  # a search re-lists the whole upstream at most this often
     cache_bytes: int = 256 * 1024 * 1024  # decrypted instances kept in memory, never on disk
     max_concurrent_restores: int = 2  # decryptions at once (bounds memory and CPU)
     login_failure_delay_s: float = 1.0  # doubled per recent failure, capped at 8x
@@ -120,6 +121,9 @@ class Settings:
                 problems.append(f"{name}: must be an integer >= 0")
         if self.max_concurrent_restores == 0:
             problems.append("max_concurrent_restores: must be at least 1")
+        sync = self.index_sync_interval_s
+        if isinstance(sync, bool) or not isinstance(sync, (int, float)) or sync < 0:
+            problems.append("index_sync_interval_s: must be a number >= 0")
         delay = self.login_failure_delay_s
         if isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0:
             problems.append("login_failure_delay_s: must be a number >= 0")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -64,6 +65,7 @@ class Index:
         upstream: Upstream,
         restorer: Restorer,
         on_study_indexed: Callable[[str, int, list[RefusedInstance]], None] | None = None,
+        full_sync_interval_s: float = 0.0,
     ) -> None:
         self._store = store
         self._seal = seal
@@ -74,6 +76,8 @@ class Index:
         self._sync_lock = threading.Lock()
         self._rows: dict[str, Row] | None = None  # instance UID → row
         self._refused: dict[str, int] = {}  # study UID → instances refused at its last sync
+        self.full_sync_interval_s = full_sync_interval_s
+        self._last_full_sync = -1e18
 
     # -- rows ------------------------------------------------------------------------------
 
@@ -156,9 +160,19 @@ class Index:
                 return out
             offset += page
 
-    def sync(self, only_study: str | None = None) -> int:
-        """Index every study whose instance count differs from the upstream; return how many."""
+    def sync(self, only_study: str | None = None, *, force: bool = False) -> int:
+        """Index every study whose instance count differs from the upstream; return how many.
+
+        A sync of the whole archive (``only_study`` None) lists every upstream study, so it
+        runs at most once per ``full_sync_interval_s`` unless ``force``d; a sync of one
+        study always runs (one small query).
+        """
         with self._sync_lock:
+            now = time.monotonic()
+            if only_study is None and not force:
+                if now - self._last_full_sync < self.full_sync_interval_s:
+                    return 0
+                self._last_full_sync = now
             upstream = self.upstream_studies(only_study)
             known = self._store.index_counts()
             todo = [

@@ -240,7 +240,7 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
         return _fail(str(exc), "run `scanfort gateway init` first")
     try:
         gw.store.clear_index()
-        count = gw.index.sync()
+        count = gw.index.sync(force=True)
     except GatewayError as exc:
         return _fail(f"upstream: {exc}", "check the upstreams in gateway.toml")
     finally:
