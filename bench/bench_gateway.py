@@ -14,6 +14,7 @@ decrypted cache is cleared before each gateway measurement). The index is built 
 by the first search (timed separately), as the study list does before a study is opened.
 
     .venv/bin/python bench/bench_gateway.py [--slices 300] [--size 512] [--repeats 3]
+    .venv/bin/python bench/bench_gateway.py --multiframe-mb 256   # memory for one big instance
 
 Targets (issue 12): gateway >= 0.5x Orthanc's own throughput; first image < 1 s.
 """
@@ -112,12 +113,72 @@ def viewer_flow(t: Target, study: str, series: str, sops: list[str]) -> tuple[fl
     return min(done), max(done)
 
 
+def _start_gateway(work: Path, upstream: str, identity: str) -> tuple[subprocess.Popen[bytes], int]:
+    (work / "site.key").write_text(identity + "\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SCANFORT_GATEWAY_PASSWORD": PASSWORD}
+    subprocess.run([sys.executable, "-m", "scanfort", "gateway", "init", "--data-dir",
+                    str(work / "gw"), "--identity", str(work / "site.key"), "--upstream", upstream],
+                   check=True, env=env, capture_output=True)  # fmt: skip
+    port = peers.free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "scanfort", "gateway", "run", "--data-dir",
+                             str(work / "gw"), "--port", str(port), "--log-level", "warning"],
+                            env=env)  # fmt: skip
+    peers.wait_for_port(port, proc)
+    return proc, port
+
+
+def _vm(pid: int, key: str) -> int:
+    """A /proc/PID/status figure in MB (VmRSS, VmHWM)."""
+    line = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if ln.startswith(key))  # fmt: skip
+    return int(line.split()[1]) // 1024
+
+
+def multiframe_memory(mb: int) -> int:
+    """Peak RSS of a fresh gateway process retrieving one multi-frame instance of ``mb`` MB."""
+    identity, recipient = keys.generate_identity()
+    patient = data.Patient("BENCH-MF", "BENCH^MF", "ACCMF", "20240101")
+    frames = max(1, mb * 1024 * 1024 // (512 * 512 * 2))
+    raw = data.multiframe(patient, frames, rows=512, cols=512)
+    protected = data.protect(raw, recipient)
+    study, series, sop = data.uids(raw)
+    del raw
+    with tempfile.TemporaryDirectory(prefix="sf-bench-mf-") as tmp:
+        work = Path(tmp)
+        with peers.start_orthanc(work / "orthanc") as orthanc:
+            orthanc.upload(protected)
+            size = len(protected)
+            del protected
+            proc, port = _start_gateway(work, orthanc.dicomweb_url, identity)
+            try:
+                before = _vm(proc.pid, "VmHWM")
+                start = time.perf_counter()
+                with requests.get(f"http://127.0.0.1:{port}/dicom-web/studies/{study}/series/"
+                                  f"{series}/instances/{sop}", auth=("admin", PASSWORD),
+                                  headers={"Accept": DICOM}, stream=True, timeout=600) as r:
+                    r.raise_for_status()
+                    got = sum(len(c) for c in r.iter_content(1 << 20))
+                secs = time.perf_counter() - start
+                peak = _vm(proc.pid, "VmHWM")
+            finally:
+                proc.terminate()
+                proc.wait(10)
+    print(f"multi-frame: {frames} frames 512x512 16-bit, {size / 1e6:.0f} MB protected, "
+          f"{got / 1e6:.0f} MB served in {secs:.1f} s; gateway peak RSS {before} MB at start, "
+          f"{peak} MB after ({(peak - before) / (size / 2**20):.1f}x the instance)")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--multiframe-mb", type=int, default=0, metavar="MB",
+                        help="instead: peak RSS of retrieving one multi-frame of this size")
     args = parser.parse_args()
+    if args.multiframe_mb:
+        return multiframe_memory(args.multiframe_mb)
     identity, recipient = keys.generate_identity()
     patient = data.Patient("BENCH-1", "BENCH^CT", "ACCB1", "20240101")
     t0 = time.perf_counter()

@@ -81,9 +81,18 @@ def new_boundary() -> str:
     return "sfgw-" + secrets.token_hex(12)
 
 
-def part_bytes(boundary: str, content_type: str, body: bytes, extra: str = "") -> bytes:
-    head = f"--{boundary}\r\nContent-Type: {content_type}\r\n{extra}"
-    return head.encode("latin-1") + f"Content-Length: {len(body)}\r\n\r\n".encode() + body + b"\r\n"
+def part_head(boundary: str, content_type: str, length: int) -> bytes:
+    return (f"--{boundary}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode("latin-1")  # fmt: skip
+
+
+def part_pieces(boundary: str, content_type: str, body: bytes) -> tuple[bytes, bytes, bytes]:
+    """One part as (head, body, CRLF): written in turn, a large body is never copied."""
+    return part_head(boundary, content_type, len(body)), body, b"\r\n"
+
+
+def part_bytes(boundary: str, content_type: str, body: bytes) -> bytes:
+    return b"".join(part_pieces(boundary, content_type, body))
 
 
 def closing(boundary: str) -> bytes:

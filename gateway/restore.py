@@ -52,7 +52,10 @@ def read_uids(raw: bytes) -> tuple[str, str, str]:
 
 
 class InstanceCache:
-    """LRU of restored instances by SOP Instance UID, at most ``cap`` bytes in total."""
+    """LRU of restored instances by SOP Instance UID, at most ``cap`` bytes in total.
+
+    Instances larger than an eighth of the cap are not kept.
+    """
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
@@ -74,7 +77,8 @@ class InstanceCache:
 
     def put(self, item: Restored) -> None:
         size = len(item.data)
-        if size > self.cap or not item.sop_uid:
+        # one huge multi-frame must not flush every other instance (nor double the memory)
+        if size > self.cap // 8 or not item.sop_uid:
             return
         with self._lock:
             old = self._items.pop(item.sop_uid, None)

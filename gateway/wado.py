@@ -23,7 +23,7 @@ from gateway.auth import require
 from gateway.context import Gateway, client_of, get_gateway
 from gateway.errors import RefusedInstance, UpstreamError, UpstreamNotFound
 from gateway.index import metadata_of
-from gateway.multipart import closing, new_boundary, part_bytes
+from gateway.multipart import closing, new_boundary, part_bytes, part_pieces
 from gateway.restore import Restored
 from gateway.store import Principal
 from gateway.upstream import first_value
@@ -105,7 +105,8 @@ def _stream_instances(
                 ready = [pending.popleft().result()]
                 while pending and pending[0].done():
                     ready.append(pending.popleft().result())
-                events, parts = [], []
+                events: list[AuditEvent] = []
+                parts: list[bytes] = []
                 for item in ready:
                     if isinstance(item, RefusedInstance):
                         events.append(_refused(p, request, "retrieve", item, study, series))
@@ -113,10 +114,9 @@ def _stream_instances(
                     events.append(_served(p, request, "retrieve", item))
                     gw.restorer.cache.put(item)
                     served.append(item)
-                    parts.append(part_bytes(boundary, "application/dicom", item.data))
+                    parts.extend(part_pieces(boundary, "application/dicom", item.data))
                 gw.audit(events)  # before the bytes leave
-                if parts:
-                    yield b"".join(parts)
+                yield from parts  # pieces: a large instance is not copied again
                 if len(served) >= 50:
                     gw.index.record(served, only_new=True)
                     served = []
@@ -166,9 +166,10 @@ def retrieve_instance(study: str, series: str, sop: str, request: Request) -> Re
     item = _one(gw, p, request, "retrieve", study, series, sop)
     gw.index.record([item], only_new=True)
     boundary = new_boundary()
-    body = part_bytes(boundary, "application/dicom", item.data) + closing(boundary)
+    pieces = [*part_pieces(boundary, "application/dicom", item.data), closing(boundary)]
     ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    return Response(body, media_type=ctype)
+    return StreamingResponse(iter(pieces), media_type=ctype,
+                             headers={"Content-Length": str(sum(len(p) for p in pieces))})
 
 
 # --------------------------------------------------------------------------- metadata

@@ -127,6 +127,7 @@ def test_ohif_logs_in_and_renders_the_decrypted_ct_not_noise(reading_site, tmp_p
     assert neighbour_disagreement(gray) < 10
     # the archive's noise, shown with the same window, would look like this instead
     noise = data.window_noise(protected[0])
+    Image.fromarray(noise).save(shots / "4-what-the-archive-shows.png")
     assert neighbour_disagreement(noise) > 40
     # dark air around a bright body: the centre of the viewport is brighter than its corners
     h, w = gray.shape
