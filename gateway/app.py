@@ -56,7 +56,8 @@ def create_app(
     ids = list(identities) if identities is not None else settings.read_identities()
     store = store or Store(settings.database_url, clock=clock)
     store.create_schema()
-    upstream = Upstream(settings.upstreams, settings.upstream_timeout_s, MAX_INSTANCE_BYTES)
+    upstream = Upstream(settings.upstreams, settings.upstream_timeout_s, MAX_INSTANCE_BYTES,
+                        settings.read_central_token())
     restorer = Restorer(ids, settings.cache_bytes, settings.max_concurrent_restores)
     def indexed(study: str, count: int, refused: list[RefusedInstance]) -> None:
         # the gateway's own decryptions (building the index) are audited like a reader's

@@ -55,6 +55,7 @@ class Settings:
     identity_file: str = ""  # the site identity (AGE-SECRET-KEY-1…), read at start
     pseudonym_secret_file: str = ""  # optional (DICOM mode v2): search through pseudonyms
     upstreams: tuple[str, ...] = ()  # DICOMweb roots, e.g. http://pacs:8042/dicom-web
+    central_token_file: str = ""  # reader token for scanfort-central+https://… upstreams
     db_url: str = ""  # empty: SQLite file in data_dir
     upstream_timeout_s: float = 30.0
     index_sync_interval_s: float = 5.0  # a search re-lists the whole upstream at most this often
@@ -91,6 +92,18 @@ class Settings:
             raise ConfigError([f"identity_file: cannot read {path}: {exc.strerror}"]) from exc
         except ValueError as exc:
             raise ConfigError([f"identity_file: {path}: {exc}"]) from exc
+
+    def read_central_token(self) -> str:
+        """The reader token for central upstreams (empty when unset)."""
+        if not self.central_token_file:
+            return ""
+        path = Path(self.central_token_file).expanduser()
+        if not path.is_absolute():
+            path = self.data_dir / path
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError([f"central_token_file: cannot read {path}: {exc.strerror}"]) from exc
 
     def read_pseudonym_secret(self) -> PseudonymSecret | None:
         """The pseudonymisation secret from ``pseudonym_secret_file`` (None when unset)."""
@@ -132,13 +145,18 @@ class Settings:
         if not self.upstreams:
             problems.append("upstreams: at least one DICOMweb root URL is required")
         for url in self.upstreams:
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            plain = url.removeprefix("scanfort-central+") if isinstance(url, str) else url
+            if not isinstance(plain, str) or not plain.startswith(("http://", "https://")):
                 problems.append(f"upstreams: {url!r} is not an http(s) URL")
         for origin in self.cors_origins:
             if not isinstance(origin, str) or not origin.startswith(("http://", "https://")):
                 problems.append(f"cors_origins: {origin!r} is not an http(s) origin")
         if not isinstance(self.cookie_secure, bool):
             problems.append("cookie_secure: must be true or false")
+        if any(str(u).startswith("scanfort-central+") for u in self.upstreams) and not (
+            self.central_token_file
+        ):
+            problems.append("central_token_file: required with a scanfort-central+ upstream")
         if self.public_url and not str(self.public_url).startswith(("http://", "https://")):
             problems.append("public_url: must be an http(s) URL")
         if self.syslog_address and ":" not in str(self.syslog_address):

@@ -62,7 +62,7 @@ def pseudonym_scope(gw: Gateway, q: qido.Query) -> list[str] | None:
     large archive does not walk all of it. None when that shortcut does not apply.
     """
     secret = gw.pseudonyms
-    if secret is None:
+    if secret is None or not gw.upstream.can_search_patients:
         return None
     issuer = q.filters.get("00100021", "")
     params: dict[str, str] = {}

@@ -14,6 +14,8 @@ from typing import Any
 
 import requests
 
+from gateway.central import PREFIX as CENTRAL_PREFIX
+from gateway.central import CentralSource
 from gateway.errors import UpstreamError, UpstreamNotFound
 from gateway.multipart import boundary_of, iter_parts
 
@@ -32,11 +34,21 @@ def first_value(item: dict[str, Any], tag: str) -> str:
 class Upstream:
     """One or more DICOMweb roots (``…/dicom-web``) behind one interface."""
 
-    def __init__(self, roots: tuple[str, ...], timeout_s: float, max_instance_bytes: int) -> None:
+    def __init__(self, roots: tuple[str, ...], timeout_s: float, max_instance_bytes: int,
+                 central_token: str = "") -> None:  # fmt: skip
         self.roots = tuple(r.rstrip("/") for r in roots)
         self.timeout_s = timeout_s
         self.max_instance_bytes = max_instance_bytes
         self._local = threading.local()
+        self.central = {
+            r: CentralSource(r, central_token, timeout_s, self._session)
+            for r in self.roots if r.startswith(CENTRAL_PREFIX)
+        }  # fmt: skip
+
+    @property
+    def can_search_patients(self) -> bool:
+        """False when an upstream (the central) holds no patient attributes at all."""
+        return not self.central
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -73,6 +85,12 @@ class Upstream:
         merged: dict[str, dict[str, Any]] = {}
         found = False
         for root in self.roots:
+            if root in self.central:
+                for item in self.central[root].search(path, params):
+                    key = first_value(item, SOP_UID) or first_value(item, SERIES_UID)
+                    merged.setdefault(key or first_value(item, STUDY_UID), item)
+                found = True
+                continue
             try:
                 resp = self._get(root, path, "application/dicom+json", params)
             except UpstreamNotFound:
@@ -107,6 +125,13 @@ class Upstream:
         """The DICOM files of a study, series or instance retrieve, one at a time."""
         last: Exception = UpstreamNotFound(path)
         for root in self.roots:
+            if root in self.central:
+                try:
+                    yield from self.central[root].iter_instances(path)
+                except UpstreamNotFound as exc:
+                    last = exc
+                    continue
+                return
             try:
                 resp = self._get(root, path, DICOM_ACCEPT, stream=True)
             except UpstreamNotFound as exc:
