@@ -37,7 +37,9 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
 
 
 def _safe_next(value: str) -> str:
-    return value if value.startswith("/") and not value.startswith("//") else "/"
+    """Only a path on this site ("//host" and "/\\host" would leave it)."""
+    ok = value.startswith("/") and not value.startswith(("//", "/\\")) and "\n" not in value
+    return value if ok else "/"
 
 
 @router.get("/healthz")

@@ -30,6 +30,7 @@ def serve(
         app, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
         log_level=log_level, proxy_headers=True, forwarded_allow_ips="127.0.0.1",
         server_header=False, timeout_graceful_shutdown=5,
+        access_log=False,  # QIDO query strings carry patient IDs and names: never logged
     )  # fmt: skip
 
 
@@ -44,7 +45,8 @@ class BackgroundServer:
         self._sock.bind((host, port))
         self.host, self.port = self._sock.getsockname()[:2]
         self.app = app or create_app(settings, **app_kwargs)
-        config = uvicorn.Config(self.app, log_level=log_level, lifespan="off", server_header=False)
+        config = uvicorn.Config(self.app, log_level=log_level, lifespan="off", server_header=False,
+                                access_log=False)  # fmt: skip
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, name="scanfort-gateway",

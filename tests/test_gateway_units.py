@@ -217,3 +217,41 @@ def test_cors_only_for_listed_origins_and_csp_on_every_page(tmp_path: Path) -> N
         assert denied.status_code == 401 and "Content-Security-Policy" in denied.headers
         no_viewer = requests.get(gw.url + "/viewer", timeout=10, allow_redirects=False)
         assert no_viewer.status_code == 404
+
+
+def test_run_logs_no_query_strings_and_login_redirects_stay_on_site(tmp_path: Path) -> None:
+    import requests
+
+    from gateway.pages import _safe_next
+    from tests import peers
+
+    assert [_safe_next(v) for v in ("/viewer?x=1", "//evil.example", "/\\evil.example",
+                                    "https://evil.example", "/a\nb")] == [
+        "/viewer?x=1", "/", "/", "/", "/"]  # fmt: skip
+    identity, _ = keys.generate_identity()
+    key = tmp_path / "site.key"
+    key.write_text(identity + "\n")
+    env = {"SCANFORT_GATEWAY_PASSWORD": "pw-1"}
+    data_dir = str(tmp_path / "gw")
+    assert _cli("init", "--data-dir", data_dir, "--identity", str(key), "--upstream",
+                f"http://127.0.0.1:{peers.free_port()}/dicom-web", env=env).returncode == 0
+    port = peers.free_port()
+    log = tmp_path / "run.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "scanfort", "gateway", "run", "--data-dir", data_dir,
+             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+    try:
+        peers.wait_for_port(port, proc)
+        r = requests.get(f"http://127.0.0.1:{port}/dicom-web/studies",
+                         params={"PatientID": "SECRET-PID-42", "PatientName": "SECRET^NAME"},
+                         auth=("admin", "pw-1"), timeout=10)  # fmt: skip
+        assert r.status_code == 502  # the upstream is down; the request was handled
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    text = log.read_text()
+    assert "gateway on http://127.0.0.1" in text
+    assert "SECRET" not in text
