@@ -25,6 +25,7 @@ from cipher.errors import CipherError
 from gateway.errors import RefusedInstance
 
 _MARKERS = (b"SCANFORT 1", b"scanfort-dicom/")
+_UID_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ class Restored:
 def read_uids(raw: bytes) -> tuple[str, str, str]:
     """(study, series, SOP instance) UIDs of a DICOM file; empty strings when unreadable."""
     try:
-        ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True, defer_size=256)
+        ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True, defer_size=256,
+                             specific_tags=_UID_TAGS)  # fmt: skip
         return (
             str(ds.get("StudyInstanceUID", "")),
             str(ds.get("SeriesInstanceUID", "")),

@@ -116,7 +116,7 @@ def _stream_instances(
                     served.append(item)
                     parts.extend(part_pieces(boundary, "application/dicom", item.data))
                 gw.audit(events)  # before the bytes leave
-                yield from parts  # pieces: a large instance is not copied again
+                yield from _chunks(parts)
                 if len(served) >= 50:
                     gw.index.record(served, only_new=True)
                     served = []
@@ -131,6 +131,25 @@ def _stream_instances(
 
     ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
     return StreamingResponse(body(), media_type=ctype)
+
+
+_JOIN_BELOW = 4 * 1024 * 1024
+
+
+def _chunks(pieces: list[bytes]) -> Iterator[bytes]:
+    """Small pieces joined into one write (each chunk costs a thread hop in the server);
+    a large instance goes out as it is, never copied again."""
+    small: list[bytes] = []
+    for piece in pieces:
+        if len(piece) < _JOIN_BELOW:
+            small.append(piece)
+            continue
+        if small:
+            yield b"".join(small)
+            small = []
+        yield piece
+    if small:
+        yield b"".join(small)
 
 
 @router.get("/studies/{study}")
