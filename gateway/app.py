@@ -84,7 +84,7 @@ def create_app(
     def viewer(path: str, request: Request) -> Response:
         return pages.viewer_response(request, path)
 
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(SecurityHeaders, hsts=settings.cookie_secure)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=True,
@@ -96,8 +96,9 @@ def create_app(
 class SecurityHeaders:
     """Pure ASGI middleware (BaseHTTPMiddleware would relay every streamed chunk)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, hsts: bool = False) -> None:
         self.app = app
+        self.hsts = hsts  # behind TLS: browsers must never fall back to http
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,6 +111,8 @@ class SecurityHeaders:
             (b"x-content-type-options", b"nosniff"),
             (b"referrer-policy", b"same-origin"),
         ]
+        if self.hsts:
+            extra.append((b"strict-transport-security", b"max-age=31536000"))
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -255,3 +255,41 @@ def test_run_logs_no_query_strings_and_login_redirects_stay_on_site(tmp_path: Pa
     text = log.read_text()
     assert "gateway on http://127.0.0.1" in text
     assert "SECRET" not in text
+
+
+def test_run_with_a_certificate_serves_https_secure_cookies_and_hsts(tmp_path: Path) -> None:
+    import requests
+
+    from tests import peers
+    from tests.test_service_cli import _self_signed
+
+    identity, _ = keys.generate_identity()
+    key = tmp_path / "site.key"
+    key.write_text(identity + "\n")
+    data_dir = str(tmp_path / "gw")
+    assert _cli("init", "--data-dir", data_dir, "--identity", str(key), "--upstream",
+                "http://127.0.0.1:9/dicom-web", env={"SCANFORT_GATEWAY_PASSWORD": "pw-1"}
+                ).returncode == 0  # fmt: skip
+    cert, tls_key = _self_signed(tmp_path)
+    port = peers.free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scanfort", "gateway", "run", "--data-dir", data_dir, "--port",
+         str(port), "--ssl-certfile", str(cert), "--ssl-keyfile", str(tls_key),
+         "--log-level", "warning"],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        peers.wait_for_port(port, proc)
+        url = f"https://127.0.0.1:{port}"
+        login = requests.post(url + "/login", data={"username": "admin", "password": "pw-1"},
+                              verify=str(cert), allow_redirects=False, timeout=10)  # fmt: skip
+        assert login.status_code == 303
+        cookie = login.headers["set-cookie"].lower()
+        assert "secure" in cookie and "httponly" in cookie and "samesite=lax" in cookie
+        assert login.headers["strict-transport-security"] == "max-age=31536000"
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(url + "/healthz", timeout=5)  # not trusted without the certificate
+    finally:
+        proc.terminate()
+        proc.wait(10)
