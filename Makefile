@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBS := orthanc orthanc-dicomweb dcmtk dicom3tools age postgresql chromium systemd dpkg-dev qemu-user gcc-aarch64-linux-gnu valgrind nodejs npm
+DEBS := orthanc orthanc-dicomweb dcmtk dicom3tools age postgresql chromium systemd dpkg-dev qemu-user gcc-aarch64-linux-gnu valgrind
 # The OHIF viewer the gateway serves (npm package @ohif/app, its built dist/), never committed.
 OHIF_VERSION := 3.13.2
 VIEWER_DIR := .viewer
@@ -21,9 +21,11 @@ setup: $(STAMP)
 
 # Debian packages the peer tests need (qemu-user and the aarch64 cross compiler: the
 # NEON kernel's vector check; valgrind: the constant-time check); installed only when
-# missing.
+# missing. npm (for the OHIF viewer) only when no npm is on the PATH: a Node.js from
+# elsewhere (its own npm inside) must not be replaced by Debian's.
 sysdeps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
