@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBS := orthanc orthanc-dicomweb dcmtk dicom3tools age postgresql chromium systemd dpkg-dev qemu-user gcc-aarch64-linux-gnu valgrind
+DEBS := orthanc orthanc-dicomweb dcmtk dicom3tools age postgresql chromium systemd dpkg-dev qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross valgrind
 # The OHIF viewer the gateway serves (npm package @ohif/app, its built dist/), never committed.
 OHIF_VERSION := 3.13.2
 VIEWER_DIR := .viewer
