@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scanfort import __version__
-from service import api, dashboard, dashboard_ops, schemas, throttle
+from service import api, dashboard, dashboard_ops, objects_read, schemas, throttle
 from service.context import AppContext, get_context
 from service.metrics import render_metrics
 from service.objects import ObjectStore
@@ -74,6 +74,7 @@ def create_app(
     )
     app.state.scanfort = ctx
     app.include_router(api.router)
+    app.include_router(objects_read.router)
     app.include_router(dashboard.router)
     app.include_router(dashboard_ops.router)
     app.mount(
