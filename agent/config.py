@@ -57,6 +57,14 @@ class FolderConfig:
     polling: bool = False  # use a polling observer (network shares)
     after_ack: str = "keep"  # keep | move | delete, once every destination acknowledged
     move_to: Path | None = None
+    #: Take symbolic links (only to files inside a watched folder); off by default.
+    follow_symlinks: bool = False
+
+    @property
+    def key(self) -> str:
+        """The folder's stable identity in the journal: its resolved path (never its
+        position in the config, which an edit can change)."""
+        return str(self.path)
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,23 @@ class AgentConfig:
     @property
     def journal_path(self) -> Path:
         return self.spool_dir / "journal.sqlite3"
+
+    def folder(self, key: str) -> FolderConfig | None:
+        """The folder with this stable key, or None if it left the config."""
+        for folder in self.folders:
+            if folder.key == key:
+                return folder
+        return None
+
+    def folder_of(self, path: str) -> FolderConfig | None:
+        """The innermost configured folder containing ``path``."""
+        best: FolderConfig | None = None
+        for folder in self.folders:
+            root = str(folder.path)
+            if (path == root or path.startswith(root.rstrip(os.sep) + os.sep)) and \
+                    (best is None or len(root) > len(str(best.path))):
+                best = folder
+        return best
 
     def destination(self, name: str) -> DestinationConfig:
         for dest in self.destinations:
@@ -296,6 +321,7 @@ def _folder(index: int, table: Any, dest_names: set[str], problems: list[str],
         polling=r.get("polling", bool, False),
         after_ack=after_ack,
         move_to=move_to,
+        follow_symlinks=r.get("follow_symlinks", bool, False),
     )
     r.finish()
     return folder if path is not None else None
@@ -325,6 +351,11 @@ def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None
         raw_folders = []
     folders = [f for i, t in enumerate(raw_folders)
                if (f := _folder(i, t, set(raw_dests), problems, base)) is not None]
+    seen_keys: set[str] = set()
+    for i, f in enumerate(folders):
+        if f.key in seen_keys:
+            problems.append(f"folders[{i}].path: {f.path} is watched twice")
+        seen_keys.add(f.key)
 
     central_r = _Reader(data.get("central", {}) or {}, "central.", problems, base)
     central = CentralConfig(

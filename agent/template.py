@@ -41,6 +41,7 @@ polling = false                # true for network shares (no change notification
 destinations = ["share"]
 after_ack = "keep"             # keep | move | delete, once every destination acknowledged
 # move_to = "/data/sent"       # required with after_ack = "move"
+# follow_symlinks = false      # take links, only to files inside a watched folder
 
 [destinations.share]
 kind = "folder"                # central | dicomweb | dicom | folder

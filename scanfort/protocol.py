@@ -41,6 +41,7 @@ EVENT_KINDS = frozenset(
     }
 )
 SEVERITIES = frozenset({"info", "warning", "error"})
+HEARTBEAT_STATES = frozenset({"running", "stopped"})
 
 T = TypeVar("T")
 
@@ -141,8 +142,11 @@ class Heartbeat:
     free_disk_bytes: int | None = None
     counters: dict[str, int] = field(default_factory=dict)  # seen, protected, forwarded, quarantined, retries
     destinations: list[DestinationStatus] = field(default_factory=list)
-    watcher: dict[str, int] = field(default_factory=dict)  # reconcile_finds, overflows, observers_alive
+    watcher: dict[str, int] = field(default_factory=dict)  # reconcile_finds, overflows, observers_alive, thread_failures
     protocol: int = PROTOCOL_VERSION
+    #: ``running``, or ``stopped`` in the last heartbeat of a clean stop (the central then
+    #: shows the agent as stopped, not offline). Older agents omit it.
+    state: str = "running"
 
     def _validate(self) -> None:
         for name in ("agent_id", "version", "host", "os"):
@@ -160,6 +164,8 @@ class Heartbeat:
                 _check_number(f"{mapping_name}.{key}", value)
         if not isinstance(self.destinations, list) or len(self.destinations) > 64:
             raise ProtocolError("destinations must be a list of at most 64 entries")
+        if self.state not in HEARTBEAT_STATES:
+            raise ProtocolError(f"state must be one of {', '.join(sorted(HEARTBEAT_STATES))}")
 
     @classmethod
     def from_dict(cls, data: Any) -> Heartbeat:
