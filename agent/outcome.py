@@ -44,7 +44,7 @@ POLICY: dict[Outcome, Policy] = {
     Outcome.VANISHED: Policy(),
     Outcome.CHANGED: Policy(reoffer_after_s=SETTLE, supersede=True, finished=False),
     Outcome.INCOMPLETE: Policy(reoffer_after_s=SETTLE, finished=False),
-    Outcome.RETRY: Policy(reoffer_after_s=5.0, counter="retries", finished=False),
+    Outcome.RETRY: Policy(reoffer_after_s=SETTLE, counter="retries", finished=False),
     Outcome.WORKER_DOWN: Policy(reoffer_after_s=30.0, finished=False),
     Outcome.NO_SPACE: Policy(reoffer_after_s=5.0, finished=False),
     Outcome.QUARANTINED: Policy(),

@@ -237,8 +237,9 @@ class Protector:
         dicom_file = kind != "other" or "not-carried-by-dicom-mode" in flags
         if not any(plan):
             reason = ("not a dicom image: no destination of this folder accepts other files"
-                      if not dicom_file else "dicom mode cannot carry this file and no "
-                      "destination of this folder accepts file mode")
+                      if not dicom_file else "dicom mode cannot carry this file"
+                      + (" (truncated)" if "truncated" in flags else "")
+                      + " and no destination of this folder accepts file mode")
             return {"status": "failed", "permanent": True, "reason": reason, "plan": plan}
         return {"status": "protected", "plan": plan, "sha256": source_sha, "artifacts": arts,
                 "flags": flags, "dicom_file": dicom_file}

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from cipher import keys  # noqa: E402
-from tests.test_agent_helpers import TOKEN, Receiver, child_pids, ct_slice, write_config  # noqa: E402
+from tests.helpers import TOKEN, Receiver, child_pids, ct_slice, write_config  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

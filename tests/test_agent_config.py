@@ -13,7 +13,7 @@ from agent.config import load_config, parse_config, parse_size
 from agent.errors import ConfigError
 from cipher import keys
 from scanfort.cli import main
-from tests.test_agent_helpers import TOKEN, Receiver, drop, running, wait_until, write_config
+from tests.helpers import TOKEN, Receiver, drop, running, wait_until, write_config
 
 
 @pytest.fixture(scope="module")

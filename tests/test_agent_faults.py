@@ -17,8 +17,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.peers import OrthancPeer, free_port
-from tests.test_agent_helpers import (
+from tests.helpers import (
     TOKEN,
     Receiver,
     child_pids,
@@ -29,6 +28,7 @@ from tests.test_agent_helpers import (
     wait_until,
     write_config,
 )
+from tests.peers import OrthancPeer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -215,7 +215,7 @@ def test_a_recorded_spool_copy_that_is_gone_is_protected_again(tmp_path: Path, s
     """The worker does not fsync the spool directory: if a power cut loses the rename of a
     recorded copy, the next start protects the plaintext (still in place) again."""
     from agent.journal import Artifact, Journal
-    from agent.worker import Protector
+    from agent.protect import Protector
 
     identity, recipient = site_keys
     outbox = tmp_path / "outbox"
@@ -228,7 +228,8 @@ def test_a_recorded_spool_copy_that_is_gone_is_protected_again(tmp_path: Path, s
     art = answer["artifacts"][0]
     journal = Journal(config.journal_path)
     item_id = journal.record_protected(
-        None, str(scan), st.st_size, st.st_mtime_ns, 0, None, answer["sha256"],
+        None, str(scan), st.st_size, st.st_mtime_ns, config.folders[0].key, None,
+        answer["sha256"],
         [Artifact(0, "file", art["name"], art["sha256"], art["size"], None)],
         [("share", "file", "pending")])
     journal.close()

@@ -11,16 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.worker import (
-    Protector,
-    ProtectWorker,
-    WorkerLost,
-    WorkerPool,
-    plan_modes,
-    read_frame,
-    write_frame,
-)
-from tests.test_agent_helpers import ct_slice, decrypt
+from agent.pool import ProtectWorker, WorkerLost, WorkerPool
+from agent.protect import Protector, plan_modes, read_frame, write_frame
+from tests.helpers import ct_slice, decrypt
 
 
 def _request(path: Path, modes: list[str]) -> dict[str, object]:
@@ -71,7 +64,48 @@ def test_protector_answers(tmp_path: Path, site_keys) -> None:
     other = tmp_path / "notes.txt"
     other.write_bytes(b"not an image")
     answer = p.handle(_request(other, ["dicom"]))
-    assert answer["status"] == "unplannable" and "not a dicom image" in answer["reason"]
+    assert answer["status"] == "failed" and answer["permanent"]
+    assert "not a dicom image" in answer["reason"]
+
+
+def test_a_truncated_dicom_file_past_its_grace_is_protected_in_file_mode(
+        tmp_path: Path, site_keys) -> None:
+    """Nothing left behind unprotected: a cut DICOM file still goes, in file mode, where
+    file mode is accepted; the DICOM-only destination is told why it gets nothing."""
+    identity, recipient = site_keys
+    p = Protector([recipient], tmp_path / "spool")
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(ct_slice(32, 32, seed=2)[:-100])
+    answer = p.handle({**_request(cut, ["auto", "dicom", "file"]), "accept_truncated": True})
+    assert answer["status"] == "protected"
+    assert answer["plan"] == ["file", None, "file"]
+    assert answer["flags"] == ["truncated"] and answer["dicom_file"] is True
+    [art] = answer["artifacts"]
+    assert decrypt((tmp_path / "spool" / art["name"]).read_bytes(), identity) == cut.read_bytes()
+
+
+def test_library_warnings_are_counted_never_printed(tmp_path: Path, site_keys, capfd) -> None:
+    """pydicom's warnings quote attribute values: a worker reports their category only."""
+    import warnings
+
+    _, recipient = site_keys
+    p = Protector([recipient], tmp_path / "spool")
+    scan = tmp_path / "a.bin"
+    scan.write_bytes(b"x" * 100)
+
+    real = p._cipher.protect
+
+    def noisy(*args: object, **kwargs: object) -> object:
+        warnings.warn("Invalid value for VR UI: '1.2.SECRET-UID'", UserWarning, stacklevel=1)
+        return real(*args, **kwargs)
+
+    p._cipher = type("C", (), {"protect": staticmethod(noisy),
+                               "CipherError": p._cipher.CipherError,
+                               "NotDicomError": p._cipher.NotDicomError})()
+    answer = p.handle(_request(scan, ["file"]))
+    assert answer["status"] == "protected" and answer["warnings"] == {"UserWarning": 1}
+    out, err = capfd.readouterr()
+    assert "SECRET" not in out + err
 
 
 def test_worker_process_protects_and_is_killed_at_its_deadline(tmp_path: Path, site_keys) -> None:
@@ -199,7 +233,7 @@ def test_worker_ignores_interrupts_and_ends_with_its_input(tmp_path: Path, site_
 
 def test_no_worker_can_start_files_wait_in_place(tmp_path: Path, site_keys) -> None:
     """A broken installation is not the files' fault: nothing is quarantined or moved."""
-    from tests.test_agent_helpers import drop, running, write_config
+    from tests.helpers import drop, running, write_config
 
     _, recipient = site_keys
     config = write_config(tmp_path, [recipient],
@@ -218,7 +252,7 @@ def test_no_worker_can_start_files_wait_in_place(tmp_path: Path, site_keys) -> N
 
 
 def test_idle_workers_are_ended_and_started_again_on_demand(tmp_path: Path, site_keys) -> None:
-    from tests.test_agent_helpers import drop, running, wait_until, write_config
+    from tests.helpers import drop, running, wait_until, write_config
 
     identity, recipient = site_keys
     outbox = tmp_path / "out"
