@@ -3,8 +3,10 @@
 With ``SCANFORT_TEST_CRASH_AT=<point>`` (or ``<point>@<n>``: the n-th time it is reached)
 in its environment, a process ends with ``os._exit(CRASH_EXIT)`` at that point, in the
 agent or in a protect worker: no clean-up, no flush, as close to a power cut as a test can
-get without one. Unset (always, outside the crash-matrix test) :func:`reached` is one
-dictionary lookup.
+get without one. With ``SCANFORT_TEST_CRASH_ONCE=<marker path>`` as well, only the first
+process to get there crashes (it creates the marker first), so a restarted agent and new
+workers run normally. Unset (always, outside the crash-matrix test) :func:`reached` costs
+one comparison.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import threading
 
 ENV = "SCANFORT_TEST_CRASH_AT"
+ONCE_ENV = "SCANFORT_TEST_CRASH_ONCE"
 CRASH_EXIT = 86
 
 #: Every point, in the order a file meets them.
@@ -51,5 +54,12 @@ def reached(name: str) -> None:
         return
     with _lock:
         _hits += 1
-        if _hits >= _TARGET[1]:
-            os._exit(CRASH_EXIT)
+        if _hits < _TARGET[1]:
+            return
+        marker = os.environ.get(ONCE_ENV)
+        if marker:
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return  # another process already crashed here
+        os._exit(CRASH_EXIT)

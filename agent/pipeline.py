@@ -82,15 +82,18 @@ class Pipeline:
         if not self.has_room_for(s.size):
             return self._no_space()
         grace_over = self.clock() - s.first_seen >= self.config.incomplete_grace_s
+        names = {mode: self.spool.new_name(mode) for mode in ("file", "dicom")}
         request = {"path": s.path, "size": s.size, "mtime_ns": s.mtime_ns,
                    "modes": [self.config.destination(n).mode for n in folder.destinations],
-                   "follow_symlinks": folder.follow_symlinks, "accept_truncated": grace_over}
+                   "follow_symlinks": folder.follow_symlinks, "accept_truncated": grace_over,
+                   "names": names}
         try:
             answer = pool.call(request, self.timeout_for(s.size))
         except WorkerStartFailed as exc:
             self.reporter.event("error", "error", f"{exc}; files wait in place")
             return Result(Outcome.WORKER_DOWN, eid)
         except WorkerLost as exc:
+            self.spool.discard(names.values())  # copies it may have made before dying
             return self._failed(s, existing, str(exc), permanent=False)
         if answer.get("warnings"):
             # Library warnings quote dataset values: only their categories are logged.

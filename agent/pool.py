@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from agent.protect import WORKER_COMMAND, read_frame, write_frame
+from agent.spool import Spool
 
 
 class WorkerLost(Exception):
@@ -67,6 +68,7 @@ class ProtectWorker:
         self.setup = {"recipients": recipients, "spool_dir": str(spool_dir),
                       "parent_pid": os.getpid()}
         self.argv = argv or worker_argv()
+        self.spool = Spool(spool_dir)
         self._child: _Child | None = None
         self._lock = threading.Lock()
         self.deadline: float | None = None
@@ -114,6 +116,8 @@ class ProtectWorker:
                 if answer is None:
                     self._reap(child)
                     self._child = None
+                    # what it was writing is nobody's now
+                    self.spool.discard_tmp_of(child.proc.pid)
                     raise WorkerLost("protect worker exited before answering")
                 return answer
             finally:

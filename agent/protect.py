@@ -185,6 +185,7 @@ class Protector:
         self.spool = Spool(spool_dir)
         self.spool.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.parent_pid = parent_pid
+        self._names: dict[str, str] = {}
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         """One request; library warnings are counted into the answer, never printed."""
@@ -208,6 +209,9 @@ class Protector:
         if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
             return {"status": "changed"}
         dest_modes = [str(m) for m in req["modes"]]
+        # The parent names the copies, so it can remove them if this child dies before
+        # it answers; a request without names (tools, tests) gets fresh ones.
+        self._names = {str(k): str(v) for k, v in (req.get("names") or {}).items()}
         kind = self._dicom_kind(path, follow, any(m in ("auto", "dicom") for m in dest_modes))
         flags: list[str] = []
         if kind == "incomplete":
@@ -301,7 +305,7 @@ class Protector:
 
     def _protect(self, path: str, size: int, mtime_ns: int, mode: str,
                  follow: bool) -> tuple[dict[str, Any], str]:
-        name = self.spool.new_name(mode)
+        name = self._names.get(mode) or self.spool.new_name(mode)
         tmp = self.spool.tmp_for(name)
         try:
             with _open_source(path, follow) as raw, open(tmp, "wb") as out:

@@ -4,7 +4,7 @@ Layout under ``spool_dir``::
 
     journal.sqlite3 (+ -wal, -shm)  the journal (agent.journal)
     <20 hex>.file | <20 hex>.dicom  protected copies ("artifacts"), one per protection mode
-    tmp/<name>.tmp                  a copy being written by a protect worker
+    tmp/<name>.<pid>.tmp            a copy being written by protect worker <pid>
     quarantine/<item>.reason.txt    why an item waits for an operator (stays on this machine)
     status.json                     the last status snapshot (``agent status``)
     reserve                         space held back for the journal (see :class:`Reserve`)
@@ -73,8 +73,18 @@ class Spool:
     def path(self, name: str) -> Path:
         return self.root / name
 
-    def tmp_for(self, name: str) -> Path:
-        return self.tmp_dir / f"{name}.tmp"
+    def tmp_for(self, name: str, pid: int | None = None) -> Path:
+        """A temporary name that says which process writes it (see :meth:`discard_tmp_of`)."""
+        return self.tmp_dir / f"{name}.{os.getpid() if pid is None else pid}.tmp"
+
+    def discard_tmp_of(self, pid: int) -> int:
+        """Remove what a protect worker that died (or was killed) was writing."""
+        removed = 0
+        for leftover in self.tmp_dir.glob(f"*.{pid}.tmp"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+                removed += 1
+        return removed
 
     # -- entering and leaving ----------------------------------------------------------
     def commit(self, tmp: Path, name: str) -> Path:

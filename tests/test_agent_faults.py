@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -240,3 +242,54 @@ def test_a_recorded_spool_copy_that_is_gone_is_protected_again(tmp_path: Path, s
         assert item.state == "done"
     assert decrypt((outbox / "a.raw.age").read_bytes(), identity) == b"plain" * 500
     assert scan.exists()  # after_ack = keep
+
+
+@contextlib.contextmanager
+def small_volume(where: Path, size_mb: int) -> Iterator[Path]:
+    """A size-limited file system the test creates (tmpfs with size=, needs root); skip
+    outside CI when it cannot be made, fail under CI=true."""
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs",
+                           str(where)], capture_output=True)
+    if done.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot mount a small tmpfs: {done.stderr.decode().strip()}")
+        pytest.skip("cannot mount a small tmpfs (needs root)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_volume_never_wedges_the_agent(tmp_path: Path, site_keys) -> None:
+    """Inbox and spool on one small volume, the destination away: the volume fills,
+    protection waits instead of failing, no thread dies, the journal stays small; once
+    the destination is back everything drains without a restart."""
+    identity, recipient = site_keys
+    with small_volume(tmp_path / "vol", 32) as vol, Receiver() as rx:
+        rx.fail_with = 503
+        config = write_config(vol, [recipient], {"central": {"kind": "central"}},
+                              folder={"after_ack": "delete"},
+                              central={"url": rx.url, "token": TOKEN, "heartbeat_seconds": 1},
+                              log_dir=str(tmp_path / "logs"))
+        inbox = config.folders[0].path
+        payloads = {f"s{i:02d}.raw": os.urandom(1 << 20) for i in range(20)}
+        for name, data in payloads.items():
+            drop(inbox / name, data)
+        with running(config, reserve_bytes=2 << 20) as agent:
+            # the volume fills up: some are protected, the rest wait in place
+            wait_until(lambda: agent.journal.state_counts().get("protected", 0) >= 2
+                       and agent.reporter.repeats_suppressed > 0, timeout=60)
+            protected = agent.journal.state_counts()["protected"]
+            assert protected < len(payloads)
+            assert all((inbox / n).exists() for n in payloads)
+            wal = Path(f"{config.journal_path}-wal")
+            assert not wal.exists() or wal.stat().st_size <= 2 << 20
+            rx.fail_with = None  # the destination comes back
+            wait_until(lambda: agent.journal.state_counts() == {"done": len(payloads)},
+                       timeout=120)
+            assert agent.thread_restarts == 0
+            assert all(t.is_alive() for _, t in agent.threads.values())
+        assert list(inbox.iterdir()) == []
+        assert sorted(decrypt(o, identity) for o in rx.objects.values()) == \
+            sorted(payloads.values())
