@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBS := orthanc orthanc-dicomweb dcmtk age postgresql chromium systemd dpkg-dev
+DEBS := orthanc orthanc-dicomweb dcmtk dicom3tools age postgresql chromium systemd dpkg-dev
 
 .PHONY: demo test lint setup sysdeps bench
 

@@ -28,26 +28,27 @@ from cipher.errors import (
     InvalidRecipientError,
     NoIdentityMatchError,
     NotDicomError,
+    UnsupportedDicomError,
+    VerifyError,
 )
 
 if TYPE_CHECKING:
-    from cipher.dicommode import DEFAULT_PROTECTED_ATTRIBUTES, DicomPolicy
+    from cipher.profile import DicomPolicy
 
 # DICOM mode (and with it pydicom, ~20 MB of a process) is imported on first use: the
 # agent's protect workers for file-mode destinations never load it.
-_DICOM_NAMES = ("DEFAULT_PROTECTED_ATTRIBUTES", "DicomPolicy")
+_DICOM_NAMES = {"DicomPolicy": "cipher.profile", "dicom_mode_refusal": "cipher.dicomfile"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _DICOM_NAMES:
-        from cipher import dicommode
+        import importlib
 
-        return getattr(dicommode, name)
+        return getattr(importlib.import_module(_DICOM_NAMES[name]), name)
     raise AttributeError(f"module 'cipher' has no attribute {name!r}")
 
 
 __all__ = [
-    "DEFAULT_PROTECTED_ATTRIBUTES",
     "DICOM_MODE",
     "FILE_MODE",
     "AuthenticationError",
@@ -60,7 +61,10 @@ __all__ = [
     "NotDicomError",
     "ProtectInfo",
     "UnprotectInfo",
+    "UnsupportedDicomError",
+    "VerifyError",
     "detect_mode",
+    "dicom_mode_refusal",
     "inspect",
     "is_dicom_with_pixels",
     "keys",
@@ -79,16 +83,19 @@ def protect(
     """Protect ``src`` for ``recipients`` (``age1…`` strings), writing to ``dst``.
 
     ``mode`` is ``"file"`` (any bytes, streamed) or ``"dicom"`` (a DICOM file with Pixel
-    Data; raises :class:`NotDicomError` otherwise). ``policy`` applies to DICOM mode only.
-    Callers wanting "auto" call :func:`is_dicom_with_pixels` first. ``dst`` receives
-    output progressively: write it to a temporary file and rename on success.
+    Data; raises :class:`NotDicomError` otherwise, :class:`UnsupportedDicomError` for DICOM
+    that DICOM mode cannot carry). ``policy`` applies to DICOM mode only. Callers wanting
+    "auto" call :func:`is_dicom_with_pixels` first and fall back to file mode on
+    :class:`NotDicomError`. Every protection proves its output restores to the input
+    before returning (``ProtectInfo.verified``; :class:`VerifyError` otherwise). ``dst``
+    receives output progressively: write it to a temporary file and rename on success.
     """
     if mode == FILE_MODE:
         return fileformat.protect_file(src, dst, recipients)
     if mode == DICOM_MODE:
-        from cipher import dicommode
+        from cipher import dicomfile, profile
 
-        return dicommode.protect_dicom(src, dst, recipients, policy or dicommode.DicomPolicy())
+        return dicomfile.protect_dicom(src, dst, recipients, policy or profile.DicomPolicy())
     raise ValueError(f"mode must be {FILE_MODE!r} or {DICOM_MODE!r}, not {mode!r}")
 
 

@@ -51,6 +51,11 @@ class ProtectInfo:
     sop_instance_uid: str | None = None
     format_version: int = 1
     recipients: int = 1
+    #: True once the protecting code proved the output restores to the input (verify
+    #: before commit); :func:`cipher.protect` raises rather than return False.
+    verified: bool = False
+    #: DICOM mode: the policy and profile options that were applied.
+    policy: str | None = None
 
 
 @dataclass(frozen=True)

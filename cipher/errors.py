@@ -17,6 +17,8 @@ __all__ = [
     "InvalidRecipientError",
     "NoIdentityMatchError",
     "NotDicomError",
+    "UnsupportedDicomError",
+    "VerifyError",
 ]
 
 #: The single message of every authentication failure.
@@ -50,6 +52,23 @@ class NoIdentityMatchError(CipherError):
 
 class NotDicomError(CipherError):
     """DICOM mode was asked for an input that is not a DICOM file with Pixel Data."""
+
+
+class UnsupportedDicomError(NotDicomError):
+    """A DICOM file that DICOM mode cannot carry (empty Pixel Data, Pixel Data as SQ, a cut
+    or malformed element…). The message says why; file mode still protects it."""
+
+
+class VerifyError(CipherError):
+    """A fresh protection did not restore to its input (verify before commit).
+
+    Raised by :func:`cipher.protect` before anything is returned as done: the output must
+    not be kept, and the input must not be deleted.
+    """
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__("the protected output does not restore to its input"
+                         + (f" ({detail})" if detail else ""))
 
 
 class FormatError(CipherError):

@@ -19,7 +19,7 @@ import numpy as np
 
 from cipher import _common, chaos
 from cipher._common import FILE_MODE, ProtectInfo, UnprotectInfo
-from cipher.errors import FormatError
+from cipher.errors import FormatError, VerifyError
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -68,15 +68,26 @@ def _decode_header(raw: bytes) -> tuple[int, bytes, bytes]:
 IN_MEMORY_MAX = 8 << 20
 
 
+def _seal_chunk(plain: bytes | memoryview, key: bytes, chunk_nonce: bytes) -> bytes:
+    """The chaos ciphertext of one chunk, proven to decipher back (verify before commit).
+
+    The check costs one more pass of the cipher; it catches a faulty kernel or memory
+    error before the ciphertext is sealed by age and the original possibly deleted.
+    """
+    arr = np.frombuffer(plain, np.uint8)
+    ct = chaos.encrypt(arr, key, chunk_nonce)
+    if not np.array_equal(chaos.decrypt(ct, key, chunk_nonce), arr):
+        raise VerifyError("chunk does not decipher to its plaintext")
+    return ct.tobytes()
+
+
 def _encipher(plain: memoryview, key: bytes, nonce: bytes, chunk_size: int,
               first_index: int = 0) -> bytes:
     """The chaos ciphertext of ``plain`` cut into chunks, numbered from ``first_index``."""
     out: list[bytes] = []
     for index, start in enumerate(range(0, len(plain), chunk_size), first_index):
         chunk_nonce = _common.derive_nonce(LABEL_CHUNK_NONCE, nonce, index)
-        ct = chaos.encrypt(np.frombuffer(plain[start:start + chunk_size], np.uint8), key,
-                           chunk_nonce)
-        out.append(ct.tobytes())
+        out.append(_seal_chunk(plain[start:start + chunk_size], key, chunk_nonce))
     return b"".join(out)
 
 
@@ -124,8 +135,7 @@ class _EncryptingReader(io.RawIOBase):
         self.bytes_in += len(plain)
         chunk_nonce = _common.derive_nonce(LABEL_CHUNK_NONCE, self._nonce, self._index)
         self._index += 1
-        ct = chaos.encrypt(np.frombuffer(plain, np.uint8), self._key, chunk_nonce)
-        self._pending = memoryview(ct.tobytes())
+        self._pending = memoryview(_seal_chunk(plain, self._key, chunk_nonce))
 
     def readinto(self, b: Any) -> int:
         while not self._pending and not self._eof:
@@ -214,6 +224,7 @@ def protect_file(
         bytes_out=written,
         format_version=FORMAT_VERSION,
         recipients=len(parsed),
+        verified=True,
     )
 
 

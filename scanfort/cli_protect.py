@@ -14,6 +14,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +32,14 @@ from cipher.errors import (
     InvalidRecipientError,
     NoIdentityMatchError,
     NotDicomError,
+    VerifyError,
 )
+from cipher.pseudonym import PseudonymSecret
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 __all__ = ["register"]
 
@@ -44,6 +52,7 @@ _HINTS: dict[type[BaseException], str] = {
     "file was encrypted to; a damaged recipient stanza looks the same",
     AuthenticationError: "nothing was written for this file; get an intact copy from its source",
     NotDicomError: "use --mode auto (file mode for non-DICOM input) or --mode file",
+    VerifyError: "the output did not restore to the input and was not written; report this",
     FormatError: "scanfort decrypt and inspect take files written by scanfort encrypt",
     OSError: "check that the path exists and is readable, and that OUTDIR is writable",
 }
@@ -190,11 +199,77 @@ def _walk(inputs: Sequence[str], outdir: Path) -> Iterator[tuple[Path, Path]]:
             yield path, Path(path.name)
 
 
+def _special_kind(path: Path) -> str | None:
+    """``"FIFO"``, ``"device"``, ``"socket"`` for inputs that are not regular files."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # reported when it is opened
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return None
+
+
 def _collect(inputs: Sequence[str], outdir: Path) -> list[tuple[Path, Path]]:
-    found = list(_walk(inputs, outdir))
+    found = []
+    for path, rel in _walk(inputs, outdir):
+        kind = _special_kind(path)
+        if kind is not None:  # reading a FIFO or device would block or never end
+            sys.stderr.write(f"scanfort: skipped {path}: a {kind}, not a regular file\n")
+            continue
+        found.append((path, rel))
     if not found:
         raise UsageError("no input files", "give files or directories that contain files")
     return found
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """Open ``path`` for reading, refusing anything but a regular file without blocking.
+
+    O_NONBLOCK keeps a FIFO swapped in after :func:`_collect` from hanging the batch.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(22, "not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _plan(items: list[tuple[Path, Path]], outdir: Path, target_of: Callable[[Path, Path], Path],
+          force: bool) -> list[tuple[Path, Path]]:
+    """Map every input to its output path before anything is written.
+
+    Two inputs that would write one output are a usage error (nothing is written); an
+    output that exists already is replaced only with ``--force``.
+    """
+    claimed: dict[Path, Path] = {}
+    planned: list[tuple[Path, Path]] = []
+    for path, rel in items:
+        try:
+            target = outdir / target_of(path, rel)
+        except OSError:
+            target = outdir / rel  # unreadable: reported when it is processed
+        if target in claimed:
+            raise UsageError(f"{claimed[target]} and {path} would both be written to {target}",
+                             "give inputs whose names differ, or one -o per input directory")
+        claimed[target] = path
+        planned.append((path, target))
+    if not force:
+        existing = [t for _, t in planned if t.exists() or t.is_symlink()]
+        if existing:
+            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+            raise UsageError(f"output exists: {existing[0]}{more}",
+                             "choose an empty OUTDIR, or give --force to replace outputs")
+    return planned
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -307,28 +382,73 @@ def _recipients(args: argparse.Namespace) -> list[str]:
     return found
 
 
+def _encrypt_mode(path: Path, mode: str) -> str:
+    if mode != "auto":
+        return mode
+    with _open_regular(path) as src:
+        return cipher.DICOM_MODE if cipher.is_dicom_with_pixels(src) else cipher.FILE_MODE
+
+
+def _encrypt_target(rel: Path, mode: str) -> Path:
+    return rel if mode == cipher.DICOM_MODE else rel.with_name(rel.name + AGE_SUFFIX)
+
+
 def _encrypt_one(
     path: Path,
-    target_rel: Path,
-    outdir: Path,
+    target: Path,
     recipients: list[str],
     mode: str,
     policy: cipher.DicomPolicy,
+    force: bool,
 ) -> str:
-    with open(path, "rb") as src:
-        chosen = mode
-        if mode == "auto":
-            chosen = cipher.DICOM_MODE if cipher.is_dicom_with_pixels(src) else cipher.FILE_MODE
-        rel = (
-            target_rel
-            if chosen == cipher.DICOM_MODE
-            else target_rel.with_name(target_rel.name + AGE_SUFFIX)
-        )
-        target = outdir / rel
+    with _open_regular(path) as src:
+        chosen = _encrypt_mode(path, mode)
+        if chosen == cipher.DICOM_MODE and mode == "auto":
+            reason = cipher.dicom_mode_refusal(src)
+            if reason is not None:  # DICOM that DICOM mode cannot carry: file mode
+                chosen = cipher.FILE_MODE
+                target = target.with_name(target.name + AGE_SUFFIX)
+                if target.exists() and not force:
+                    raise OSError(17, f"output exists: {target}")
+                sys.stderr.write(f"scanfort: note: {path}: file mode ({reason})\n")
         _guard_target(path, target)
         with _atomic_output(target) as dst:
             cipher.protect(src, dst, recipients, mode=chosen, policy=policy)
     return chosen
+
+
+def _pseudonym_secret(args: argparse.Namespace) -> PseudonymSecret | None:
+    name = args.pseudonym_secret
+    if name is None and args.agent_config:
+        try:
+            with open(args.agent_config, "rb") as fh:
+                config = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UsageError(f"cannot read agent config {args.agent_config}: "
+                             f"{_describe(exc) if isinstance(exc, OSError) else exc}") from None
+        value = config.get("agent", {}).get("pseudonym_secret_file")
+        if value is None:
+            raise UsageError(f"{args.agent_config} sets no [agent] pseudonym_secret_file")
+        name = str(Path(args.agent_config).parent / value)
+    if name is None:
+        return None
+    try:
+        return PseudonymSecret.parse(Path(name).read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read pseudonym secret {name}: {_describe(exc)}") from None
+    except ValueError as exc:
+        raise UsageError(f"{name}: {exc}",
+                         "scanfort central init writes the site's secret") from None
+
+
+def _policy(args: argparse.Namespace) -> cipher.DicomPolicy:
+    options = [o.strip() for o in args.profile_options.split(",") if o.strip()]
+    if args.replace_uids:
+        options = [o for o in options if o != "retain-uids"]
+    try:
+        return cipher.DicomPolicy.from_names(args.policy, options, _pseudonym_secret(args))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _cmd_encrypt(args: argparse.Namespace) -> int:
@@ -336,15 +456,21 @@ def _cmd_encrypt(args: argparse.Namespace) -> int:
         recipients = _recipients(args)
         outdir = Path(args.output)
         _check_outdir(outdir)
+        policy = _policy(args)
         items = _collect(args.inputs, outdir)
+        planned = _plan(items, outdir, lambda p, rel: _encrypt_target(
+            rel, _encrypt_mode(p, args.mode)), args.force)
     except UsageError as exc:
         _error(str(exc), exc.hint)
         return 2
-    policy = cipher.DicomPolicy(keep_uids=not args.replace_uids)
+    if policy.pseudonym_secret is None and args.mode != "file" and args.policy == "profile":
+        sys.stderr.write("scanfort: note: no pseudonym secret: in DICOM mode each study becomes "
+                         "its own pseudonymous patient (--pseudonym-secret FILE links a "
+                         "patient's studies)\n")
     return _run(
-        items,
+        planned,
         "encrypted",
-        lambda p, rel: _encrypt_one(p, rel, outdir, recipients, args.mode, policy),
+        lambda p, target: _encrypt_one(p, target, recipients, args.mode, policy, args.force),
     )
 
 
@@ -357,6 +483,9 @@ def _run(items: list[tuple[Path, Path]], verb: str, one: Callable[[Path, Path], 
         except (CipherError, OSError) as exc:
             progress.close()
             report.failure(path, exc)
+        except Exception as exc:  # a bug must not abort the batch or print a traceback
+            progress.close()
+            report.failure(path, RuntimeError(f"internal error ({type(exc).__name__})"))
         progress.step()
     progress.close()
     report.summary(sys.stderr)
@@ -366,13 +495,20 @@ def _run(items: list[tuple[Path, Path]], verb: str, one: Callable[[Path, Path], 
 # --------------------------------------------------------------------------- decrypt
 
 
-def _decrypt_one(path: Path, target_rel: Path, outdir: Path, identities: list[str]) -> str:
-    with open(path, "rb") as src:
+def _decrypt_target(path: Path, rel: Path) -> Path:
+    with _open_regular(path) as src:
+        try:
+            mode = cipher.detect_mode(src)
+        except CipherError:
+            return rel  # not protected: reported when it is processed
+    if mode == cipher.FILE_MODE and rel.suffix == AGE_SUFFIX:
+        return rel.with_name(rel.name[: -len(AGE_SUFFIX)])
+    return rel
+
+
+def _decrypt_one(path: Path, target: Path, identities: list[str]) -> str:
+    with _open_regular(path) as src:
         mode = cipher.detect_mode(src)
-        rel = target_rel
-        if mode == cipher.FILE_MODE and rel.suffix == AGE_SUFFIX:
-            rel = rel.with_name(rel.name[: -len(AGE_SUFFIX)])
-        target = outdir / rel
         _guard_target(path, target)
         with _atomic_output(target) as dst:
             cipher.unprotect(src, dst, identities)
@@ -385,10 +521,11 @@ def _cmd_decrypt(args: argparse.Namespace) -> int:
         outdir = Path(args.output)
         _check_outdir(outdir)
         items = _collect(args.inputs, outdir)
+        planned = _plan(items, outdir, _decrypt_target, args.force)
     except UsageError as exc:
         _error(str(exc), exc.hint)
         return 2
-    return _run(items, "decrypted", lambda p, rel: _decrypt_one(p, rel, outdir, identities))
+    return _run(planned, "decrypted", lambda p, target: _decrypt_one(p, target, identities))
 
 
 # --------------------------------------------------------------------------- inspect
@@ -412,10 +549,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     report = _Report("inspected")
     for name in args.files:
         try:
-            with open(name, "rb") as src:
+            with _open_regular(Path(name)) as src:
                 info = cipher.inspect(src)
         except (CipherError, OSError) as exc:
             report.failure(Path(name), exc)
+            continue
+        except Exception as exc:  # never a traceback for one odd file
+            report.failure(Path(name), RuntimeError(f"internal error ({type(exc).__name__})"))
             continue
         report.success(str(info.get("mode")))
         results[name] = info
@@ -449,7 +589,13 @@ def register(subparsers: Any) -> None:
         "encrypt",
         help="protect scans for one or more recipients",
         description="Protect files and directories (recursively) into OUTDIR. File mode "
-        "writes NAME.age (an age file); DICOM mode keeps NAME and writes a valid DICOM file.",
+        "writes NAME.age (an age file); DICOM mode keeps NAME and writes a valid DICOM file "
+        "whose attributes follow the PS3.15 basic profile (patients replaced by keyed "
+        "pseudonyms; originals inside the encrypted blob) and whose Pixel Data is "
+        "enciphered; decrypt gives back the original file byte for byte. Without a "
+        "pseudonym secret, DICOM mode makes each study its own pseudonymous patient "
+        "(patients never merge in a PACS, but one patient's studies are not linked). "
+        "Every output is proven to restore before it is written.",
     )
     p.add_argument(
         "-r", "--recipient", action="append", metavar="RECIPIENT", help="age1… (repeatable)"
@@ -462,11 +608,20 @@ def register(subparsers: Any) -> None:
         help="file of recipients, one per line (repeatable)",
     )
     p.add_argument("--mode", choices=MODES, default="auto", help="default: auto")
-    p.add_argument(
-        "--replace-uids",
-        action="store_true",
-        help="DICOM mode: replace Study/Series/SOP Instance UIDs (restored on decrypt)",
-    )
+    p.add_argument("--policy", choices=("profile", "pixels-only"), default="profile",
+                   help="DICOM mode: the PS3.15 profile (default) or Pixel Data only")
+    p.add_argument("--profile-options", default="retain-uids,retain-long-full-dates",
+                   metavar="LIST", help="DICOM mode: comma-separated profile options (default: "
+                   "retain-uids,retain-long-full-dates; also retain-patient-chars, "
+                   "retain-device-identity, retain-institution-identity, clean-descriptors, "
+                   "retain-safe-private; empty for the strictest)")
+    p.add_argument("--replace-uids", action="store_true",
+                   help="DICOM mode: drop retain-uids (UIDs replaced; restored on decrypt)")
+    p.add_argument("--pseudonym-secret", metavar="FILE",
+                   help="the site's pseudonymisation secret (written by scanfort central init)")
+    p.add_argument("--agent-config", metavar="FILE",
+                   help="take the pseudonym secret named by this agent config")
+    p.add_argument("--force", action="store_true", help="replace outputs that exist")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.set_defaults(func=_cmd_encrypt)
@@ -480,6 +635,7 @@ def register(subparsers: Any) -> None:
         "-i", "--identity", action="append", required=True, metavar="IDENTITY",
         help="identity file (repeatable)",
     )  # fmt: skip
+    p.add_argument("--force", action="store_true", help="replace outputs that exist")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.set_defaults(func=_cmd_decrypt)
@@ -487,7 +643,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "inspect",
         help="describe a protected file without any key",
-        description="Mode, format version, number of recipients, sizes and kept UIDs.",
+        description="Mode, format version, DICOM policy and options, number of recipients, "
+        "sizes and kept UIDs.",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("files", nargs="+", metavar="FILE")

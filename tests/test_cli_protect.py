@@ -85,18 +85,16 @@ def test_encrypt_decrypt_directory_tree(site, tree, tmp_path, capsys) -> None:
         "series/report.txt.age",
     ]
     assert "encrypted 4 files (2 dicom mode, 2 file mode)" in capsys.readouterr().err
-    assert pydicom.dcmread(out / "CT_small.dcm").PatientName == "PROTECTED"
+    protected = pydicom.dcmread(out / "CT_small.dcm")
+    assert str(protected.PatientName).startswith("SF0^")  # no secret: one patient per study
+    assert protected.PatientIdentityRemoved == "YES"
     assert not list(out.rglob("*.tmp"))
 
     assert run("decrypt", "-i", str(key), "-o", str(back), str(out)) == 0
     for src in tree.rglob("*"):
         if src.is_file():
             restored = back / src.relative_to(tree)
-            if src.suffix == ".dcm":
-                a, b = pydicom.dcmread(src), pydicom.dcmread(restored)
-                assert a.PixelData == b.PixelData and a.PatientName == b.PatientName
-            else:
-                assert restored.read_bytes() == src.read_bytes()
+            assert restored.read_bytes() == src.read_bytes()  # both modes: byte for byte
 
 
 def test_inspect_json_and_text(site, tree, tmp_path, capsys) -> None:
@@ -107,7 +105,8 @@ def test_inspect_json_and_text(site, tree, tmp_path, capsys) -> None:
     assert run("inspect", "--json", str(out / "CT_small.dcm")) == 0
     info = json.loads(capsys.readouterr().out)
     original = pydicom.dcmread(tree / "CT_small.dcm")
-    assert info["mode"] == "dicom" and info["format_version"] == 1 and info["recipients"] == 1
+    assert info["mode"] == "dicom" and info["format_version"] == 2 and info["recipients"] == 1
+    assert info["policy"] == "profile[retain-long-full-dates,retain-uids]"
     assert info["uids"]["SOPInstanceUID"] == original.SOPInstanceUID
     assert str(original.PatientName) not in json.dumps(info)
     assert run("inspect", str(out / "series" / "report.txt.age")) == 0
@@ -152,7 +151,7 @@ def test_mode_dicom_on_non_dicom_is_a_clear_error(site, tree, tmp_path, capsys) 
     code = run("encrypt", "--mode", "dicom", "-r", recipient, "-o", str(out), str(tree))
     assert code == 1
     err = capsys.readouterr().err
-    assert "not a DICOM file with pixel data" in err
+    assert "not a DICOM" in err
     assert "--mode auto" in err
     assert (out / "CT_small.dcm").exists() and not (out / "series" / "report.txt").exists()
 
@@ -177,7 +176,9 @@ def test_never_overwrites_an_input(site, tmp_path, capsys) -> None:
     src = tmp_path / "CT_small.dcm"
     original = _testdata("CT_small.dcm").read_bytes()
     src.write_bytes(original)
-    assert run("encrypt", "-r", recipient, "-o", str(tmp_path), str(src)) == 1
+    assert run("encrypt", "-r", recipient, "-o", str(tmp_path), str(src)) == 2
+    assert "output exists" in capsys.readouterr().err
+    assert run("encrypt", "--force", "-r", recipient, "-o", str(tmp_path), str(src)) == 1
     assert "overwrite the input" in capsys.readouterr().err
     assert src.read_bytes() == original
 
@@ -186,7 +187,9 @@ def test_outdir_inside_input_is_not_walked(site, tree, capsys) -> None:
     _, recipient = site
     out = tree / "protected"
     assert run("encrypt", "-r", recipient, "-o", str(out), str(tree)) == 0
-    assert run("encrypt", "-r", recipient, "-o", str(out), str(tree)) == 0  # again: same 4
+    assert run("encrypt", "-r", recipient, "-o", str(out), str(tree)) == 2  # outputs exist
+    assert "--force" in capsys.readouterr().err
+    assert run("encrypt", "--force", "-r", recipient, "-o", str(out), str(tree)) == 0
     assert "encrypted 4 files" in capsys.readouterr().err.splitlines()[-1]
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == [
         "CT_small.dcm",
@@ -195,3 +198,99 @@ def test_outdir_inside_input_is_not_walked(site, tree, capsys) -> None:
         "report.txt.age",
     ]
     assert os.listdir(tree / "series" / "deep") == ["MR_small_RLE.dcm"]
+
+
+def test_fifo_is_skipped_and_the_batch_goes_on(site, tree, tmp_path, capsys) -> None:
+    _, recipient = site
+    os.mkfifo(tree / "pipe")
+    out = tmp_path / "out"
+    assert run("encrypt", "-r", recipient, "-o", str(out), str(tree)) == 0
+    err = capsys.readouterr().err
+    assert "skipped" in err and "FIFO" in err and "encrypted 4 files" in err
+    assert not (out / "pipe.age").exists()
+
+
+def test_two_inputs_for_one_output_write_nothing(site, tmp_path, capsys) -> None:
+    _, recipient = site
+    for d in ("dirA", "dirB"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "IM000001").write_bytes(_testdata("CT_small.dcm").read_bytes())
+    out = tmp_path / "out"
+    assert run("encrypt", "-r", recipient, "-o", str(out), str(tmp_path / "dirA"),
+               str(tmp_path / "dirB")) == 2
+    assert "would both be written" in capsys.readouterr().err
+    assert not out.exists() or not list(out.rglob("*"))
+
+
+def test_decrypt_collision_dicom_and_age_of_one_name(site, tmp_path, capsys) -> None:
+    key, recipient = site
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "scan").write_bytes(_testdata("CT_small.dcm").read_bytes())
+    enc = tmp_path / "enc"
+    assert run("encrypt", "-r", recipient, "-o", str(enc), str(src)) == 0
+    assert run("encrypt", "--mode", "file", "-r", recipient, "-o", str(enc), str(src)) == 0
+    assert sorted(p.name for p in enc.iterdir()) == ["scan", "scan.age"]
+    capsys.readouterr()
+    assert run("decrypt", "-i", str(key), "-o", str(tmp_path / "back"), str(enc)) == 2
+    assert "would both be written" in capsys.readouterr().err
+
+
+def test_pseudonym_secret_links_a_patients_studies(site, tmp_path, capsys) -> None:
+    from cipher.pseudonym import PseudonymSecret
+
+    _, recipient = site
+    secret = PseudonymSecret.generate()
+    (tmp_path / "secret").write_text(secret.encode())
+    agent = tmp_path / "agent.toml"
+    agent.write_text('[agent]\npseudonym_secret_file = "secret"\n')
+    src = _testdata("CT_small.dcm")
+    original = pydicom.dcmread(src)
+    for n, how in enumerate((["--pseudonym-secret", str(tmp_path / "secret")],
+                             ["--agent-config", str(agent)])):
+        out = tmp_path / f"out{n}"
+        assert run("encrypt", *how, "-r", recipient, "-o", str(out), str(src)) == 0
+        ds = pydicom.dcmread(out / "CT_small.dcm")
+        assert ds.PatientID == secret.patient_id(str(original.PatientID),
+                                                 str(original.get("IssuerOfPatientID", "")))
+    assert "no pseudonym secret" not in capsys.readouterr().err
+    (tmp_path / "bad").write_text("not a secret")
+    assert run("encrypt", "--pseudonym-secret", str(tmp_path / "bad"), "-r", recipient,
+               "-o", str(tmp_path / "o3"), str(src)) == 2
+    err = capsys.readouterr().err
+    assert "not a pseudonym secret" in err and "not a secret" not in err.replace(
+        "not a pseudonym secret", "")
+    assert run("encrypt", "--profile-options", "retain-everything", "-r", recipient,
+               "-o", str(tmp_path / "o4"), str(src)) == 2
+
+
+def test_dicom_that_dicom_mode_cannot_carry_goes_to_file_mode(site, tmp_path, capsys) -> None:
+    key, recipient = site
+    raw = _testdata("CT_small.dcm").read_bytes()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "cut.dcm").write_bytes(raw[: len(raw) - 100])  # Pixel Data cut short
+    out = tmp_path / "out"
+    assert run("encrypt", "-r", recipient, "-o", str(out), str(tmp_path / "in")) == 0
+    err = capsys.readouterr().err
+    assert "file mode (the file is cut" in err
+    assert (out / "cut.dcm.age").exists()
+    assert run("decrypt", "-i", str(key), "-o", str(tmp_path / "back"), str(out)) == 0
+    assert (tmp_path / "back" / "cut.dcm").read_bytes() == raw[: len(raw) - 100]
+
+
+def test_hostile_bytes_never_give_a_traceback(site, tmp_path, capsys) -> None:
+    key, recipient = site
+    out = tmp_path / "out"
+    assert run("encrypt", "-r", recipient, "-o", str(out), str(_testdata("CT_small.dcm"))) == 0
+    data = (out / "CT_small.dcm").read_bytes()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(40):
+        mutant = bytearray(data)
+        mutant[(i * 997) % len(mutant)] ^= 0xFF
+        (bad / f"m{i:02d}.dcm").write_bytes(bytes(mutant[: len(mutant) - i * 13]))
+    capsys.readouterr()
+    assert run("decrypt", "-i", str(key), "-o", str(tmp_path / "back"), str(bad)) in (0, 1)
+    assert run("inspect", *(str(p) for p in sorted(bad.iterdir()))) in (0, 1)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "internal error" not in err
