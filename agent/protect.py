@@ -167,10 +167,10 @@ def _open_source(path: str, follow: bool) -> BinaryIO:
     return os.fdopen(os.open(path, flags), "rb")
 
 
-def _verified(info: object) -> bool:
-    """The cipher checked this copy against the original before it returned."""
-    # cipher v1 has no ``verified`` (it cannot check); merge of cipher v2 makes this strict.
-    return getattr(info, "verified", True) is True
+def _verified(info: Any) -> bool:
+    """The cipher checked this copy restores to the original before it returned: only then
+    does it count (a copy that cannot be decrypted must never let ``after_ack`` delete)."""
+    return info.verified is True
 
 
 class Protector:
