@@ -164,8 +164,8 @@ class Journal:
         self._synced = 0  # all commits up to this count are known durable
         self._sync_lock = threading.Lock()
         self._outbox_inserts = 0
-        #: Called when a commit fails because the volume is full; returns True if it freed
-        #: space (the spool's reserve), after which the transaction is tried once more.
+        #: Called when a write fails because the volume is full (the agent gives back the
+        #: spool's reserve); the caller retries.
         self.on_full: Callable[[], bool] | None = None
         if not readonly:
             self.salt = self._salt()
@@ -241,29 +241,23 @@ class Journal:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. On a full volume the spool's reserve is given back
+        (``on_full``) before the error is raised, so the caller's retry, which is usually
+        what frees space (a delivery done, an item finalized), can commit."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-            try:
-                self._db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                # The volume is full: give back the spool's reserve and commit once more
-                # (what is being committed is usually what frees space).
-                if not _disk_full(exc) or self.on_full is None or not self.on_full():
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
+                self._db.execute("BEGIN IMMEDIATE")
                 try:
+                    yield self._db
                     self._db.execute("COMMIT")
-                except sqlite3.Error:
+                except BaseException:
                     if self._db.in_transaction:
                         self._db.execute("ROLLBACK")
                     raise
+            except sqlite3.OperationalError as exc:
+                if _disk_full(exc) and self.on_full is not None:
+                    self.on_full()
+                raise
             self._commits += 1
 
     def _salt(self) -> str:

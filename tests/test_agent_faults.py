@@ -293,3 +293,35 @@ def test_a_full_volume_never_wedges_the_agent(tmp_path: Path, site_keys) -> None
         assert list(inbox.iterdir()) == []
         assert sorted(decrypt(o, identity) for o in rx.objects.values()) == \
             sorted(payloads.values())
+
+
+def test_the_reserve_lets_the_journal_commit_on_a_full_volume(tmp_path: Path) -> None:
+    """The journal's volume is full: the first failed write gives back the spool's
+    reserve, the retry (what frees space: a delivery done, an item finalized) commits."""
+    from agent.journal import Journal
+    from agent.spool import Reserve, Spool
+
+    with small_volume(tmp_path / "vol", 4) as vol:
+        spool = Spool(vol / "spool")
+        spool.create()
+        reserve = Reserve(spool, 1 << 20)
+        assert reserve.restore(10 << 20)
+        journal = Journal(spool.journal_path)
+        journal.on_full = reserve.release
+        with open(vol / "filler", "wb") as fh:  # the modality filled the rest
+            with contextlib.suppress(OSError):
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+        body = "x" * 20000
+        failed = 0
+        for i in range(200):
+            try:
+                journal.outbox_add(f"e{i}", float(i), body)
+            except sqlite3.OperationalError:
+                failed += 1
+                break
+        assert failed == 1 and not reserve.held  # given back at the first failure
+        journal.outbox_add("retry", 1e9, "the retry commits")
+        assert ("retry", "the retry commits") in journal.outbox_peek(10_000)
+        journal.close()
