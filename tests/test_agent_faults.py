@@ -55,8 +55,6 @@ def start_agent(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
             cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
-@pytest.mark.slow
-@pytest.mark.peer
 def all_gone(pids: list[int]) -> bool:
     """No process left running (a zombie waiting for its new parent to reap it is gone)."""
     for p in pids:
@@ -69,6 +67,8 @@ def all_gone(pids: list[int]) -> bool:
     return True
 
 
+@pytest.mark.slow
+@pytest.mark.peer
 def test_kill_9_during_burst_loses_nothing(tmp_path: Path, site_keys, orthanc: OrthancPeer) -> None:
     identity, recipient = site_keys
     orthanc.clear()
@@ -164,7 +164,7 @@ def test_slow_writer_is_processed_once_and_complete(tmp_path: Path, site_keys) -
                     fh.flush()
                     time.sleep(0.6)
             wait_until(lambda: agent.journal.state_counts().get("done") == 1)
-            time.sleep(1.5)
+            assert agent.reconcile() == 0  # the finished file is not taken again
             counts = agent.journal.state_counts()
         assert counts == {"done": 1}
         assert [decrypt(o, identity) for o in rx.objects.values()] == [data]
@@ -180,14 +180,14 @@ def test_disk_below_watermark_pauses_intake(tmp_path: Path, site_keys) -> None:
     with running(config, disk_free=lambda _: free["bytes"]) as agent:
         for name, data in payloads.items():
             drop(inbox / name, data)
-        time.sleep(2.0)
+        status = config.spool_dir / "status.json"
+        wait_until(lambda: status.exists() and '"intake_paused": true' in status.read_text()
+                   and len(agent.settler) == 5)
         assert agent.journal.state_counts() == {}  # nothing taken
         assert all((inbox / n).exists() for n in payloads)
-        wait_until(lambda: '"intake_paused": true' in
-                   (config.spool_dir / "status.json").read_text())
         free["bytes"] = 1_500_000  # between the watermarks: still paused (hysteresis)
-        time.sleep(1.0)
-        assert agent.journal.state_counts() == {}
+        wait_until(lambda: agent.reporter.free_disk == 1_500_000)
+        assert agent.reporter.intake_paused and agent.journal.state_counts() == {}
         free["bytes"] = 10_000_000
         wait_until(lambda: agent.journal.state_counts().get("done") == 5)
     for name, data in payloads.items():

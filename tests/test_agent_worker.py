@@ -13,7 +13,25 @@ import pytest
 
 from agent.pool import ProtectWorker, WorkerLost, WorkerPool
 from agent.protect import Protector, plan_modes, read_frame, write_frame
-from tests.helpers import ct_slice, decrypt
+from tests.helpers import ct_slice, decrypt, wait_until
+
+
+def _status(pid: int) -> dict[str, str]:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    return _status(pid).get("State", "Z").strip()[:1] not in ("Z", "X")
+
+
+def _no_signal_pending(pid: int) -> bool:
+    st = _status(pid)
+    return int(st.get("SigPnd", "0"), 16) == 0 and int(st.get("ShdPnd", "0"), 16) == 0
 
 
 def _request(path: Path, modes: list[str]) -> dict[str, object]:
@@ -138,10 +156,7 @@ def test_worker_process_protects_and_is_killed_at_its_deadline(tmp_path: Path, s
 
             t = threading.Thread(target=call)
             t.start()
-            deadline = time.monotonic() + 30
-            while not stuck.kill_if_overdue(time.monotonic()):
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            wait_until(lambda: stuck.kill_if_overdue(time.monotonic()))
             t.join(30)
             assert isinstance(result[0], WorkerLost) and stuck.killed == 1
             # the next call starts a new child, which behaves (the marker exists now)
@@ -164,7 +179,7 @@ def test_a_worker_that_dies_is_replaced(tmp_path: Path, site_keys) -> None:
         pid = pool.workers[0].pid
         assert pid is not None
         os.kill(pid, 9)  # e.g. the OOM killer
-        time.sleep(0.2)
+        wait_until(lambda: not _running(pid))
         assert pool.call(_request(scan, ["file"]), 60)["status"] == "protected"
         assert pool.started == 2 and pool.workers[0].pid != pid
     finally:
@@ -223,7 +238,7 @@ def test_worker_ignores_interrupts_and_ends_with_its_input(tmp_path: Path, site_
     assert pid is not None
     os.kill(pid, signal.SIGINT)
     os.kill(pid, signal.SIGTERM)
-    time.sleep(0.2)
+    wait_until(lambda: _no_signal_pending(pid))  # delivered (and ignored)
     assert worker.call(_request(scan, ["file"]), 60)["status"] == "protected"
     assert worker.started == 1 and worker.pid == pid
     worker.close()
@@ -241,10 +256,8 @@ def test_no_worker_can_start_files_wait_in_place(tmp_path: Path, site_keys) -> N
     broken = [sys.executable, "-c", "import sys; sys.exit(3)"]
     with running(config, worker_argv=broken) as agent:
         drop(config.folders[0].path / "a.raw", b"data" * 100)
-        deadline = time.monotonic() + 20
-        while not any("did not start" in body for _, body in agent.journal.outbox_peek(100)):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until(lambda: any("did not start" in body
+                               for _, body in agent.journal.outbox_peek(100)), timeout=20)
         assert agent.journal.state_counts() == {}
         assert agent.pool.started == 0  # failed starts are not counted as started
     assert (config.folders[0].path / "a.raw").read_bytes() == b"data" * 100
@@ -252,7 +265,7 @@ def test_no_worker_can_start_files_wait_in_place(tmp_path: Path, site_keys) -> N
 
 
 def test_idle_workers_are_ended_and_started_again_on_demand(tmp_path: Path, site_keys) -> None:
-    from tests.helpers import drop, running, wait_until, write_config
+    from tests.helpers import drop, running, write_config
 
     identity, recipient = site_keys
     outbox = tmp_path / "out"
