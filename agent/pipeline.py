@@ -45,7 +45,6 @@ class Pipeline:
         self.config, self.journal, self.reporter = config, journal, reporter
         self.clock = clock
         self.spool = spool or Spool(config.spool_dir)
-        self.spool.create()
         # A worker gets this long per file before it is killed: generous, since only a
         # genuinely stuck call should ever hit it (the cipher runs at hundreds of MB/s).
         self.timeout_base_s, self.timeout_bytes_per_s = timeout_base_s, timeout_bytes_per_s

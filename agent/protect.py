@@ -183,7 +183,7 @@ class Protector:
         self._cipher = cipher
         self.recipients = recipients
         self.spool = Spool(spool_dir)
-        self.spool.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.spool.create()
         self.parent_pid = parent_pid
         self._names: dict[str, str] = {}
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scanfort.durable import atomic_write
 from service import security
 from service.errors import AlreadyInitializedError
 from service.settings import Settings, default_data_dir, render_config
@@ -53,7 +53,5 @@ def initialize(
         _id, token = store.mint_enrollment_token(settings.enrollment_token_ttl_s, "first token")
     finally:
         store.close()
-    tmp = settings.config_path.with_suffix(".tmp")
-    tmp.write_text(render_config(settings), encoding="utf-8")
-    os.replace(tmp, settings.config_path)
+    atomic_write(settings.config_path, render_config(settings), mode=0o644)
     return InitResult(settings, admin_user, password, generated, token)
