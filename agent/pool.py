@@ -167,11 +167,11 @@ class ProtectWorker:
         with contextlib.suppress(OSError):
             child.stdout.close()
 
-    def close(self) -> None:
+    def close(self, grace_s: float = 10.0) -> None:
         """Stop the child: end of its input lets it finish the current file and exit."""
         child, self._child = self._child, None
         if child is not None:
-            self._reap(child, grace_s=10.0)
+            self._reap(child, grace_s=grace_s)
 
 
 class WorkerPool:
@@ -217,8 +217,10 @@ class WorkerPool:
     def started(self) -> int:
         return sum(w.started for w in self.workers)
 
-    def close(self) -> None:
+    def close(self, grace_s: float = 10.0) -> None:
+        """End every child; together they get ``grace_s`` to finish the file in hand."""
+        deadline = time.monotonic() + grace_s
         for w in self.workers:
-            w.close()
+            w.close(max(0.1, deadline - time.monotonic()))
 
 

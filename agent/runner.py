@@ -406,7 +406,8 @@ class Agent:
         self.finalize_queue.put(None)  # after the senders: what they resolved is finalized
         for _, t in self.threads.values():
             t.join(max(0.1, deadline - self.clock()))
-        self.pool.close()
+        # within the service's stop timeout (30 s): the workers, then the final report
+        self.pool.close(grace_s=min(10.0, max(0.5, deadline - self.clock())))
         self.reporter.state = "stopped"
         try:
             self.reporter.event("stopped")

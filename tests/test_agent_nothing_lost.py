@@ -6,7 +6,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pydicom
@@ -250,3 +254,33 @@ def test_repeated_identical_errors_do_not_grow_the_journal(tmp_path: Path, site_
         reporter.event("error", "warning", "spool volume nearly full")
     reporter.event("error", "warning", "another error")
     assert journal.outbox_size() == 2 and reporter.repeats_suppressed == 199
+
+
+def test_sigterm_stops_cleanly_within_the_stop_timeout(tmp_path: Path, site_keys) -> None:
+    """``scanfort agent run`` under a service manager: SIGTERM ends it with exit 0 well
+    inside TimeoutStopSec, after a final ``stopped`` heartbeat and every buffered event."""
+    _, recipient = site_keys
+    with Receiver() as rx:
+        config = write_config(tmp_path, [recipient], {"central": {"kind": "central"}},
+                              central={"url": rx.url, "token": TOKEN, "agent_id": "a1",
+                                       "heartbeat_seconds": 600})
+        assert config.source is not None
+        repo = Path(__file__).resolve().parent.parent
+        with open(tmp_path / "agent.out", "wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "scanfort", "agent", "run",
+                                     "--config", str(config.source)], cwd=repo, stdout=out,
+                                    stderr=subprocess.STDOUT)
+        try:
+            drop(config.folders[0].path / "x.raw", b"x" * 1000)
+            wait_until(lambda: len(rx.objects) == 1)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+            assert time.monotonic() - started < 20  # TimeoutStopSec is 30
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert rx.heartbeats[-1]["state"] == "stopped"
+        kinds = [e["kind"] for e in rx.events]
+        assert kinds[0] == "started" and kinds[-1] == "stopped" and "protected" in kinds
