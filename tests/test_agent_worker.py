@@ -281,3 +281,27 @@ def test_idle_workers_are_ended_and_started_again_on_demand(tmp_path: Path, site
         wait_until(lambda: agent.journal.state_counts().get("done") == 2)
         assert agent.pool.started == 2 and agent.pool.killed == 0
     assert decrypt((outbox / "b.raw.age").read_bytes(), identity) == b"second" * 100
+
+
+def test_a_copy_the_cipher_did_not_verify_never_counts(tmp_path: Path, site_keys) -> None:
+    """Only a copy proven to restore to the original counts: an unverified one is
+    discarded and the file is tried again (after_ack can never delete on its strength)."""
+    import dataclasses
+
+    _, recipient = site_keys
+    p = Protector([recipient], tmp_path / "spool")
+    scan = tmp_path / "a.bin"
+    scan.write_bytes(b"y" * 5000)
+    real = p._cipher.protect
+
+    def unverified(*args: object, **kwargs: object) -> object:
+        return dataclasses.replace(real(*args, **kwargs), verified=False)
+
+    p._cipher = type("C", (), {"protect": staticmethod(unverified),
+                               "CipherError": p._cipher.CipherError,
+                               "NotDicomError": p._cipher.NotDicomError})()
+    answer = p.handle(_request(scan, ["file"]))
+    assert answer["status"] == "failed" and answer["permanent"] is False
+    assert "did not verify" in answer["reason"]
+    assert [q.name for q in (tmp_path / "spool").iterdir() if q.suffix in (".file", ".dicom")] == []
+    assert list((tmp_path / "spool" / "tmp").iterdir()) == []
