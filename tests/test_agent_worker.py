@@ -213,7 +213,7 @@ def test_file_mode_worker_does_not_load_pydicom(tmp_path: Path, site_keys) -> No
     scan = tmp_path / "ct.dcm"
     scan.write_bytes(ct_slice(16, 16, seed=2))
     code = (
-        "import sys, os, json; from pathlib import Path; from agent.worker import Protector\n"
+        "import sys, os, json; from pathlib import Path; from agent.protect import Protector\n"
         f"p = Protector([{recipient!r}], Path({str(tmp_path / 'spool')!r}))\n"
         f"st = os.stat({str(scan)!r})\n"
         f"a = p.handle({{'path': {str(scan)!r}, 'size': st.st_size, 'mtime_ns': st.st_mtime_ns,"
