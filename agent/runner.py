@@ -42,6 +42,7 @@ STUCK_S = 300.0
 FINALIZE_BATCH = 64
 SWEEP_AFTER_S = 600.0  # an unrecorded spool copy older than this is an orphan's leftover
 WORKER_IDLE_S = 300.0  # a protect worker with nothing to do this long is ended
+FULL_PASS_S = 6 * 3600.0  # every directory is listed again at least this often
 REQUESTS_EVERY_S = 2.0  # how often the operator's quarantine requests are looked for
 CRASH_WAIT_S = 2.0  # a loop that raised waits this long before it goes on
 STOP_REPORT_S = 5.0  # the final heartbeat and the outbox flush get at most this long
@@ -80,7 +81,10 @@ class Agent:
                                worker_argv)
         self.settler = Settler(config.settle_s, clock=clock, wall_clock=wall_clock)
         self.watcher = Watcher(config.folders, self.offer)
-        self.reconcilers = {f.key: Reconciler(f, clock=wall_clock) for f in config.folders}
+        # the slow full pass: every directory listed again once per FULL_PASS_S
+        share = min(1.0, config.reconcile_interval_s / FULL_PASS_S)
+        self.reconcilers = {f.key: Reconciler(f, clock=wall_clock, full_share=share)
+                            for f in config.folders}
         self.senders = {d.name: DestinationSender(config, d, self.journal, self.reporter,
                                                   self._resolved, self._refused,
                                                   factory=forwarder_factory, backoff=backoff,
