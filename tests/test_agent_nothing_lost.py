@@ -284,3 +284,60 @@ def test_sigterm_stops_cleanly_within_the_stop_timeout(tmp_path: Path, site_keys
         assert rx.heartbeats[-1]["state"] == "stopped"
         kinds = [e["kind"] for e in rx.events]
         assert kinds[0] == "started" and kinds[-1] == "stopped" and "protected" in kinds
+
+
+def test_library_warnings_reach_the_log_without_their_values(tmp_path: Path, site_keys,
+                                                              capfd) -> None:
+    import warnings
+
+    from agent.logs import setup_logging, teardown_logging
+
+    _, recipient = site_keys
+    config = write_config(tmp_path, [recipient], {"share": {"kind": "folder",
+                                                            "path": str(tmp_path / "o")}})
+    previous = warnings.showwarning
+    handler = setup_logging(config, foreground=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("Invalid value for VR UI: '1.2.840.PATIENT-UID'", UserWarning,
+                          stacklevel=1)
+    finally:
+        teardown_logging(handler)
+        warnings.showwarning = previous
+    text = (config.log_dir / "agent.log").read_text()
+    out, err = capfd.readouterr()
+    assert "library warning (UserWarning" in text
+    assert "PATIENT-UID" not in text + out + err
+
+
+def test_a_sender_survives_a_journal_error_and_it_shows(tmp_path: Path, site_keys,
+                                                        capsys) -> None:
+    """``database or disk is full`` in ``delivery_done`` used to end both sender threads
+    for good; now the thread goes on, the delivery completes, status and heartbeat say so."""
+    import sqlite3
+
+    identity, recipient = site_keys
+    outbox = tmp_path / "outbox"
+    config = write_config(tmp_path, [recipient], {"share": {"kind": "folder", "path": str(outbox)}})
+    assert config.source is not None
+    with running(config) as agent:
+        real = agent.journal.delivery_done
+        failures = [3]
+
+        def full(item_id: int, dest: str) -> bool:
+            if failures[0] > 0:
+                failures[0] -= 1
+                raise sqlite3.OperationalError("database or disk is full")
+            return real(item_id, dest)
+
+        agent.journal.delivery_done = full  # type: ignore[method-assign]
+        drop(config.folders[0].path / "a.raw", b"a" * 1000)
+        wait_until(lambda: agent.journal.state_counts().get("done") == 1)
+        assert agent.senders["share"].alive() and agent.senders["share"].failures == 3
+        assert agent.reporter.heartbeat().watcher["thread_failures"] == 3
+        agent.tick()
+        assert main(["agent", "status", "--config", str(config.source)]) == 0
+        assert "threads:      send-share failed 3x" in capsys.readouterr().out
+    assert [p.name for p in outbox.iterdir()] == ["a.raw.age"]  # re-sent, not duplicated
+    assert decrypt((outbox / "a.raw.age").read_bytes(), identity) == b"a" * 1000
