@@ -487,8 +487,10 @@ class Journal:
         what was done (``resent`` | ``requeued``)."""
         with self._tx() as db:
             row = db.execute("SELECT state FROM items WHERE id=?", (item_id,)).fetchone()
-            if row is None or row[0] not in ("quarantined", "held"):
-                raise JournalError(f"item {item_id} is not quarantined")
+            if row is None or row[0] != "quarantined":
+                raise JournalError(f"item {item_id} is not quarantined" + (
+                    " (held: put its folder back in the config)" if row and row[0] == "held"
+                    else ""))
             arts = {m: n for m, n in db.execute(
                 "SELECT mode, name FROM artifacts WHERE item_id=?", (item_id,))}
             refused = [m for (m,) in db.execute(

@@ -230,9 +230,10 @@ class Pipeline:
                 continue
             folder = self.config.folder(item.folder)
             if folder is None:
-                self.journal.set_state(item.id, "held", "its folder is no longer in the config;"
-                                       " nothing is touched until it is back")
-                log.warning("item of %s held: its folder left the config", item.file_id)
+                if item.state == "protected":  # (``held`` always returns to ``protected``)
+                    self.journal.set_state(item.id, "held", "its folder is no longer in the "
+                                           "config; nothing is touched until it is back")
+                    log.warning("item of %s held: its folder left the config", item.file_id)
                 continue
             states = self.journal.delivery_states(item.id)
             if item.state == "protected":

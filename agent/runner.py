@@ -321,6 +321,8 @@ class Agent:
                     continue
             if item.path in self.settler:
                 continue
+            if self.config.folder(item.folder) is None:
+                continue  # waits until its folder is back in the config
             if same_version(item.path, item.size, item.mtime_ns):
                 self.settler.offer(item.path, item.folder)
             else:

@@ -84,9 +84,17 @@ def test_folders_are_keyed_by_identity_not_position(tmp_path: Path, site_keys) -
                        and agent.journal.state_counts().get("held") == 1)
             [held] = agent.journal.items_in("held")
         assert held.path == str(gone_dir / "x.raw") and "no longer in the config" in str(held.reason)
-    assert (keep_dir / "x.raw").exists()  # keep stayed keep
-    assert not (delete_dir / "x.raw").exists()  # delete stayed delete
-    assert (gone_dir / "x.raw").exists()  # its folder left: nothing touched
+        assert (keep_dir / "x.raw").exists()  # keep stayed keep
+        assert not (delete_dir / "x.raw").exists()  # delete stayed delete
+        assert (gone_dir / "x.raw").exists()  # its folder left: nothing touched
+        # the folder comes back: its own policy applies
+        config = write_config(tmp_path, [recipient], dest, central=central,
+                              folder={"path": str(tmp_path / "inbox"), "destinations": ["central"]},
+                              extra_folders=[folders[2], folders[1], folders[0]])
+        with running(config) as agent:
+            wait_until(lambda: agent.journal.state_counts() == {"done": 3})
+    assert not (gone_dir / "x.raw").exists()
+    assert (keep_dir / "x.raw").exists()
 
 
 def _quarantine(config_path: Path, capsys, *words: str) -> object:
