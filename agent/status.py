@@ -45,7 +45,6 @@ EVENT_BATCH = 500
 #: and destination) is counted, not stored again: a full disk or a dead peer must not
 #: grow the journal with the same error every few seconds.
 REPEAT_WINDOW_S = 600.0
-STATES_EVERY_S = 30.0
 
 
 @dataclass
@@ -82,7 +81,6 @@ class Reporter:
         self.session = session or requests.Session()
         self.central_ok: bool | None = None
         self._timeout = 10.0
-        self._states: tuple[float, dict[str, int]] | None = None
         if config.central.token:
             self.session.headers["Authorization"] = f"Bearer {config.central.token}"
         self.session.verify = config.central.verify_tls
@@ -186,12 +184,8 @@ class Reporter:
         hb = self.heartbeat()
         doc = to_dict(hb)
         doc.update(extra or {})
-        # Counting every state walks the whole journal (months of kept files): at most
-        # once per STATES_EVERY_S, not every second.
-        now = self.clock()
-        if self._states is None or now - self._states[0] >= STATES_EVERY_S:
-            self._states = (now, self.journal.state_counts())
-        doc["states"] = self._states[1]
+        # No count of every state here: it walks the whole journal (months of kept files)
+        # and ``agent status`` counts them itself, when asked.
         doc["events_buffered"] = self.journal.outbox_size()
         doc["central_reachable"] = self.central_ok
         doc["pid"] = os.getpid()
