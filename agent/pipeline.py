@@ -261,7 +261,8 @@ class Pipeline:
         self.journal.set_done([it.id for it, _ in ready])
         self.spool.discard(names)
         for item, _ in ready:
-            self.spool.remove_note(item.id)
+            if item.reason is not None or item.state == "releasing":  # it had a note
+                self.spool.remove_note(item.id)
 
     @staticmethod
     def _after_ack(item: Item, folder: FolderConfig) -> None:

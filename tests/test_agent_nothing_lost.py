@@ -135,6 +135,11 @@ def test_a_refused_delivery_is_quarantined_alone_then_retried_or_released(
                 {"central": "quarantined", "share": "done"}
             shown = _quarantine(config.source, capsys, "show", str(entry["id"]))
             assert isinstance(shown, dict) and shown["id"] == entry["id"]
+            assert main(["agent", "quarantine", "list", "--config", str(config.source)]) == 0
+            table = capsys.readouterr().out
+            assert table.splitlines()[0].split() == ["ID", "AGE", "STATE", "DESTINATION",
+                                                     "REASON"]
+            assert f"{entry['id']}" in table and "refused by central" in table
             rx.fail_with = None  # the operator fixed the central
             _quarantine(config.source, capsys, "retry", str(entry["id"]))
             wait_until(lambda: not (inbox / "a.raw").exists())
