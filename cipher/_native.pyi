@@ -1,4 +1,4 @@
-# Type stub of the C extension cipher._native (source: cipher/_native.c).
+# Type stub of the C extension cipher._native (source: cipher/csrc/).
 from typing import TypeAlias
 
 from numpy import ndarray
@@ -6,7 +6,9 @@ from typing_extensions import Buffer
 
 _Buf: TypeAlias = Buffer | ndarray
 
-GFNI: bool
+KERNELS: tuple[str, ...]  # the kernels this CPU runs, fastest first; "table" last
+BUILT: tuple[str, ...]  # every kernel compiled into this build
+CONSTANT_TIME: tuple[str, ...]  # the kernels without secret-indexed memory access
 
 def scalar_samples(x0: float, r: float, count: int, transient: int, quant: float, /) -> bytes: ...
 def stream_samples(
@@ -23,9 +25,9 @@ def encrypt(
     lane_bits: int,
     last: int,
     tail_start: int,
-    gfni: int = -1,
+    kernel: str,
     src: _Buf | None = None,
-) -> str: ...
+) -> None: ...
 def decrypt(
     m: _Buf,
     st: _Buf,
@@ -35,6 +37,6 @@ def decrypt(
     lane_bits: int,
     last: int,
     tail_start: int,
-    gfni: int = -1,
+    kernel: str,
     src: _Buf | None = None,
-) -> str: ...
+) -> None: ...

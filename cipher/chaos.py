@@ -7,100 +7,93 @@ bytes. The byte image is laid out as ``R`` rows of ``L`` lanes; three chained pa
 (forward, backward, forward over the tail) apply ``S[XNOR(x, prev)] + g·prev[j+d]`` row by
 row, so every output byte depends nonlinearly on every input byte.
 
-Only this module's ``encrypt``/``decrypt``/``sbox`` are public. Three backends produce
-identical bytes: ``native`` (the C extension ``cipher._native``: logistic maps, S-box and
-all passes in C, GFNI + AVX-512 when the CPU has it), ``numba`` (``_kernels``/``_gfni``, the
-``fast`` extra) and ``numpy`` (a loop over rows, each row a vector over lanes; decryption
-whole-array, since every row's predecessor is ciphertext). ``auto`` picks the first that is
-available, in that order, and never imports numba when the native extension is built.
-``SCANFORT_CHAOS_BACKEND=auto|native|numba|numpy`` and ``SCANFORT_CHAOS_GFNI=0`` (table
-kernels even on GFNI CPUs) are read at every call.
+Only ``encrypt``/``decrypt``/``sbox`` are the cipher's API; ``kernel``, ``kernels`` and
+``constant_time`` say what runs. Every kernel produces the same bytes: the C extension's
+(``cipher/csrc/``: ``gfni-avx512``, ``gfni-avx2``, ``vaes-avx2``, ``aesni-avx2``,
+``aesni-sse``, ``neon-aes``, ``table``) and the numpy ``reference`` (``_reference.py``).
+``encrypt``/``decrypt`` run the process's kernel, chosen once at first use: the first of
+the extension's kernels for this CPU (fastest first) that reproduces a known answer; the
+reference, with one warning, where the extension is not built. Tests and benchmarks pass
+a kernel explicitly (``_encrypt_with``). Nothing here reads the environment.
 """
 
 from __future__ import annotations
 
-import hmac
-import os
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import lru_cache, partial
-from typing import TypeVar
+import hashlib
+import warnings
+from functools import lru_cache
 
 import numpy as np
 
-from cipher import _gf
+from cipher import _reference as ref
 
 try:  # the C extension, built by `pip install` when a C compiler is present (setup.py)
     from cipher import _native
 except ImportError:  # pragma: no cover - exercised where the extension is not built
     _native = None  # type: ignore[assignment]
 
-KEY_SIZE = 32
-NONCE_SIZE = 16
+KEY_SIZE = ref.KEY_SIZE
+NONCE_SIZE = ref.NONCE_SIZE
+REFERENCE = "reference"
 
-# HKDF-SHA256 info labels (salt = nonce, ikm = image key).
-LABEL_SBOX = b"scanfort chaos v1 sbox"
-LABEL_STREAM = b"scanfort chaos v1 stream"
-LABEL_GF = b"scanfort chaos v1 gf"
+NO_EXTENSION_WARNING = (
+    "cipher._native (the chaos cipher's C kernels) is not built: encrypting with the numpy "
+    "reference, about 50x slower and not constant time; reinstall with a C compiler "
+    "(pip install -e .)"
+)
 
-# Logistic-map parameters: r in [R_MIN, R_MIN + R_SPAN), x0 in [X_MIN, X_MIN + X_SPAN).
-R_MIN = 3.99
-R_SPAN = 0.0099
-X_MIN = 0.0625
-X_SPAN = 0.875
-SBOX_TRANSIENT = 1000  # iterations discarded before the S-box stream is sampled
-STREAM_LANES = 256  # parallel logistic maps of the byte stream generator
-STREAM_LANE_STEP = 2.0**-32  # seed spacing between generator lanes
-STREAM_TRANSIENT = 64  # iterations discarded: 2^-32 spacing grows to O(1) in ~32 steps
-QUANT = 2.0**32  # a sample is the low byte of floor(x * 2^32)
-# Health check of every derived map: the first HEALTH_SAMPLES samples after the transient
-# must take at least HEALTH_MIN_DISTINCT distinct values (random bytes: 162 ± 4). An orbit
-# caught in one of the narrow periodic windows that remain in [3.99, 4) (e.g. period 5 near
-# r = 3.99028) takes at most its period; such a map is derived again with a counter.
-HEALTH_SAMPLES = 256
-HEALTH_MIN_DISTINCT = 128
-MAX_DERIVATIONS = 256
-SBOX_SAMPLES = 34  # A1 (16 samples), c1, A2 (16), c2
+KNOWN_ANSWER_WARNING = (
+    "no kernel of cipher._native reproduces the chaos cipher's known answer on this CPU (a "
+    "miscompiled build?): encrypting with the numpy reference, about 50x slower"
+)
 
-MIN_ROWS = 64  # lanes are chosen so that there are at least this many rows
-MAX_LANE_BITS = 16
-TAIL_EXTRA_ROWS = 2  # the tail pass covers log2(L) + 2 rows
-
-_SUPPORTED = (np.dtype(np.uint8), np.dtype(np.uint16))
+# The known answer every C kernel must reproduce before the process uses it: 16461 bytes
+# (256 lanes × 65 rows, a ragged last row of 77 lanes), element i = (i·167 + 13) mod 256.
+_KAT_N = 16461
+_KAT_KEY = hashlib.sha256(b"scanfort chaos v1 known answer key").digest()
+_KAT_NONCE = hashlib.sha256(b"scanfort chaos v1 known answer nonce").digest()[:16]
+_KAT_SHA256 = "f261541326728ca0b83903e8854616e8b3e92474e2e727f2c82820b459c004f9"
 
 
-@dataclass(frozen=True)
-class _Layout:
-    n: int  # bytes
-    lane_bits: int  # k = log2(L)
-    lanes: int  # L
-    rows: int  # R
-    last: int  # lanes used in the last row (1..L)
-    tail_start: int  # first row of the tail pass
-
-    @property
-    def stream_len(self) -> int:
-        """Stream bytes per image: iv_f, key_f, iv_b, key_b (L each), row_f, row_b (R each)."""
-        return 4 * self.lanes + 2 * self.rows
+# --------------------------------------------------------------------------- kernels
 
 
-@dataclass(frozen=True)
-class _Params:
-    sbox: np.ndarray  # uint8[256]
-    inv_sbox: np.ndarray  # uint8[256]
-    iv_f: np.ndarray  # uint8[L] initial row of the forward pass
-    key_f: np.ndarray  # uint8[L] lane whitening, forward and tail passes
-    iv_b: np.ndarray  # uint8[L] initial row of the backward pass
-    key_b: np.ndarray  # uint8[L] lane whitening, backward pass
-    row_f: np.ndarray  # uint8[R] row whitening, forward and tail passes
-    row_b: np.ndarray  # uint8[R] row whitening, backward pass
-    mul_f: np.ndarray  # uint8[256] multiplication by g_f in GF(2^8)
-    mul_b: np.ndarray  # uint8[256] multiplication by g_b in GF(2^8)
-    affine: tuple[bytes, int, bytes, int]  # (A1 rows, c1, A2 rows, c2) of the S-box
-    g: tuple[int, int]  # (g_f, g_b)
+def kernels() -> tuple[str, ...]:
+    """The kernels this machine can run, fastest first; ``reference`` is always last."""
+    return (tuple(_native.KERNELS) if _native is not None else ()) + (REFERENCE,)
 
 
-# --------------------------------------------------------------------------- keying
+def constant_time(name: str) -> bool:
+    """Whether kernel ``name`` makes no memory access indexed by secret bytes (the table
+    kernel and the numpy reference do)."""
+    return _native is not None and name in _native.CONSTANT_TIME
+
+
+def _kat_input() -> np.ndarray:
+    return ((np.arange(_KAT_N, dtype=np.uint32) * 167 + 13) & 0xFF).astype(np.uint8)
+
+
+def _passes_known_answer(name: str) -> bool:
+    plain = _kat_input()
+    ct = _encrypt_with(plain, _KAT_KEY, _KAT_NONCE, name)
+    ok = hashlib.sha256(ct.tobytes()).hexdigest() == _KAT_SHA256
+    return ok and bool(np.array_equal(_decrypt_with(ct, _KAT_KEY, _KAT_NONCE, name), plain))
+
+
+@lru_cache(maxsize=1)
+def kernel() -> str:
+    """The kernel :func:`encrypt` and :func:`decrypt` run in this process (chosen once)."""
+    if _native is None:
+        warnings.warn(NO_EXTENSION_WARNING, RuntimeWarning, stacklevel=3)
+        return REFERENCE
+    for name in _native.KERNELS:
+        if _passes_known_answer(name):
+            return name
+    warnings.warn(KNOWN_ANSWER_WARNING, RuntimeWarning, stacklevel=3)  # a broken build
+    return REFERENCE
+
+
+# --------------------------------------------------------------------------- buffers
 
 
 def _check(key: bytes, nonce: bytes) -> None:
@@ -108,170 +101,6 @@ def _check(key: bytes, nonce: bytes) -> None:
         raise ValueError(f"chaos key must be {KEY_SIZE} bytes")
     if not isinstance(nonce, (bytes, bytearray)) or len(nonce) != NONCE_SIZE:
         raise ValueError(f"chaos nonce must be {NONCE_SIZE} bytes")
-
-
-def _prk(key: bytes, nonce: bytes) -> bytes:
-    """HKDF-SHA256 extract (RFC 5869): salt = nonce, input key material = image key."""
-    return hmac.digest(bytes(nonce), bytes(key), "sha256")
-
-
-def _expand(prk: bytes, info: bytes, length: int) -> bytes:
-    """HKDF-SHA256 expand (RFC 5869) of ``prk`` with ``info`` to ``length`` bytes."""
-    out, block, i = b"", b"", 1
-    while len(out) < length:
-        block = hmac.digest(prk, block + info + bytes([i]), "sha256")
-        out, i = out + block, i + 1
-    return out[:length]
-
-
-def _multipliers(prk: bytes) -> tuple[int, int]:
-    """(g_f, g_b): the forward and backward GF(2^8) multipliers, in [2, 255]."""
-    g = _expand(prk, LABEL_GF, 2)
-    return 2 + g[0] % 254, 2 + g[1] % 254
-
-
-def _unit(b: bytes) -> float:
-    """8 big-endian bytes → a double in [0, 1) with 53 random bits (exact)."""
-    return (int.from_bytes(b, "big") >> 11) * 2.0**-53
-
-
-def _map_params(b: bytes) -> tuple[float, float]:
-    """16 bytes → (x0, r) of a logistic map, in the documented ranges."""
-    x0 = X_MIN + X_SPAN * _unit(b[:8])
-    r = R_MIN + R_SPAN * _unit(b[8:16])
-    return x0, r
-
-
-def _scalar_samples(x0: float, r: float, count: int) -> np.ndarray:
-    """``count`` samples of one logistic map after SBOX_TRANSIENT discarded steps."""
-    x = x0
-    for _ in range(SBOX_TRANSIENT):
-        x = (r * x) * (1.0 - x)
-    out = []
-    for _ in range(count):  # a few hundred steps per image, not per pixel
-        x = (r * x) * (1.0 - x)
-        out.append(int(x * QUANT) & 0xFF)
-    return np.array(out, dtype=np.uint8)
-
-
-def _stream_bytes(x0: float, r: float, count: int, compiled: bool) -> np.ndarray:
-    """``count`` bytes from STREAM_LANES logistic maps iterated together.
-
-    Lane ``j`` starts at ``x0 + j·2^-32``; after STREAM_TRANSIENT discarded iterations each
-    iteration yields one byte per lane, lane order within an iteration.
-    """
-    if compiled:
-        from cipher import _kernels
-
-        return _kernels.stream_bytes(x0, r, count, STREAM_LANES, STREAM_LANE_STEP, STREAM_TRANSIENT, QUANT)
-    x = x0 + np.arange(STREAM_LANES, dtype=np.float64) * STREAM_LANE_STEP
-    for _ in range(STREAM_TRANSIENT):
-        x = (r * x) * (1.0 - x)
-    steps = -(-count // STREAM_LANES)
-    out = np.empty((steps, STREAM_LANES), dtype=np.uint8)
-    for t in range(steps):
-        x = (r * x) * (1.0 - x)
-        out[t] = (x * QUANT).astype(np.uint64) & 0xFF
-    return out.reshape(-1)[:count]
-
-
-def _distinct_numpy(samples: np.ndarray) -> int:
-    return int(np.count_nonzero(np.bincount(samples, minlength=256)))
-
-
-_Samples = TypeVar("_Samples", np.ndarray, memoryview)
-
-
-def _healthy_samples(
-    prk: bytes,
-    label: bytes,
-    count: int,
-    draw: Callable[[float, float, int], _Samples],
-    distinct: Callable[[_Samples], int],
-) -> _Samples:
-    """Samples of the first derived map that passes the health check (SPEC §1.3).
-
-    Attempt ``a`` uses the HKDF label, followed by the byte ``a`` when ``a > 0``; the first
-    HEALTH_SAMPLES samples are the check and are not used otherwise. ``prk`` is the HKDF
-    pseudorandom key of the image key and nonce.
-    """
-    for attempt in range(MAX_DERIVATIONS):
-        info = label if attempt == 0 else label + bytes([attempt])
-        x0, r = _map_params(_expand(prk, info, 16))
-        out = draw(x0, r, HEALTH_SAMPLES + count)
-        if distinct(out[:HEALTH_SAMPLES]) >= HEALTH_MIN_DISTINCT:
-            return out[HEALTH_SAMPLES:]
-    raise RuntimeError("no chaotic logistic map found for this key")  # ~never: each try fails w.p. < 1 %
-
-
-def _invertible(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """The invertible GF(2) matrix L·U from 16 samples: L unit lower-triangular with free
-    bits below the diagonal from ``lower``, U unit upper-triangular from ``upper``."""
-    lo = [(int(b) & ((1 << i) - 1)) | (1 << i) for i, b in enumerate(lower)]
-    up = [(int(b) & ~((1 << (i + 1)) - 1) & 0xFF) | (1 << i) for i, b in enumerate(upper)]
-    rows = []
-    for i in range(8):  # row i of L·U is the XOR of the rows t of U selected by bits of L[i]
-        acc = 0
-        for t in range(8):
-            if (lo[i] >> t) & 1:
-                acc ^= up[t]
-        rows.append(acc)
-    return np.array(rows, dtype=np.uint8)
-
-
-@lru_cache(maxsize=64)
-def _sbox_cached(key: bytes, nonce: bytes) -> tuple[bytes, bytes, tuple[bytes, int, bytes, int]]:
-    smp = _healthy_samples(_prk(key, nonce), LABEL_SBOX, SBOX_SAMPLES, _scalar_samples, _distinct_numpy)
-    a1, c1 = _invertible(smp[0:8], smp[8:16]), int(smp[16])
-    a2, c2 = _invertible(smp[17:25], smp[25:33]), int(smp[33])
-    x = np.arange(256, dtype=np.uint8)
-    s = _gf.affine(a2, c2, _gf.INV[_gf.affine(a1, c1, x)])
-    inv = np.empty(256, dtype=np.uint8)
-    inv[s] = x
-    return s.tobytes(), inv.tobytes(), (a1.tobytes(), c1, a2.tobytes(), c2)
-
-
-def sbox(key: bytes, nonce: bytes) -> np.ndarray:
-    """The 256-entry uint8 S-box of the image keyed by ``key`` and ``nonce``."""
-    _check(key, nonce)
-    s, _, _ = _sbox_cached(bytes(key), bytes(nonce))
-    return np.frombuffer(s, dtype=np.uint8).copy()
-
-
-def _layout(n: int) -> _Layout:
-    k = 0  # the largest k <= MAX_LANE_BITS with n >= MIN_ROWS * 2^k
-    while k < MAX_LANE_BITS and (n >> (k + 1)) >= MIN_ROWS:
-        k += 1
-    lanes = 1 << k
-    rows = -(-n // lanes)
-    last = n - (rows - 1) * lanes
-    tail_start = max(1, rows - (k + TAIL_EXTRA_ROWS))
-    return _Layout(n, k, lanes, rows, last, tail_start)
-
-
-def _params(key: bytes, nonce: bytes, lay: _Layout, compiled: bool) -> _Params:
-    s, inv, affine = _sbox_cached(bytes(key), bytes(nonce))
-    L, R = lay.lanes, lay.rows
-    prk = _prk(key, nonce)
-    st = _healthy_samples(prk, LABEL_STREAM, lay.stream_len, partial(_stream_bytes, compiled=compiled), _distinct_numpy)
-    g_f, g_b = _multipliers(prk)
-    return _Params(
-        sbox=np.frombuffer(s, dtype=np.uint8),
-        inv_sbox=np.frombuffer(inv, dtype=np.uint8),
-        iv_f=st[0:L],
-        key_f=st[L : 2 * L],
-        iv_b=st[2 * L : 3 * L],
-        key_b=st[3 * L : 4 * L],
-        row_f=st[4 * L : 4 * L + R],
-        row_b=st[4 * L + R : 4 * L + 2 * R],
-        mul_f=_gf.mul_table(g_f),
-        mul_b=_gf.mul_table(g_b),
-        affine=affine,
-        g=(g_f, g_b),
-    )
-
-
-# --------------------------------------------------------------------------- buffers
 
 
 def _to_bytes(data: np.ndarray) -> np.ndarray:
@@ -289,207 +118,72 @@ def _from_bytes(buf: np.ndarray, like: np.ndarray) -> np.ndarray:
     return le.astype(like.dtype, copy=True) if le.dtype != like.dtype else le
 
 
-def _matrix(buf: np.ndarray, lay: _Layout) -> np.ndarray:
-    m = np.empty(lay.rows * lay.lanes, dtype=np.uint8)
-    m[: lay.n] = buf
-    m[lay.n :] = 0
-    return m.reshape(lay.rows, lay.lanes)
-
-
-# --------------------------------------------------------------------------- numpy path
-
-
-def _row_numpy(
-    out: np.ndarray, x: np.ndarray, prev: np.ndarray, cross: np.ndarray, d: int, s_xnor: np.ndarray, mul: np.ndarray
-) -> None:
-    """out = S[XNOR(x, prev)] + mul[cross[(j+d) mod L]] (x already whitened).
-
-    ``cross`` is ``prev`` itself when L > 1 and the row two steps back when L = 1 (§1.6).
-    """
-    sv = s_xnor[x ^ prev]
-    gp = mul[cross]
-    n = out.shape[0] - d
-    np.add(sv[:n], gp[d:], out=out[:n])
-    np.add(sv[n:], gp[:d], out=out[n:])
-
-
-def _shift(i: int, k: int) -> int:
-    return (1 << (i % k)) if k else 0
-
-
-def _encrypt_numpy(m: np.ndarray, p: _Params, lay: _Layout) -> None:
-    k, R, last = lay.lane_bits, lay.rows, lay.last
-    single = lay.lanes == 1
-    s_xnor = p.sbox[np.arange(256, dtype=np.uint8) ^ 0xFF]  # S[~v]: XNOR folded into the table
-    # forward pass over rows 0..R-1
-    x = m ^ p.key_f[None, :] ^ p.row_f[:, None]
-    prev = prev2 = p.iv_f
-    for i in range(R):
-        _row_numpy(m[i], x[i], prev, prev2 if single else prev, _shift(i, k), s_xnor, p.mul_f)
-        prev2, prev = prev, m[i]
-    # backward pass over rows R-1..0; the unused lanes of the last row hold iv_b
-    m[R - 1, last:] = p.iv_b[last:]
-    x = m ^ p.key_b[None, :] ^ p.row_b[:, None]
-    prev = prev2 = p.iv_b
-    tmp = np.empty(lay.lanes, dtype=np.uint8)
-    for i in range(R - 1, -1, -1):
-        _row_numpy(tmp, x[i], prev, prev2 if single else prev, _shift(i, k), s_xnor, p.mul_b)
-        width = last if i == R - 1 else lay.lanes
-        m[i, :width] = tmp[:width]
-        prev2, prev = prev, m[i]
-    # tail pass: forward again over the last k+2 rows, chained from the row above
-    t0 = lay.tail_start
-    x = m[t0:] ^ p.key_f[None, :] ^ p.row_f[t0:, None]
-    for i in range(t0, R):
-        cross = (m[i - 2] if i >= 2 else p.iv_f) if single else m[i - 1]
-        _row_numpy(m[i], x[i - t0], m[i - 1], cross, _shift(i, k), s_xnor, p.mul_f)
-
-
-# --------------------------------------------------------------------------- inverse (vectorised)
-
-
-def _inv_rows(
-    c: np.ndarray, prev: np.ndarray, cross: np.ndarray, shifts: np.ndarray, inv_sbox: np.ndarray, mul: np.ndarray
-) -> np.ndarray:
-    """Whole-block inverse of rows: v = S⁻¹[c − mul[cross[(j+d) mod L]]], x = XNOR(v, prev)."""
-    gp = mul[cross]
-    for d in np.unique(shifts):  # at most log2(L) distinct rotations
-        sel = shifts == d
-        gp[sel] = np.roll(gp[sel], -int(d), axis=1)
-    np.subtract(c, gp, out=gp)
-    v = inv_sbox[gp]
-    np.bitwise_xor(v, prev, out=v)
-    return np.bitwise_not(v, out=v)
-
-
-def _decrypt_matrix(m: np.ndarray, p: _Params, lay: _Layout) -> None:
-    k, R, last = lay.lane_bits, lay.rows, lay.last
-    single = lay.lanes == 1
-    shifts = np.array([_shift(i, k) for i in range(R)], dtype=np.int64)
-    iv_f, iv_b = p.iv_f[None, :], p.iv_b[None, :]
-    # undo the tail pass: predecessor of row i is final row i-1 (and i-2 for one lane)
-    t0 = lay.tail_start
-    if t0 < R:
-        prev = m[t0 - 1 : R - 1]
-        cross = np.concatenate([iv_f, iv_f, m[:-2]])[t0:R] if single else prev
-        x = _inv_rows(m[t0:], prev, cross, shifts[t0:], p.inv_sbox, p.mul_f)
-        m[t0:] = x ^ p.key_f[None, :] ^ p.row_f[t0:, None]
-    # undo the backward pass: predecessor of row i is row i+1 (iv_b for the last row)
-    m[R - 1, last:] = p.iv_b[last:]
-    prev = np.concatenate([m[1:], iv_b])
-    cross = np.concatenate([m[2:], iv_b, iv_b])[:R] if single else prev
-    x = _inv_rows(m, prev, cross, shifts, p.inv_sbox, p.mul_b)
-    m[:] = x ^ p.key_b[None, :] ^ p.row_b[:, None]
-    # undo the forward pass: predecessor of row i is row i-1 (iv_f for row 0)
-    prev = np.concatenate([iv_f, m[:-1]])
-    cross = np.concatenate([iv_f, iv_f, m[:-2]])[:R] if single else prev
-    x = _inv_rows(m, prev, cross, shifts, p.inv_sbox, p.mul_f)
-    m[:] = x ^ p.key_f[None, :] ^ p.row_f[:, None]
-
-
 # --------------------------------------------------------------------------- native path
-
-
-def _native_gfni() -> int:
-    """The ``gfni`` argument of the native kernels: -1 (if the CPU has it) or 0 (tables)."""
-    return 0 if os.environ.get("SCANFORT_CHAOS_GFNI", "1") == "0" else -1
 
 
 def _native_stream(x0: float, r: float, count: int) -> memoryview:
     assert _native is not None
-    return memoryview(_native.stream_samples(x0, r, count, STREAM_LANES, STREAM_LANE_STEP, STREAM_TRANSIENT, QUANT))
+    return memoryview(_native.stream_samples(x0, r, count, ref.STREAM_LANES, ref.STREAM_LANE_STEP, ref.STREAM_TRANSIENT, ref.QUANT))
 
 
 def _native_scalar(x0: float, r: float, count: int) -> memoryview:
     assert _native is not None
-    return memoryview(_native.scalar_samples(x0, r, count, SBOX_TRANSIENT, QUANT))
+    return memoryview(_native.scalar_samples(x0, r, count, ref.SBOX_TRANSIENT, ref.QUANT))
 
 
-@lru_cache(maxsize=64)
-def _native_sbox_samples(key: bytes, nonce: bytes) -> bytes:
+def _native_sbox_samples(prk: bytes) -> bytes:
     """The 34 used samples of the S-box stream; the C kernels build the S-box from them."""
     assert _native is not None
-    return bytes(_healthy_samples(_prk(key, nonce), LABEL_SBOX, SBOX_SAMPLES, _native_scalar, _native.distinct))
+    return bytes(ref.healthy_samples(prk, ref.LABEL_SBOX, ref.SBOX_SAMPLES, _native_scalar, _native.distinct))
 
 
-def _apply_native(buf: np.ndarray, key: bytes, nonce: bytes, lay: _Layout, forward: bool) -> np.ndarray:
+def _apply_native(buf: np.ndarray, key: bytes, nonce: bytes, forward: bool, name: str) -> np.ndarray:
     """Derive the parameters and run the passes (or their inverses) in C on a new padded
     matrix, which the first pass fills from ``buf`` (no separate copy)."""
-    assert _native is not None
-    m = np.empty(lay.rows * lay.lanes, dtype=np.uint8)
-    prk = _prk(key, nonce)
-    st = _healthy_samples(prk, LABEL_STREAM, lay.stream_len, _native_stream, _native.distinct)
-    run = _native.encrypt if forward else _native.decrypt
-    run(m, st, _native_sbox_samples(key, nonce), *_multipliers(prk),
-        lay.lane_bits, lay.last, lay.tail_start, _native_gfni(), buf)
-    return m
-
-
-# --------------------------------------------------------------------------- dispatch
-
-BACKENDS = ("native", "numba", "numpy")
-
-
-def _backend(name: str | None) -> str:
-    name = name or os.environ.get("SCANFORT_CHAOS_BACKEND") or "auto"
-    if name == "auto":
-        if _native is not None:
-            return "native"
-        from cipher import _kernels  # imports numba when it is installed
-
-        return "numba" if _kernels.AVAILABLE else "numpy"
-    if name not in BACKENDS:
-        raise ValueError(f"unknown chaos backend {name!r} (auto, native, numba or numpy)")
-    if name == "native" and _native is None:
+    if _native is None:
         raise RuntimeError("the native chaos kernels are not built (reinstall with a C compiler: pip install -e .)")
-    return name
+    lay = ref.layout(buf.size)
+    m = np.empty(lay.rows * lay.lanes, dtype=np.uint8)
+    prk = ref.prk(key, nonce)
+    st = ref.healthy_samples(prk, ref.LABEL_STREAM, lay.stream_len, _native_stream, _native.distinct)
+    run = _native.encrypt if forward else _native.decrypt
+    run(m, st, _native_sbox_samples(prk), *ref.multipliers(prk), lay.lane_bits, lay.last, lay.tail_start, name, buf)
+    return m[: lay.n]
 
 
-def kernel(backend: str | None = None) -> str:
-    """What ``backend`` (default: the one ``auto``/the environment selects) runs on this
-    machine: ``native GFNI/AVX-512``, ``native table``, ``numba GFNI/AVX-512``,
-    ``numba table`` or ``numpy``. GFNI kernels apply from 64 lanes (inputs of 8 KiB and
-    more); smaller inputs use the tables."""
-    name = _backend(backend)
-    if name == "native":
-        assert _native is not None
-        return "native " + ("GFNI/AVX-512" if _native.GFNI and _native_gfni() else "table")
-    if name == "numba":
-        from cipher import _kernels
-
-        return "numba " + ("GFNI/AVX-512" if _kernels.GFNI else "table")
-    return "numpy"
+# --------------------------------------------------------------------------- API
 
 
-def _apply(data: np.ndarray, key: bytes, nonce: bytes, backend: str | None, forward: bool) -> np.ndarray:
-    """Encrypt (``forward``) or decrypt ``data`` on the chosen path."""
+def _apply(data: np.ndarray, key: bytes, nonce: bytes, name: str, forward: bool) -> np.ndarray:
+    """Encrypt (``forward``) or decrypt ``data`` with kernel ``name``."""
     _check(key, nonce)
     buf = _to_bytes(data)
     if buf.size == 0:
         return data.copy()
-    lay = _layout(buf.size)
-    name = _backend(backend)
-    if name == "native":
-        m = _apply_native(buf, bytes(key), bytes(nonce), lay, forward)
-        return _from_bytes(m[: lay.n], data)
-    compiled = name == "numba"
-    p = _params(bytes(key), bytes(nonce), lay, compiled)
-    m = _matrix(buf, lay)
-    if compiled:
-        from cipher import _kernels
-
-        (_kernels.encrypt_matrix if forward else _kernels.decrypt_matrix)(m, p, lay)
+    if name == REFERENCE:
+        out = ref.apply(buf, bytes(key), bytes(nonce), forward)
     else:
-        (_encrypt_numpy if forward else _decrypt_matrix)(m, p, lay)
-    return _from_bytes(m.reshape(-1)[: lay.n], data)
+        out = _apply_native(buf, bytes(key), bytes(nonce), forward, name)
+    return _from_bytes(out, data)
 
 
-def _encrypt_with(data: np.ndarray, key: bytes, nonce: bytes, backend: str | None) -> np.ndarray:
-    return _apply(data, key, nonce, backend, True)
+def _encrypt_with(data: np.ndarray, key: bytes, nonce: bytes, name: str) -> np.ndarray:
+    """:func:`encrypt` on kernel ``name`` (one of :func:`kernels`)."""
+    return _apply(data, key, nonce, name, True)
 
 
-def _decrypt_with(data: np.ndarray, key: bytes, nonce: bytes, backend: str | None) -> np.ndarray:
-    return _apply(data, key, nonce, backend, False)
+def _decrypt_with(data: np.ndarray, key: bytes, nonce: bytes, name: str) -> np.ndarray:
+    """:func:`decrypt` on kernel ``name`` (one of :func:`kernels`)."""
+    return _apply(data, key, nonce, name, False)
+
+
+def sbox(key: bytes, nonce: bytes) -> np.ndarray:
+    """The 256-entry uint8 S-box of the image keyed by ``key`` and ``nonce``."""
+    _check(key, nonce)
+    if _native is not None:
+        s, _ = _native.sbox(_native_sbox_samples(ref.prk(bytes(key), bytes(nonce))))
+        return np.frombuffer(s, dtype=np.uint8).copy()
+    return ref.sbox_tables(bytes(key), bytes(nonce))[0]
 
 
 def encrypt(data: np.ndarray, key: bytes, nonce: bytes) -> np.ndarray:
@@ -498,9 +192,9 @@ def encrypt(data: np.ndarray, key: bytes, nonce: bytes) -> np.ndarray:
     ``key`` is a 32-byte image key and ``nonce`` 16 bytes; a key/nonce pair must protect
     one image only. The result is not authenticated: callers add integrity (see SPEC.md).
     """
-    return _apply(data, key, nonce, None, True)
+    return _apply(data, key, nonce, kernel(), True)
 
 
 def decrypt(data: np.ndarray, key: bytes, nonce: bytes) -> np.ndarray:
     """Exact inverse of :func:`encrypt` for the same key and nonce."""
-    return _apply(data, key, nonce, None, False)
+    return _apply(data, key, nonce, kernel(), False)

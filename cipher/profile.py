@@ -21,6 +21,7 @@ restore are :mod:`cipher.dicomfile`'s business.
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.util
 import re
 import sys
@@ -34,7 +35,6 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.tag import BaseTag, Tag
 
 from cipher.pseudonym import PseudonymSecret, study_pseudonym
 
@@ -292,10 +292,8 @@ def _clean_tags() -> frozenset[int]:
 
 @dataclass
 class PolicyResult:
-    """What :func:`apply_policy` changed (tags only: never values)."""
+    """What :func:`apply_policy` did that the markers report (never values)."""
 
-    changed: set[int] = field(default_factory=set)
-    removed: set[int] = field(default_factory=set)
     dates_removed: bool = False
 
 
@@ -318,8 +316,6 @@ class _Context:
     def new_uid(self, uid: str) -> str:
         if self.secret is not None:
             return self.secret.uid(uid)
-        import hashlib
-
         digest = hashlib.sha256(self._uid_salt + uid.encode()).digest()[:16]
         return "2.25." + str(int.from_bytes(digest, "big"))
 
@@ -383,7 +379,7 @@ def _pseudonym(elem: DataElement, item: Dataset, ctx: _Context) -> Any:
     return None
 
 
-def _apply_to(ds: Dataset, ctx: _Context, result: PolicyResult, top: bool) -> None:
+def _apply_to(ds: Dataset, ctx: _Context, result: PolicyResult) -> None:
     policy = ctx.policy
     keep_private = RETAIN_SAFE_PRIVATE in policy.options
     for elem in list(ds):
@@ -398,7 +394,6 @@ def _apply_to(ds: Dataset, ctx: _Context, result: PolicyResult, top: bool) -> No
             if keep_private and (elem.tag.is_private_creator or _vr_of(elem) in _NUMERIC_VRS):
                 continue
             del ds[elem.tag]
-            result.removed.add(tag) if top else None
             continue
         if tag == 0x7FE00010 or tag == 0x00080005:
             continue
@@ -407,9 +402,8 @@ def _apply_to(ds: Dataset, ctx: _Context, result: PolicyResult, top: bool) -> No
         if action == KEEP:
             if vr == "SQ" and elem.value:
                 for child in elem.value:
-                    _apply_to(child, ctx, result, top=False)
+                    _apply_to(child, ctx, result)
             continue
-        before = _snapshot(elem)
         if action == REMOVE:
             del ds[elem.tag]
             if vr in _DATE_VRS:
@@ -420,7 +414,7 @@ def _apply_to(ds: Dataset, ctx: _Context, result: PolicyResult, top: bool) -> No
                 result.dates_removed = True
         elif action == REPLACE and vr == "SQ":
             for child in elem.value or []:
-                _apply_to(child, ctx, result, top=False)
+                _apply_to(child, ctx, result)
         elif action == REPLACE:
             if vr == "UI":
                 elem.value = [ctx.new_uid(v) for v in _values(elem)] or elem.empty_value
@@ -437,13 +431,6 @@ def _apply_to(ds: Dataset, ctx: _Context, result: PolicyResult, top: bool) -> No
         elif action == PSEUDONYM:
             new_value = _pseudonym(elem, ds, ctx)
             elem.value = elem.empty_value if new_value is None else new_value
-        if tag in ds and _snapshot(ds[tag]) == before:
-            continue
-        (result.changed if tag in ds else result.removed).add(tag) if top else None
-
-
-def _snapshot(elem: DataElement) -> str:
-    return repr(elem.value)
 
 
 def apply_policy(ds: Dataset, policy: DicomPolicy,
@@ -458,16 +445,12 @@ def apply_policy(ds: Dataset, policy: DicomPolicy,
         return result
     ctx = _Context(ds, policy, randbytes)
     # Pseudonyms depend on PatientID and IssuerOfPatientID: compute them all first.
-    originals = Dataset()
-    for keyword in ("PatientID", "IssuerOfPatientID"):
-        if keyword in ds:
-            originals.add(DataElement(ds[keyword].tag, ds[keyword].VR, ds[keyword].value))
     pseudonyms: dict[int, Any] = {}
     for keyword in PSEUDONYMISED:
         if keyword in ds:
             elem = ds[keyword]
             pseudonyms[int(elem.tag)] = _pseudonym(elem, ds, ctx)
-    _apply_to(ds, ctx, result, top=True)
+    _apply_to(ds, ctx, result)
     for tag, value in pseudonyms.items():  # top-level pseudonyms from the original values
         if tag in ds:
             ds[tag].value = ds[tag].empty_value if value is None else value
@@ -498,9 +481,3 @@ def mark(ds: Dataset, policy: DicomPolicy, result: PolicyResult) -> None:
     full_dates = RETAIN_FULL_DATES in policy.options
     ds.LongitudinalTemporalInformationModified = (
         "UNMODIFIED" if full_dates or not result.dates_removed else "REMOVED")
-
-
-def policy_tags() -> frozenset[BaseTag]:
-    """Every tag the table names (exact rows), for tests and reports."""
-    exact, _ = _lookup()
-    return frozenset(Tag(t) for t in exact)

@@ -103,6 +103,9 @@ class EnrollResponse:
     agent_token: str
     recipients: list[str]
     heartbeat_interval_s: float = 30.0
+    #: The site's pseudonymisation secret (``cipher.pseudonym`` text form), when the
+    #: central has one: DICOM mode keys patient pseudonyms with it.
+    pseudonym_secret: str | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> EnrollResponse:

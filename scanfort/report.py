@@ -4,8 +4,10 @@ Runs on pydicom's bundled images and a synthetic 512×512 phantom when no files 
 or on the pixel data of the given DICOM files. Measures entropy, chi-square, NPCR/UACI at
 the first, middle, last and a random pixel (with Wu et al. critical values), adjacent-pixel
 correlation (all pairs, plain vs cipher), key and nonce sensitivity, S-box NL/SAC/BIC/DU/LP,
-encrypt/decrypt speed per image (selected backend) and per backend on a CT slice and a
-radiograph against AES-256-GCM (as ``scanfort bench``, shorter runs).
+encrypt/decrypt speed per image (the kernel ``chaos.encrypt`` runs in this process) and
+per kernel on a CT slice and a radiograph against AES-256-GCM (as ``scanfort bench``,
+shorter runs). The report names the CPU and the kernel that ran, and whether it is
+constant time.
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ def sbox_report(samples: int = 8) -> dict[str, Any]:
     return {"samples": samples, "per_sbox": rows, "distinct": len({chaos.sbox(*_key("sbox", i)).tobytes() for i in range(samples)})}
 
 
-SPEED_MIN_TIME = 0.1  # seconds per measurement of the per-backend speed table
+SPEED_MIN_TIME = 0.1  # seconds of interleaved repeats per case of the per-kernel speed table
 
 
 def build(files: Sequence[str]) -> dict[str, Any]:
@@ -167,7 +169,9 @@ def build(files: Sequence[str]) -> dict[str, Any]:
     return {
         "skipped": skipped,
         "cipher": "scanfort chaos v1",
-        "backend": chaos.kernel(),  # what chaos.encrypt ran on above, e.g. "native GFNI/AVX-512"
+        "kernel": chaos.kernel(),  # what chaos.encrypt ran on above, e.g. "aesni-avx2"
+        "constant_time": chaos.constant_time(chaos.kernel()),
+        "cpu": benchmark.cpu_model(),
         "images": images,
         "sbox": sbox_report(),
         "speed": benchmark.run(SPEED_MIN_TIME, min_runs=3),
@@ -179,7 +183,8 @@ def _fmt_corr(c: dict[str, float]) -> str:
 
 
 def render(report: dict[str, Any]) -> str:
-    lines = [f"ScanFort chaos cipher v1 — statistics report (backend: {report['backend']})", ""]
+    ct = "constant time" if report["constant_time"] else "NOT constant time"
+    lines = [f"ScanFort chaos cipher v1 — statistics report (kernel: {report['kernel']}, {ct}; CPU: {report['cpu']})", ""]
     hdr = f"{'image':28} {'shape':>13} {'H(plain)':>8} {'H(ciph)':>8} {'chi2':>7} {'enc ms':>8} {'enc MB/s':>9} {'dec MB/s':>9}"
     lines += [hdr, "-" * len(hdr)]
     for r in report["images"]:
@@ -215,10 +220,11 @@ def render(report: dict[str, Any]) -> str:
             f"  {i:2} {'yes' if s['bijective'] else 'NO':>4} {s['nonlinearity']:4} {s['sac_mean']:7.4f} {s['sac_min']:6.4f}-{s['sac_max']:6.4f} {s['bic_nl']:7} {s['bic_sac']:8.4f} {s['du']:3} {s['lp']:8.4f}"
         )
     lines.append("  (AES optimum: NL 112, DU 4, LP 16/256 = 0.0625; published method: 2-4 s per image)")
-    lines += ["", "Speed per backend (single thread, fresh key per image, setup included; best of short runs)"]
-    lines.append(f"  {'case':26} {'operation':30} {'ms':>9} {'MB/s':>9} {'x AES-GCM':>10}")
+    lines += ["", "Speed per kernel (single thread, fresh key per image, setup included; medians of short interleaved runs; * = not constant time)"]
+    lines.append(f"  {'case':26} {'operation':20} {'kernel':13} {'ms':>9} {'MB/s':>9} {'x AES-GCM':>10}")
     for r in report["speed"]:
-        lines.append(f"  {r['case']:26} {r['what']:30} {r['ms']:9.2f} {r['mb_s']:9.1f} {r['vs_aes']:10.3f}")
+        kernel = r["kernel"] + ("" if r["constant_time"] else "*")
+        lines.append(f"  {r['case']:26} {r['what']:20} {kernel:13} {r['ms']:9.2f} {r['mb_s']:9.1f} {r['vs_aes']:10.3f}")
     return "\n".join(lines)
 
 

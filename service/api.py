@@ -165,6 +165,7 @@ async def enroll(request: Request, ctx: Ctx) -> Response:
         agent_token=agent_token,
         recipients=list(ctx.settings.recipients),
         heartbeat_interval_s=ctx.settings.heartbeat_interval_s,
+        pseudonym_secret=ctx.settings.pseudonym_secret_text(),
     )
     return JSONResponse(to_dict(response))
 

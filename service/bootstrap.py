@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,9 @@ from service import security
 from service.errors import AlreadyInitializedError
 from service.settings import Settings, default_data_dir, render_config
 from service.store import Store
+
+#: First word of the secret's text form (``cipher.pseudonym.SECRET_MARKER``).
+PSEUDONYM_SECRET_MARKER = "scanfort-pseudonym-secret/1"
 
 
 @dataclass(frozen=True)
@@ -53,5 +59,23 @@ def initialize(
         _id, token = store.mint_enrollment_token(settings.enrollment_token_ttl_s, "first token")
     finally:
         store.close()
+    _write_pseudonym_secret(settings.pseudonym_secret_path)
     atomic_write(settings.config_path, render_config(settings), mode=0o644)
     return InitResult(settings, admin_user, password, generated, token)
+
+
+def _write_pseudonym_secret(path: Path) -> None:
+    """Create the site's pseudonymisation secret (mode 0600; an existing one is kept).
+
+    The text form is ``cipher.pseudonym``'s (SPEC §2.5); the central writes it without
+    importing the cipher, and hands it to agents at enrollment.
+    """
+    if path.exists():
+        return
+    key = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(f"{PSEUDONYM_SECRET_MARKER} 1 {key}\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+

@@ -23,6 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+PSEUDONYM_SECRET_NAME = "pseudonym.secret"
 CONFIG_NAME = "central.toml"
 DB_NAME = "central.sqlite3"
 DATA_DIR_ENV = "SCANFORT_CENTRAL_DATA_DIR"
@@ -77,6 +78,18 @@ class Settings:
     @property
     def config_path(self) -> Path:
         return self.data_dir / CONFIG_NAME
+
+    @property
+    def pseudonym_secret_path(self) -> Path:
+        """The site's pseudonymisation secret, handed to agents at enrollment (SPEC §2.5)."""
+        return self.data_dir / PSEUDONYM_SECRET_NAME
+
+    def pseudonym_secret_text(self) -> str | None:
+        """The secret's one-line text form, or None when this data dir has none."""
+        try:
+            return self.pseudonym_secret_path.read_text(encoding="ascii").strip() or None
+        except FileNotFoundError:
+            return None
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` listing every invalid key."""

@@ -294,3 +294,13 @@ def test_hostile_bytes_never_give_a_traceback(site, tmp_path, capsys) -> None:
     assert run("inspect", *(str(p) for p in sorted(bad.iterdir()))) in (0, 1)
     err = capsys.readouterr().err
     assert "Traceback" not in err and "internal error" not in err
+
+
+def test_symlink_loop_is_an_error_for_that_entry_only(site, tree, tmp_path, capsys) -> None:
+    _, recipient = site
+    os.symlink("loop", tree / "loop")  # a link to itself
+    out = tmp_path / "out"
+    assert run("encrypt", "-r", recipient, "-o", str(out), str(tree)) == 1
+    err = capsys.readouterr().err
+    assert "loop: too many levels of symbolic links" in err
+    assert "encrypted 4 files (2 dicom mode, 2 file mode), 1 failed" in err

@@ -494,3 +494,37 @@ def test_fuzzed_sources_are_protected_or_refused_with_a_type(site_keys) -> None:
     print("encrypt fuzz:", counts)
     assert counts["traceback"] == 0 and counts["not restored"] == 0
     assert counts["protected"] > 100
+
+
+EDITS = [("TransferSyntaxUID", "1.2.840.10008.1.2.4.90"), ("TransferSyntaxUID", "1.2.840.10008.1.2"),
+         ("TransferSyntaxUID", "1.2.840.10008.1.2.2"), ("Rows", 3), ("Columns", 1000),
+         ("BitsAllocated", 8), ("BitsAllocated", 32), ("NumberOfFrames", 7),
+         ("SamplesPerPixel", 3), ("PixelRepresentation", 1), ("SOPInstanceUID", "2.25.1"),
+         ("SeriesInstanceUID", "2.25.2"), ("StudyInstanceUID", "2.25.3"),
+         ("PatientID", "SF1-FORGED"), ("PhotometricInterpretation", "RGB")]
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "JPEG2000.dcm", "MR_small_bigendian.dcm",
+                                  "SC_rgb_rle_2frame.dcm"])
+def test_edited_visible_attributes_give_the_original_or_an_error(name: str, site_keys) -> None:
+    identity, recipient = site_keys
+    raw = Path(get_testdata_file(name) or "").read_bytes()
+    protected = _protect(raw, recipient)
+    outcomes = {"original": 0, "refused": 0}
+    for keyword, value in EDITS:
+        ds = _ds(protected)
+        target = ds.file_meta if keyword == "TransferSyntaxUID" else ds
+        setattr(target, keyword, value)
+        buf = io.BytesIO()
+        try:
+            ds.save_as(buf, enforce_file_format=False)
+        except Exception:  # pydicom cannot write this edit: nothing to decrypt
+            continue
+        try:
+            restored = _restore(buf.getvalue(), identity)
+        except cipher.CipherError:
+            outcomes["refused"] += 1
+            continue
+        assert restored == raw, (keyword, value)
+        outcomes["original"] += 1
+    assert outcomes["original"] >= len(EDITS) // 2

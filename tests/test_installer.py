@@ -130,19 +130,9 @@ def test_bundle_carries_the_native_stack(built: Built) -> None:
     internal = built.bundle / "_internal"
     names = {p.name.split(".")[0] for p in internal.iterdir()}
     assert {"numpy", "pydicom", "pyrage"} <= names
+    assert not {"numba", "llvmlite"} & names  # no JIT in the bundle, whatever is installed
     if chaos._native is not None:
-        # the cipher's C extension replaces numba: no JIT, no llvmlite in the bundle
         assert [p.name for p in (internal / "cipher").glob("_native.*")], "cipher._native missing"
-        assert not {"numba", "llvmlite"} & names
-        return
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        assert {"numba", "llvmlite"} <= names
-    # numba's cache=True needs the kernels' source next to them.
-    assert (internal / "cipher" / "_kernels.py").is_file()
 
 
 def test_frozen_cipher_runs_without_writable_executable_memory(built: Built, tmp_path: Path) -> None:
@@ -164,8 +154,7 @@ def test_frozen_cipher_runs_without_writable_executable_memory(built: Built, tmp
     assert result.returncode == 0, result.stderr[-3000:]
     doc = json.loads(result.stdout)
     kernels = {r["kernel"] for r in doc["rows"] if r["what"].startswith("chaos")}
-    assert "native table" in kernels and "numpy" in kernels
-    assert not any(k.startswith("numba") for k in kernels)
+    assert "table" in kernels and "reference" in kernels
     assert doc["peak_rss"] == []  # not measured from a frozen binary
 
 

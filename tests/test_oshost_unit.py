@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -70,36 +69,22 @@ def test_unit_has_the_required_settings(fake_exe: Path) -> None:
         assert d[key] == [value], key
     assert d["ReadWritePaths"] == ["-/srv/scanfort/inbox -/var/lib/scanfort/spool"]
     assert d["WantedBy"] == ["multi-user.target"]
-    # the cipher runs on its C extension here: no JIT, so no W+X memory and no numba cache
-    assert spec.jit is False
+    # the cipher's kernels are compiled ahead of time: no JIT, so no W+X memory
     assert d["MemoryDenyWriteExecute"] == ["yes"]
     assert "CacheDirectory" not in d
     assert not any("NUMBA" in e for e in d.get("Environment", []))
 
 
-def test_unit_for_a_jit_install_allows_numba(fake_exe: Path, tmp_path: Path) -> None:
-    """Without the C extension the cipher falls back to numba: W+X memory stays allowed and
-    numba gets its kernel cache; selecting numba in the unit's environment does the same."""
-    for spec in (
-        UnitSpec(exec_start=[str(fake_exe)], jit=True),
-        UnitSpec(exec_start=[str(fake_exe)], jit=False, extra_environment=["SCANFORT_CHAOS_BACKEND=numba"]),
-    ):
-        text = render_unit(spec)
+def test_unit_always_denies_writable_executable_memory(fake_exe: Path, tmp_path: Path) -> None:
+    """No install generates code at run time any more (numba is gone): whatever the
+    environment entries, W+X memory is denied and there is no JIT cache directory."""
+    for env in ((), ("SCANFORT_CHAOS_BACKEND=numba",), ("NUMBA_CACHE_DIR=/tmp/x",)):
+        text = render_unit(UnitSpec(exec_start=[str(fake_exe)], extra_environment=env))
         d = directives(text)
-        assert "MemoryDenyWriteExecute" not in d
-        assert d["CacheDirectory"] == ["scanfort"]
-        assert "NUMBA_CACHE_DIR=/var/cache/scanfort/numba" in d["Environment"]
+        assert d["MemoryDenyWriteExecute"] == ["yes"]
+        assert "CacheDirectory" not in d
         result = verify(text, tmp_path)
         assert result.returncode == 0 and result.stdout + result.stderr == "", result.stderr
-
-
-def test_jit_detection_follows_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent.oshost import unit
-    from cipher import chaos
-
-    monkeypatch.setattr(chaos, "_native", None)  # as after an install without a C compiler
-    assert unit.cipher_needs_jit() == (importlib.util.find_spec("numba") is not None)
-    assert UnitSpec(exec_start=["/x"]).jit == unit.cipher_needs_jit()
 
 
 def test_generated_unit_passes_systemd_analyze_verify(fake_exe: Path, tmp_path: Path) -> None:

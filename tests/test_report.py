@@ -26,15 +26,13 @@ def test_report_on_a_dicom_file_json(capsys: pytest.CaptureFixture[str]) -> None
     assert abs(img["correlation_cipher"]["horizontal"]) < 0.05 < img["correlation_plain"]["horizontal"]
     assert all(s["nonlinearity"] == 112 and s["du"] == 4 for s in doc["sbox"]["per_sbox"])
     assert doc["sbox"]["distinct"] == doc["sbox"]["samples"]
-    assert doc["backend"] == chaos.kernel()
-    speed = {(r["case"], r["what"]) for r in doc["speed"]}
+    assert doc["kernel"] == chaos.kernel() and doc["constant_time"] == chaos.constant_time(chaos.kernel())
+    speed = {(r["case"], r["what"], r["kernel"]) for r in doc["speed"]}
     for case in benchmark.CASES:
-        assert (case, "AES-256-GCM encrypt") in speed
-        for backend in benchmark.backends():
+        assert (case, "AES-256-GCM encrypt", "") in speed
+        for kernel in benchmark.kernels():  # every kernel this CPU runs, the reference too
             for op in ("encrypt", "decrypt"):
-                assert (case, f"chaos {op} ({benchmark.label(backend)})") in speed
-        if chaos._native is not None:
-            assert (case, "chaos encrypt (native, table)") in speed
+                assert (case, f"chaos {op}", kernel) in speed
 
 
 def test_report_table_and_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -45,7 +43,8 @@ def test_report_table_and_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["cipher-report", str(ct), str(junk), str(rtdose)]) == 1
     captured = capsys.readouterr()
     assert "NPCR" in captured.out and "CT_small.dcm" in captured.out and "S-boxes" in captured.out
-    assert "Speed per backend" in captured.out and "AES-256-GCM encrypt" in captured.out
+    assert "Speed per kernel" in captured.out and "AES-256-GCM encrypt" in captured.out
+    assert f"(kernel: {chaos.kernel()}, " in captured.out
     assert "scanfort: error: notes.txt" in captured.err
     assert "scanfort: error: rtdose_1frame.dcm: 32-bit pixels" in captured.err
 
@@ -54,23 +53,32 @@ def test_bench_prints_ratios_against_aes(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["bench", "--json", "--min-time", "0.05"]) == 0
     doc = json.loads(capsys.readouterr().out)
     rows = doc["rows"]
-    whats = {r["what"] for r in rows}
-    assert "AES-256-GCM encrypt" in whats and "chaos encrypt (numpy)" in whats
+    assert doc["kernel"] == chaos.kernel() and doc["cpu"] == benchmark.cpu_model() != ""
     assert all(r["mb_s"] > 0 and r["vs_aes"] > 0 for r in rows)
-    backends = benchmark.backends()
     for case in benchmark.CASES:
+        aes = [r for r in rows if r["case"] == case and r["what"] == "AES-256-GCM encrypt"]
+        assert len(aes) == 1 and aes[0]["vs_aes"] == 1.0
         for op in ("encrypt", "decrypt"):
-            kernels = {r["kernel"] for r in rows if r["case"] == case and r["what"].startswith(f"chaos {op}")}
-            assert {chaos.kernel(b) for b in backends} <= kernels
-    if chaos._native is not None:  # the native table kernel is always measured
-        assert "chaos encrypt (native, table)" in whats and "chaos decrypt (native, table)" in whats
-        assert ("native GFNI/AVX-512" in kernels) == bool(chaos._native.GFNI)
-    # one fresh process per backend; the native (or numpy) one never loads numba
-    rss = {r["backend"]: r for r in doc["peak_rss"]}
-    assert set(rss) == set(backends)
-    assert all(r["peak_rss_bytes"] > 10_000_000 for r in rss.values())
-    assert rss["numpy"]["numba_loaded"] is False
-    if "native" in rss:
-        assert rss["native"]["numba_loaded"] is False and rss["native"]["kernel"].startswith("native")
-    if "numba" in rss:
-        assert rss["numba"]["numba_loaded"] is True
+            kernels = [r["kernel"] for r in rows if r["case"] == case and r["what"] == f"chaos {op}"]
+            assert kernels == benchmark.kernels() == list(chaos.kernels())
+    assert {r["kernel"]: r["constant_time"] for r in rows if r["kernel"]} == {k: chaos.constant_time(k) for k in chaos.kernels()}
+    # every target of the issue whose kernel this CPU has is printed beside its figure
+    targets = {(t["target"], t["kernel"]) for t in doc["targets"]}
+    if "table" in chaos.kernels():
+        assert ("radiograph encrypt table <= README before (18.7 ms, Xeon)", "table") in targets
+    for k in set(benchmark.AES_KERNELS) & set(chaos.kernels()):
+        assert ("radiograph encrypt >= 0.5x AES-256-GCM (AES-NI kernel)", k) in targets
+        assert ("CT slice encrypt <= 0.4 ms incl. setup", k) in targets
+    # fresh processes: the process's kernel and the reference; neither loads a JIT
+    rss = {r["run"]: r for r in doc["peak_rss"]}
+    assert set(rss) == {"default", chaos.REFERENCE}
+    assert all(r["peak_rss_bytes"] > 10_000_000 and r["jit_loaded"] is False for r in rss.values())
+    assert rss["default"]["kernel"] == chaos.kernel()
+
+
+def test_bench_table_names_cpu_kernel_and_targets(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--min-time", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"CPU: {benchmark.cpu_model()}; chaos.encrypt runs the {chaos.kernel()} kernel")
+    assert "targets (issue 13) beside the measured figures:" in out
+    assert "reference*" in out  # the numpy reference is marked as not constant time

@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from cipher.pseudonym import PseudonymSecret
 from scanfort.protocol import Ack, EnrollResponse, ObjectReceipt, to_dict
 from service import dashboard, status, tables
 from service.app import create_app
@@ -246,6 +247,15 @@ def test_enroll_consumes_the_one_time_token_and_stores_only_hashes(client, store
     assert resp.agent_id.startswith("ag_") and resp.agent_token.startswith("sfa_")
     assert resp.recipients == ["age1siterecipient"]
     assert resp.heartbeat_interval_s == settings.heartbeat_interval_s
+    assert resp.pseudonym_secret is None  # this data dir has no secret
+    settings.pseudonym_secret_path.parent.mkdir(parents=True, exist_ok=True)
+    settings.pseudonym_secret_path.write_text(PseudonymSecret.generate().encode())
+    _id, token2 = store.mint_enrollment_token(3600)
+    second = EnrollResponse.from_dict(
+        client.post("/api/v1/enroll", json=body, headers=bearer(token2)).json())
+    assert second.pseudonym_secret is not None
+    assert PseudonymSecret.parse(second.pseudonym_secret).encode().strip() == \
+        settings.pseudonym_secret_path.read_text().strip()
 
     again = client.post("/api/v1/enroll", json=body, headers=bearer(token))
     assert again.status_code == 401

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from cipher.pseudonym import PseudonymSecret
 from scanfort.cli import main
 from tests.peers import central_run_command
 
@@ -36,6 +38,12 @@ def test_init_prints_credentials_once_and_refuses_to_overwrite(tmp_path, capsys)
     config = (data / "central.toml").read_text()
     assert 'recipients = ["age1abc"]' in config
     assert info["admin_password"] not in config and info["enrollment_token"] not in config
+    # The site's pseudonymisation secret: 0600, in the cipher's text form, never printed.
+    secret_file = data / "pseudonym.secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    secret = PseudonymSecret.parse(secret_file.read_text())
+    assert secret.version == 1
+    assert secret_file.read_text().split()[-1] not in json.dumps(info)
 
     assert main(["central", "init", "--data-dir", str(data)]) == 1
     err = capsys.readouterr().err

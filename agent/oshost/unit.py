@@ -7,16 +7,13 @@ writable places are systemd's own ``StateDirectory`` (``/var/lib/scanfort``) and
 and any local destination or "move to" folder named in the config. That list comes from
 the config, which is why the unit is generated rather than static.
 
-The chaos cipher runs on its C extension (``cipher._native``), so the service maps no
-writable-and-executable memory and the unit sets ``MemoryDenyWriteExecute=yes``. Only an
-install without the extension that falls back to numba's JIT (or a unit that selects it
-with ``SCANFORT_CHAOS_BACKEND=numba``) gets W+X memory allowed and numba's kernel cache in
-``CacheDirectory`` (``/var/cache/scanfort``, ``NUMBA_CACHE_DIR``).
+The chaos cipher's kernels are compiled ahead of time (the C extension ``cipher._native``,
+or its numpy reference where no compiler was available): nothing in the service generates
+code at run time, so the unit always sets ``MemoryDenyWriteExecute=yes``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,22 +31,9 @@ TIMEOUT_STOP_SEC = 30
 _HOME_TREES = ("/home", "/root", "/run/user")
 
 
-def cipher_needs_jit() -> bool:
-    """True when this install's chaos cipher would run numba's JIT: the C extension
-    ``cipher._native`` is not built and numba is installed (``auto`` falls back to it)."""
-    from cipher import chaos
-
-    return chaos._native is None and importlib.util.find_spec("numba") is not None
-
-
 @dataclass(frozen=True)
 class UnitSpec:
-    """Everything a unit depends on; :func:`render_unit` is a pure function of it.
-
-    ``jit`` (detected from the generating install by default) allows W+X memory and gives
-    numba a cache directory; an ``extra_environment`` entry selecting the numba backend
-    implies it.
-    """
+    """Everything a unit depends on; :func:`render_unit` is a pure function of it."""
 
     exec_start: Sequence[str]
     read_write_paths: Sequence[str] = ()
@@ -59,11 +43,6 @@ class UnitSpec:
     watchdog_sec: int = WATCHDOG_SEC
     timeout_stop_sec: int = TIMEOUT_STOP_SEC
     extra_environment: Sequence[str] = field(default_factory=tuple)
-    jit: bool = field(default_factory=cipher_needs_jit)
-
-    @property
-    def uses_jit(self) -> bool:
-        return self.jit or any(e.replace(" ", "") == "SCANFORT_CHAOS_BACKEND=numba" for e in self.extra_environment)
 
 
 def _escape_specifiers(text: str) -> str:
@@ -145,18 +124,10 @@ def render_unit(spec: UnitSpec) -> str:
         "LogsDirectory=scanfort",
         "LogsDirectoryMode=0750",
     ]
-    if spec.uses_jit:
-        lines += [
-            "CacheDirectory=scanfort",
-            "CacheDirectoryMode=0750",
-        ]
     lines += [
         "WorkingDirectory=/var/lib/scanfort",
         "UMask=0027",
     ]
-    if spec.uses_jit:
-        # numba's compiled-kernel cache (cache=True); the bundle itself is read-only.
-        lines.append("Environment=NUMBA_CACHE_DIR=/var/cache/scanfort/numba")
     lines += [f"Environment={_quote(e, exec_line=False)}" for e in spec.extra_environment]
     lines += [
         "",
@@ -191,11 +162,9 @@ def render_unit(spec: UnitSpec) -> str:
         "SystemCallArchitectures=native",
         "SystemCallFilter=@system-service",
         "SystemCallErrorNumber=EPERM",
-    ]
-    if not spec.uses_jit:
         # The cipher's kernels are compiled ahead of time (cipher._native): no W+X pages.
-        # With numba's JIT (an install without the extension) the setting stays absent.
-        lines.append("MemoryDenyWriteExecute=yes")
+        "MemoryDenyWriteExecute=yes",
+    ]
     lines += [
         "",
         "[Install]",
