@@ -55,6 +55,7 @@ POLICY: dict[Outcome, Policy] = {
 class Result:
     outcome: Outcome
     item_id: int | None = None
+    resolved: bool = False  # protected with nothing to send (every delivery refused/skipped)
 
     @property
     def policy(self) -> Policy:

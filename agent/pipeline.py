@@ -173,7 +173,8 @@ class Pipeline:
             return Result(Outcome.DUPLICATE, existing.id if existing else None)
         if flags:
             self.reporter.count("flagged")
-        return Result(Outcome.PROTECTED, item_id)
+        return Result(Outcome.PROTECTED, item_id,
+                      resolved=not any(d[2] == "pending" for d in deliveries))
 
     # -- quarantine ------------------------------------------------------------------------
     def _note(self, item: Item, reason: str) -> None:

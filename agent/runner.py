@@ -185,7 +185,7 @@ class Agent:
             conf = self.config.folder(s.folder)
             for name in conf.destinations if conf else ():
                 self.senders[name].wake()
-            if not self.journal.has_pending(result.item_id):
+            if result.resolved:
                 self.finalize_queue.put(result.item_id)  # e.g. every delivery refused
         if policy.supersede and result.item_id is not None:
             self.journal.set_state(result.item_id, "superseded")

@@ -354,3 +354,38 @@ def test_a_sender_survives_a_journal_error_and_it_shows(tmp_path: Path, site_key
         assert "threads:      send-share failed 3x" in capsys.readouterr().out
     assert [p.name for p in outbox.iterdir()] == ["a.raw.age"]  # re-sent, not duplicated
     assert decrypt((outbox / "a.raw.age").read_bytes(), identity) == b"a" * 1000
+
+
+def test_an_unreadable_config_exits_78_naming_the_file_and_the_fix(tmp_path: Path, site_keys,
+                                                                   capsys) -> None:
+    """What the service sees when enroll (before this fix) left root:root 0600 behind."""
+    from agent.oshost.host import EXIT_CONFIG
+
+    _, recipient = site_keys
+    config = write_config(tmp_path, [recipient], {"share": {"kind": "folder",
+                                                            "path": str(tmp_path / "o")}})
+    path = config.source
+    assert path is not None
+    os.chmod(path, 0)
+    try:
+        if os.access(path, os.R_OK):  # root reads anything: be the service user instead
+            err_file = tmp_path / "stderr.txt"
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                with open(err_file, "w") as fh:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                    sys.stderr = fh
+                    rc = main(["service", "run-host", "--config", str(path)])
+                    fh.flush()
+                os._exit(rc)
+            _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            err = err_file.read_text()
+        else:
+            code = main(["service", "run-host", "--config", str(path)])
+            err = capsys.readouterr().err
+    finally:
+        os.chmod(path, 0o600)
+    assert code == EXIT_CONFIG
+    assert f"the service user cannot read {path}" in err and f"chmod 0640 {path}" in err
