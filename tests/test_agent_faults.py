@@ -26,11 +26,12 @@ from tests.helpers import (
     ct_slice,
     decrypt,
     drop,
+    free_port,
     running,
     wait_until,
     write_config,
 )
-from tests.peers import OrthancPeer, free_port
+from tests.peers import OrthancPeer
 
 REPO = Path(__file__).resolve().parent.parent
 
