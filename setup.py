@@ -19,6 +19,7 @@ MSVC_FLAGS = ["/O2", "/fp:precise"]  # /fp:precise does not contract into FMA (V
 SOURCES = [
     "cipher/csrc/module.c",
     "cipher/csrc/sf_core.c",
+    "cipher/csrc/sf_maps.c",
     "cipher/csrc/k_table.c",
     "cipher/csrc/k_aesni_sse.c",
     "cipher/csrc/k_aesni_avx2.c",

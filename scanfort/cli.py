@@ -23,6 +23,7 @@ _COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "agent.cli": ("agent",),
     "agent.oshost.cli": ("service",),
     "service.cli": ("central",),
+    "scanfort.cli_gateway": ("gateway",),
     "scanfort.cli_demo": ("demo",),
 }
 

@@ -25,8 +25,10 @@ from scanfort.protocol import (
     ObjectReceipt,
     to_dict,
 )
+from service import readers
 from service.context import AppContext, Ctx
 from service.errors import ObjectRejected
+from service.objects_read import reported_uids
 from service.schemas import SchemaError, parse_body
 from service.store import AgentAuth
 
@@ -268,6 +270,9 @@ async def put_object(request: Request, ctx: Ctx, sha256: Annotated[str, _SHA_PAR
     except ObjectRejected as exc:
         return _problem(exc.status, exc.reason)
     await run_in_threadpool(ctx.store.record_object, sha256, size, auth.agent_id)
+    uids = reported_uids(request, sha256)
+    if uids is not None:
+        await run_in_threadpool(readers.record_uids, ctx.store, uids)
     if created:
         ctx.counters.inc("objects_stored")
         ctx.counters.inc("object_bytes_stored", size)

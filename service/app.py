@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scanfort import __version__
-from service import api, dashboard, schemas
+from service import api, dashboard, objects_read, schemas
 from service.context import AppContext, get_context
 from service.metrics import render_metrics
 from service.objects import ObjectStore
@@ -73,6 +73,7 @@ def create_app(
     )
     app.state.scanfort = ctx
     app.include_router(api.router)
+    app.include_router(objects_read.router)
     app.include_router(dashboard.router)
     app.mount(
         "/static", StaticFiles(directory=str(Path(__file__).parent / "static")), name="static"

@@ -85,6 +85,11 @@ def register(subparsers: Any) -> None:
     token.add_argument("--json", action="store_true")
     token.set_defaults(func=_cmd_token)
 
+    reader = sub.add_parser("reader-token", help="mint a token a reading gateway uses to GET objects")
+    _common(reader)
+    reader.add_argument("--note", default="", help="which gateway it is for")
+    reader.set_defaults(func=_cmd_reader_token)
+
     revoke = sub.add_parser("revoke", help="revoke an agent's token")
     _common(revoke)
     revoke.add_argument("agent_id")
@@ -237,6 +242,23 @@ def _cmd_token(args: argparse.Namespace) -> int:
         print(json.dumps({"token_id": token_id, "enrollment_token": token, "ttl_s": ttl}))
     else:
         print(token)
+    return 0
+
+
+def _cmd_reader_token(args: argparse.Namespace) -> int:
+    from service.readers import mint_reader_token
+    from service.store import Store
+
+    try:
+        settings = _load(args)
+    except NotInitializedError as exc:
+        return _fail(f"central not initialized ({exc})", "run `scanfort central init` first")
+    store = Store(settings.database_url)
+    try:
+        store.create_schema()
+        print(mint_reader_token(store, args.note))
+    finally:
+        store.close()
     return 0
 
 

@@ -104,3 +104,23 @@ objects = sa.Table(
     sa.Column("agent_id", sa.String(32), nullable=False),
     sa.Column("stored_at", sa.Float, nullable=False),
 )
+
+# The read side for reading gateways: credentials that may GET objects, and the UIDs an
+# agent reports for each object (UIDs only, never patient attributes).
+reader_tokens = sa.Table(
+    "sf_reader_tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("note", sa.Text, nullable=False, default=""),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
+
+object_uids = sa.Table(
+    "sf_object_uids",
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("study_uid", sa.String(64), nullable=False, index=True),
+    sa.Column("series_uid", sa.String(64), nullable=False),
+    sa.Column("sop_uid", sa.String(64), nullable=False, index=True),
+)

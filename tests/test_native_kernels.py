@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +23,8 @@ if _native is None:  # pragma: no cover - CI builds the extension
     pytest.skip("cipher._native is not built (pip install -e . with a C compiler)", allow_module_level=True)
 
 VECTOR_KERNELS = [k for k in _native.KERNELS if k != "table"]
+ROOT = Path(__file__).resolve().parents[1]
+CSRC = ROOT / "cipher" / "csrc"
 
 
 @pytest.mark.parametrize("i", range(40))
@@ -204,3 +209,21 @@ def test_rejects_wrong_sizes() -> None:
         _native.scalar_samples(0.5, 3.99, -1, 10, q)
     with pytest.raises(ValueError):
         _native.scalar_samples(0.5, -1.0, 1, 10, q)
+
+
+def test_byte_stream_is_the_same_on_every_instruction_set(tmp_path: Path) -> None:
+    """The byte stream is built once per instruction set (generic, AVX2, AVX-512): the C
+    driver compares every version this CPU has with the generic one on random seeds."""
+    if shutil.which("gcc") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("gcc missing under CI")
+        pytest.skip("gcc not installed")
+    exe = tmp_path / "kernel_driver"
+    sources = [ROOT / "tests" / "native" / "kernel_driver.c"] + [p for p in sorted(CSRC.glob("*.c")) if p.name != "module.c"]
+    subprocess.run(["gcc", "-O3", "-std=c99", "-ffp-contract=off", "-fno-fast-math", "-fno-strict-aliasing", f"-I{CSRC}",
+                    *map(str, sources), "-o", str(exe)], check=True, capture_output=True, timeout=300)
+    out = subprocess.run([str(exe), "-", "maps", "3000"], capture_output=True, text=True, timeout=300, check=True)
+    ok, count, isas = out.stdout.split()
+    assert (ok, count) == ("ok", "3000") and int(isas) >= 1
+    if "gfni-avx512" in _native.KERNELS:  # an AVX-512 CPU has all three
+        assert isas == "3"

@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #define SF_KERNEL_TARGET __attribute__((target("avx2,gfni")))
+#define SF_UNROLL 4
 #define SF_V 32
 typedef __m256i sf_vec;
 

@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #define SF_KERNEL_TARGET __attribute__((target("avx512f,avx512bw,gfni")))
+#define SF_UNROLL 4
 #define SF_V 64
 typedef __m512i sf_vec;
 

@@ -1,20 +1,9 @@
 /*
- * GF(2^8), GF(2) matrices, the S-box, the logistic maps and the three passes of the chaos
- * cipher (cipher/SPEC.md §1.3–1.7); same bits as cipher/_reference.py. See sf_core.h.
+ * GF(2^8), GF(2) matrices, the S-box, the per-pass constants of every kernel, the three
+ * passes of the chaos cipher and their inverses (cipher/SPEC.md §1.4–1.7), and the kernel
+ * list; same bits as cipher/_reference.py. The logistic maps are in sf_maps.c.
  */
 #include "sf_core.h"
-
-#include <float.h>
-
-#if defined(__FAST_MATH__)
-#error "the chaos cipher must not be built with -ffast-math: the logistic maps need exact IEEE-754 doubles"
-#endif
-#if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD != 0
-#error "the chaos cipher needs double arithmetic evaluated in double precision (SSE2, not x87)"
-#endif
-#if defined(__clang__)
-#pragma STDC FP_CONTRACT OFF
-#endif
 
 /* ------------------------------------------------------------------ GF(2^8), GF(2) matrices */
 
@@ -153,77 +142,6 @@ static uint64_t mat_qword(const uint8_t a[8])
     return q;
 }
 
-/* ------------------------------------------------------------------ logistic maps */
-
-/* floor(x * quant) mod 256. q = x * quant is exact (quant is a power of two in the cipher);
- * q = 256·hi + lo with hi = floor(q / 256) and lo in [0, 256) both exact, and the
- * conversions stay in int32, which SSE2 vectorises. In range because the callers check
- * the arguments (0 <= x0 <= 1, 0 <= r <= 4, quant <= 2^32): then every step keeps x in
- * [0, 1] (fl(r·x) <= 4x and fl(1 - x) rounds up by at most 2^-54 only where 4x(1 - x) is
- * below 1 by more than that), so 0 <= q <= 2^32. */
-static uint8_t sample(double x, double quant)
-{
-    double q = x * quant;
-    int32_t hi = (int32_t)(q * (1.0 / 256.0));
-    int32_t lo = (int32_t)(q - (double)hi * 256.0);
-    return (uint8_t)lo;
-}
-
-static double step_map(double r, double x)
-{
-    double a = r * x;
-    double b = 1.0 - x;
-    return a * b;
-}
-
-void sf_scalar_fill(double x0, double r, ptrdiff_t transient, double quant, uint8_t *out, ptrdiff_t count)
-{
-    double x = x0;
-    for (ptrdiff_t t = 0; t < transient; t++)
-        x = step_map(r, x);
-    for (ptrdiff_t i = 0; i < count; i++) {
-        x = step_map(r, x);
-        out[i] = sample(x, quant);
-    }
-}
-
-void sf_stream_fill(double x0, double r, ptrdiff_t lanes, double step, ptrdiff_t transient, double quant,
-                    double *x, uint8_t *out, ptrdiff_t count)
-{
-    for (ptrdiff_t j = 0; j < lanes; j++) {
-        double off = (double)j * step;
-        x[j] = x0 + off;
-    }
-    for (ptrdiff_t t = 0; t < transient; t++)
-        for (ptrdiff_t j = 0; j < lanes; j++)
-            x[j] = step_map(r, x[j]);
-    for (ptrdiff_t t = 0; t < count; t += lanes) {
-        ptrdiff_t n = count - t < lanes ? count - t : lanes;
-        for (ptrdiff_t j = 0; j < lanes; j++) /* every lane steps, as in the reference */
-            x[j] = step_map(r, x[j]);
-        for (ptrdiff_t j = 0; j < n; j++)
-            out[t + j] = sample(x[j], quant);
-    }
-}
-
-/* The health check's count of distinct values, on a 256-bit set held in four words that
- * are all touched for every byte (no memory access indexed by a sample). */
-int sf_distinct(const uint8_t *p, ptrdiff_t n)
-{
-    uint64_t set[4] = {0, 0, 0, 0};
-    for (ptrdiff_t i = 0; i < n; i++) {
-        unsigned v = p[i];
-        uint64_t bit = (uint64_t)1 << (v & 63);
-        for (unsigned w = 0; w < 4; w++)
-            set[w] |= bit & (0 - (uint64_t)((v >> 6) == w));
-    }
-    int count = 0;
-    for (int w = 0; w < 4; w++)
-        for (int b = 0; b < 64; b++)
-            count += (int)((set[w] >> b) & 1);
-    return count;
-}
-
 /* ------------------------------------------------------------------ per-pass constants */
 
 /* The linear part of the inverse of the AES affine map: SubBytes(y) = M·inv(y) ⊕ 0x63,
@@ -248,7 +166,7 @@ static void nibbles(const uint8_t a[8], uint8_t c, uint8_t lo[16], uint8_t hi[16
     }
 }
 
-/* The constants of one pass for kernel `kn`. The round is written as
+/* The constants of a pass that depend on the S-box, for a kernel that reads `needs`. The round is written as
  *   encrypt: c = Fout(SB(Fin(z))) + g·cross,   z = x ⊕ K ⊕ W ⊕ prev
  *   decrypt: x = Fout(SB(Fin(c − g·cross))) ⊕ prev ⊕ K ⊕ W
  * where SB is AES SubBytes, so that S(~z) = A2·inv(A1·~z ⊕ c1) ⊕ c2 gives
@@ -257,7 +175,7 @@ static void nibbles(const uint8_t a[8], uint8_t c, uint8_t lo[16], uint8_t hi[16
  *   decrypt: Fin = A2^-1·y ⊕ A2^-1·c2, Fout = A1^-1·M^-1·s ⊕ (A1^-1·(M^-1·0x63 ⊕ c1) ⊕ 0xFF).
  * The GFNI kernels use A1, A2 (encrypt) or their inverses (decrypt) directly: the affine-
  * inverse instruction computes A·inv(x) itself. */
-static void pass_consts(sf_consts *c, const sf_sbox *sd, uint8_t g, int decrypt, int needs)
+static void sbox_consts(sf_consts *c, const sf_sbox *sd, int decrypt, int needs)
 {
     memset(c, 0, sizeof *c);
     if (needs & SF_NEEDS_TABLES) {
@@ -266,15 +184,13 @@ static void pass_consts(sf_consts *c, const sf_sbox *sd, uint8_t g, int decrypt,
                 c->tab[sf_sbox_eval(sd, v)] = (uint8_t)v;
             else
                 c->tab[v] = sf_sbox_eval(sd, v ^ 0xFFu);
-            c->mul[v] = sf_gf_mul(g, (uint8_t)v);
         }
     }
     if (needs & (SF_NEEDS_NIBBLES | SF_NEEDS_QWORDS)) {
-        uint8_t minv[8], a1i[8], a2i[8], pout[8], mg[8];
+        uint8_t minv[8], a1i[8], a2i[8], pout[8];
         aes_inverse_affine(minv);
         mat_inverse(sd->a1, a1i); /* Lo·Up with unit diagonals: always invertible */
         mat_inverse(sd->a2, a2i);
-        mul_matrix(g, mg);
         uint8_t m63 = mat_apply(minv, 0x63);
         if (needs & SF_NEEDS_NIBBLES) {
             if (decrypt) {
@@ -286,10 +202,8 @@ static void pass_consts(sf_consts *c, const sf_sbox *sd, uint8_t g, int decrypt,
                 mat_mul(sd->a2, minv, pout);
                 nibbles(pout, (uint8_t)(mat_apply(pout, 0x63) ^ sd->c2), c->out_lo, c->out_hi);
             }
-            nibbles(mg, 0, c->mul_lo, c->mul_hi);
         }
         if (needs & SF_NEEDS_QWORDS) {
-            c->qg = mat_qword(mg);
             if (decrypt) { /* S^-1(y) = A1^-1·inv(A2^-1·y ⊕ b2) ⊕ b1 */
                 c->q1 = mat_qword(a1i);
                 c->q2 = mat_qword(a2i);
@@ -303,6 +217,29 @@ static void pass_consts(sf_consts *c, const sf_sbox *sd, uint8_t g, int decrypt,
             }
         }
     }
+}
+
+/* The multiplication by g of one pass (the forward and backward passes share the rest). */
+static void multiplier_consts(sf_consts *c, uint8_t g, int needs)
+{
+    uint8_t mg[8];
+    mul_matrix(g, mg);
+    nibbles(mg, 0, c->mul_lo, c->mul_hi);
+    if (needs & SF_NEEDS_TABLES) /* g·v is linear: the two nibbles' images XORed */
+        for (unsigned v = 0; v < 256; v++)
+            c->mul[v] = (uint8_t)(c->mul_lo[v & 15] ^ c->mul_hi[v >> 4]);
+    if (needs & SF_NEEDS_QWORDS)
+        c->qg = mat_qword(mg);
+}
+
+/* The constants of the forward (cf) and backward (cb) passes. */
+static void pass_consts(sf_consts *cf, sf_consts *cb, const sf_sbox *sd, uint8_t g_f, uint8_t g_b, int decrypt,
+                        int needs)
+{
+    sbox_consts(cf, sd, decrypt, needs);
+    *cb = *cf;
+    multiplier_consts(cf, g_f, needs);
+    multiplier_consts(cb, g_b, needs);
 }
 
 /* ------------------------------------------------------------------ the passes */
@@ -379,8 +316,7 @@ static void reset_padding(const sf_job *jb)
 void sf_encrypt(sf_job *jb, const sf_sbox *sd, uint8_t g_f, uint8_t g_b, const sf_kernel *kn)
 {
     sf_consts cf, cb;
-    pass_consts(&cf, sd, g_f, 0, kn->needs);
-    pass_consts(&cb, sd, g_b, 0, kn->needs);
+    pass_consts(&cf, &cb, sd, g_f, g_b, 0, kn->needs);
     ptrdiff_t R = jb->R;
     if (jb->src != NULL) { /* the forward pass reads full rows from the input */
         copy_rows(jb, R - 1);
@@ -396,8 +332,7 @@ void sf_encrypt(sf_job *jb, const sf_sbox *sd, uint8_t g_f, uint8_t g_b, const s
 void sf_decrypt(sf_job *jb, const sf_sbox *sd, uint8_t g_f, uint8_t g_b, const sf_kernel *kn)
 {
     sf_consts cf, cb;
-    pass_consts(&cf, sd, g_f, 1, kn->needs);
-    pass_consts(&cb, sd, g_b, 1, kn->needs);
+    pass_consts(&cf, &cb, sd, g_f, g_b, 1, kn->needs);
     ptrdiff_t R = jb->R, t0 = jb->t0;
     /* the tail undo needs rows t0-2 .. R-1 (t0-2: the one-lane cross row) in the matrix;
      * the backward undo reads the rows below from the input */

@@ -3,8 +3,9 @@
  * so the same files build the extension cipher._native (module.c) and the stand-alone
  * kernel driver the tests run under qemu-aarch64 (tests/native/kernel_driver.c).
  *
- *   sf_core.c      GF(2^8), GF(2) matrices, the S-box, the logistic maps, the three passes
- *                  and their inverses, the kernel list and CPU detection;
+ *   sf_core.c      GF(2^8), GF(2) matrices, the S-box, the per-pass constants, the three
+ *                  passes and their inverses, the kernel list;
+ *   sf_maps.c      the logistic maps and the health check's count (exact IEEE doubles);
  *   k_table.c      the portable kernel: 256-entry tables (any C99 compiler);
  *   k_aesni_sse.c, k_aesni_avx2.c, k_vaes_avx2.c (with k_aesni.h): AES SubBytes between
  *                  two affine maps done with PSHUFB nibble lookups: SSSE3, AVX2, AVX2 + VAES;
@@ -22,6 +23,10 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+#if defined(_MSC_VER) && !defined(__cplusplus) && !defined(inline)
+#define inline __inline /* MSVC's C mode: the portable core and table kernel build there */
+#endif
 
 #define SF_SBOX_SAMPLES 34 /* A1 (8 + 8 samples), c1, A2 (8 + 8), c2 */
 #define SF_MAX_LANE_BITS 30 /* a sanity bound; the cipher uses at most 16 */
@@ -96,6 +101,10 @@ uint8_t sf_sbox_eval(const sf_sbox *d, unsigned x);  /* table lookup: not consta
 void sf_scalar_fill(double x0, double r, ptrdiff_t transient, double quant, uint8_t *out, ptrdiff_t count);
 void sf_stream_fill(double x0, double r, ptrdiff_t lanes, double step, ptrdiff_t transient, double quant,
                     double *x, uint8_t *out, ptrdiff_t count);
+/* The byte stream with one instruction set (tests compare them): -1 if the CPU lacks it. */
+enum { SF_ISA_GENERIC = 0, SF_ISA_AVX2 = 1, SF_ISA_AVX512 = 2 };
+int sf_stream_fill_isa(int isa, double x0, double r, ptrdiff_t lanes, double step, ptrdiff_t transient,
+                       double quant, double *x, uint8_t *out, ptrdiff_t count);
 int sf_distinct(const uint8_t *p, ptrdiff_t n);      /* constant-time count of distinct bytes */
 void sf_encrypt(sf_job *jb, const sf_sbox *sd, uint8_t g_f, uint8_t g_b, const sf_kernel *kn);
 void sf_decrypt(sf_job *jb, const sf_sbox *sd, uint8_t g_f, uint8_t g_b, const sf_kernel *kn);

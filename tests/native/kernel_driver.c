@@ -1,11 +1,15 @@
 /*
  * A stand-alone driver of the cipher's C core (cipher/csrc), for checking a kernel on a
  * CPU the test machine only emulates (the NEON kernel under qemu-aarch64; see
- * tests/test_neon_kernel.py). No Python: it links sf_core.c, k_table.c and the kernel.
+ * tests/test_neon_kernel.py). No Python: it links sf_core.c, sf_maps.c, k_table.c and the
+ * kernel.
  *
  *   kernel_driver KERNEL jobs       read jobs from stdin, write each ciphertext to stdout
  *   kernel_driver KERNEL random N   N random layouts and parameters, KERNEL against the
  *                                   table kernel both ways; prints "ok N"
+ *   kernel_driver - maps N          N random logistic-map seeds: the byte stream of every
+ *                                   instruction set this CPU has against the generic C
+ *                                   one; prints "ok N ISAS"
  *   kernel_driver KERNEL ct         under valgrind (built with -DSF_CT_CHECK): every secret
  *                                   input (stream, S-box samples, multipliers, data, map
  *                                   seeds) is marked undefined, then the setup, the maps,
@@ -167,6 +171,33 @@ static int run_ct(const sf_kernel *kn)
     return 0;
 }
 
+static int run_maps(long count)
+{
+    double x[256];
+    uint8_t *want = xmalloc(6000), *got = xmalloc(6000);
+    int isas = 1;
+    for (long c = 0; c < count; c++) {
+        double x0 = 0.0625 + 0.875 * (double)(next() >> 11) * (1.0 / 9007199254740992.0);
+        double r = 3.99 + 0.0099 * (double)(next() >> 11) * (1.0 / 9007199254740992.0);
+        ptrdiff_t n = (ptrdiff_t)(next() % 6000);
+        sf_stream_fill_isa(SF_ISA_GENERIC, x0, r, 256, 1.0 / 4294967296.0, 64, 4294967296.0, x, want, n);
+        isas = 1;
+        for (int isa = SF_ISA_GENERIC + 1; isa <= SF_ISA_AVX512; isa++) {
+            if (sf_stream_fill_isa(isa, x0, r, 256, 1.0 / 4294967296.0, 64, 4294967296.0, x, got, n) != 0)
+                continue;
+            isas++;
+            if (memcmp(want, got, (size_t)n) != 0) {
+                fprintf(stderr, "kernel_driver: stream of ISA %d differs at x0=%.17g r=%.17g\n", isa, x0, r);
+                return 2;
+            }
+        }
+    }
+    printf("ok %ld %d\n", count, isas);
+    free(want);
+    free(got);
+    return 0;
+}
+
 static int read_exact(uint8_t *p, size_t n)
 {
     return fread(p, 1, n, stdin) == n;
@@ -205,6 +236,8 @@ int main(int argc, char **argv)
     sf_init();
     if (argc < 3)
         die(1, "usage: kernel_driver KERNEL jobs | random N | ct");
+    if (strcmp(argv[1], "-") == 0 && strcmp(argv[2], "maps") == 0 && argc == 4)
+        return run_maps(strtol(argv[3], NULL, 10));
     const sf_kernel *kn = sf_kernel_named(argv[1]);
     if (kn == NULL)
         die(1, "kernel not built into this driver");

@@ -1,0 +1,281 @@
+"""Benchmark: retrieve through the reading gateway vs straight from Orthanc, in the same run.
+
+Builds a synthetic 300-slice 512x512 16-bit CT series (never real data), protects it in
+DICOM mode, stores it in a loopback Orthanc (DICOMweb plugin) and starts ``scanfort gateway
+run`` in front of it as its own process. Then, in interleaved repeats (medians printed):
+
+- series retrieve: one WADO-RS ``multipart/related`` GET of the whole series, read by curl
+  (MB/s of DICOM);
+- instance retrieve: one GET per instance, 4 client threads (MB/s);
+- viewer flow: series metadata, then ``frames/1`` of every instance with 6 client threads,
+  as OHIF does: time to the first and to the last frame.
+
+Orthanc serves the protected bytes as stored; the gateway decrypts every instance (its
+decrypted cache is cleared before each gateway measurement). The index is built once,
+by the first search (timed separately), as the study list does before a study is opened.
+
+    .venv/bin/python bench/bench_gateway.py [--slices 300] [--size 512] [--repeats 3]
+    .venv/bin/python bench/bench_gateway.py --multiframe-mb 256   # memory for one big instance
+
+Targets (issue 12): gateway >= 0.5x Orthanc's own throughput; first image < 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from cipher import keys
+from tests import gateway_data as data
+from tests import peers
+
+REPO = Path(__file__).resolve().parent.parent
+PASSWORD = "bench-password-1"
+DICOM = 'multipart/related; type="application/dicom"'
+FRAMES = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+class Target:
+    def __init__(self, name: str, root: str, auth: tuple[str, str] | None,
+                 before: Callable[[], None]) -> None:  # fmt: skip
+        self.name, self.root, self.auth, self.before = name, root, auth, before
+        self._local = threading.local()
+
+    def session(self) -> requests.Session:
+        s = getattr(self._local, "s", None)
+        if s is None:
+            s = requests.Session()
+            s.auth = self.auth
+            self._local.s = s
+        return s
+
+    def get(self, path: str, accept: str) -> bytes:
+        r = self.session().get(self.root + path, headers={"Accept": accept}, timeout=120)
+        r.raise_for_status()
+        return r.content
+
+
+def series_retrieve(t: Target, study: str, series: str, count: int,
+                    scratch: Path) -> tuple[float, int]:  # fmt: skip
+    """One series retrieve read by curl (a native client, as a browser is: the Python client
+    decodes chunked transfer encoding several times slower than it reads a sized body)."""
+    t.before()
+    out = scratch / "series.bin"
+    auth = ["-u", f"{t.auth[0]}:{t.auth[1]}"] if t.auth else []
+    done = subprocess.run(
+        ["curl", "-sS", "--fail", "-o", str(out), "-w", "%{size_download} %{time_total}",
+         "-H", f"Accept: {DICOM}", *auth, f"{t.root}/studies/{study}/series/{series}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    size, secs = done.stdout.split()
+    parts = out.read_bytes().count(b"\r\nContent-Type: application/dicom")
+    out.unlink()
+    if parts != count:
+        raise SystemExit(f"{t.name}: {parts} instances in the series retrieve, not {count}")
+    return float(secs), int(size)
+
+
+def instance_retrieve(t: Target, study: str, series: str, sops: list[str]) -> tuple[float, int]:
+    t.before()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        sizes = list(pool.map(lambda s: len(t.get(
+            f"/studies/{study}/series/{series}/instances/{s}", DICOM)), sops))  # fmt: skip
+    return time.perf_counter() - start, sum(sizes)
+
+
+def viewer_flow(t: Target, study: str, series: str, sops: list[str]) -> tuple[float, float]:
+    t.before()
+    start = time.perf_counter()
+    t.get(f"/studies/{study}/series/{series}/metadata", "application/dicom+json")
+    done: list[float] = []
+    lock = threading.Lock()
+
+    def frame(sop: str) -> None:
+        t.get(f"/studies/{study}/series/{series}/instances/{sop}/frames/1", FRAMES)
+        with lock:
+            done.append(time.perf_counter() - start)
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(frame, sops))
+    return min(done), max(done)
+
+
+def _start_gateway(work: Path, upstream: str, identity: str) -> tuple[subprocess.Popen[bytes], int]:
+    (work / "site.key").write_text(identity + "\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SCANFORT_GATEWAY_PASSWORD": PASSWORD}
+    subprocess.run([sys.executable, "-m", "scanfort", "gateway", "init", "--data-dir",
+                    str(work / "gw"), "--identity", str(work / "site.key"), "--upstream", upstream],
+                   check=True, env=env, capture_output=True)  # fmt: skip
+    port = peers.free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "scanfort", "gateway", "run", "--data-dir",
+                             str(work / "gw"), "--port", str(port), "--log-level", "warning"],
+                            env=env)  # fmt: skip
+    peers.wait_for_port(port, proc)
+    return proc, port
+
+
+def _vm(pid: int, key: str) -> int:
+    """A /proc/PID/status figure in MB (VmRSS, VmHWM)."""
+    line = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if ln.startswith(key))  # fmt: skip
+    return int(line.split()[1]) // 1024
+
+
+def multiframe_memory(mb: int) -> int:
+    """Peak RSS of a fresh gateway process retrieving one multi-frame instance of ``mb`` MB."""
+    identity, recipient = keys.generate_identity()
+    patient = data.Patient("BENCH-MF", "BENCH^MF", "ACCMF", "20240101")
+    frames = max(1, mb * 1024 * 1024 // (512 * 512 * 2))
+    raw = data.multiframe(patient, frames, rows=512, cols=512)
+    protected = data.protect(raw, recipient)
+    study, series, sop = data.uids(raw)
+    del raw
+    with tempfile.TemporaryDirectory(prefix="sf-bench-mf-") as tmp:
+        work = Path(tmp)
+        with peers.start_orthanc(work / "orthanc") as orthanc:
+            orthanc.upload(protected)
+            size = len(protected)
+            del protected
+            start = time.perf_counter()
+            with requests.get(f"{orthanc.dicomweb_url}/studies/{study}/series/{series}/instances/"
+                              f"{sop}", headers={"Accept": DICOM}, stream=True, timeout=600) as r:
+                r.raise_for_status()
+                direct = sum(len(c) for c in r.iter_content(1 << 20))
+            direct_s = time.perf_counter() - start
+            proc, port = _start_gateway(work, orthanc.dicomweb_url, identity)
+            try:
+                before = _vm(proc.pid, "VmHWM")
+                start = time.perf_counter()
+                with requests.get(f"http://127.0.0.1:{port}/dicom-web/studies/{study}/series/"
+                                  f"{series}/instances/{sop}", auth=("admin", PASSWORD),
+                                  headers={"Accept": DICOM}, stream=True, timeout=600) as r:
+                    r.raise_for_status()
+                    got = sum(len(c) for c in r.iter_content(1 << 20))
+                secs = time.perf_counter() - start
+                peak = _vm(proc.pid, "VmHWM")
+            finally:
+                proc.terminate()
+                proc.wait(10)
+    print(f"multi-frame: {frames} frames 512x512 16-bit, {size / 1e6:.0f} MB protected; "
+          f"Orthanc served {direct / 1e6:.0f} MB in {direct_s:.1f} s, the gateway "
+          f"{got / 1e6:.0f} MB in {secs:.1f} s; gateway peak RSS {before} MB at start, "
+          f"{peak} MB after ({(peak - before) / (size / 2**20):.1f}x the instance)")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--multiframe-mb", type=int, default=0, metavar="MB",
+                        help="instead: peak RSS of retrieving one multi-frame of this size")
+    args = parser.parse_args()
+    if args.multiframe_mb:
+        return multiframe_memory(args.multiframe_mb)
+    identity, recipient = keys.generate_identity()
+    patient = data.Patient("BENCH-1", "BENCH^CT", "ACCB1", "20240101")
+    t0 = time.perf_counter()
+    series = data.ct_series(patient, args.slices, rows=args.size, cols=args.size)
+    protected = [data.protect(raw, recipient) for raw in series]
+    prep = time.perf_counter() - t0
+    study, series_uid, _ = data.uids(series[0])
+    sops = [data.sop_uid(raw) for raw in series]
+    dicom_mb = sum(len(p) for p in protected) / 1e6
+    with tempfile.TemporaryDirectory(prefix="sf-bench-gw-") as tmp:
+        work = Path(tmp)
+        with peers.start_orthanc(work / "orthanc", extra_config={"HttpThreadsCount": 8}) as orthanc:
+            for raw in protected:
+                orthanc.upload(raw)
+            (work / "site.key").write_text(identity + "\n")
+            env = {**os.environ, "PYTHONPATH": str(REPO), "SCANFORT_GATEWAY_PASSWORD": PASSWORD}
+            subprocess.run([sys.executable, "-m", "scanfort", "gateway", "init", "--data-dir",
+                            str(work / "gw"), "--identity", str(work / "site.key"),
+                            "--upstream", orthanc.dicomweb_url],
+                           check=True, env=env, capture_output=True)  # fmt: skip
+            port = peers.free_port()
+            proc = subprocess.Popen([sys.executable, "-m", "scanfort", "gateway", "run",
+                                     "--data-dir", str(work / "gw"), "--port", str(port),
+                                     "--log-level", "warning"], env=env)  # fmt: skip
+            try:
+                peers.wait_for_port(port, proc)
+                gw_url = f"http://127.0.0.1:{port}"
+                auth = ("admin", PASSWORD)
+
+                def clear() -> None:
+                    requests.post(gw_url + "/admin/cache/clear", auth=auth, timeout=30)
+
+                orthanc_t = Target("Orthanc", orthanc.dicomweb_url, None, lambda: None)
+                gateway_t = Target("gateway", gw_url + "/dicom-web", auth, clear)
+                start = time.perf_counter()
+                r = requests.get(gw_url + "/dicom-web/studies", params={"PatientID": "BENCH-1"},
+                                 auth=auth, timeout=600)  # fmt: skip
+                r.raise_for_status()
+                index_s = time.perf_counter() - start
+                results: dict[str, dict[str, list[float]]] = {
+                    t.name: {"series": [], "instances": [], "first": [], "last": []}
+                    for t in (orthanc_t, gateway_t)
+                }
+                for _ in range(args.repeats):
+                    for t in (orthanc_t, gateway_t):  # interleaved
+                        secs, size = series_retrieve(t, study, series_uid, len(sops), work)
+                        results[t.name]["series"].append(size / 1e6 / secs)
+                        secs, size = instance_retrieve(t, study, series_uid, sops)
+                        results[t.name]["instances"].append(size / 1e6 / secs)
+                        first, last = viewer_flow(t, study, series_uid, sops)
+                        results[t.name]["first"].append(first)
+                        results[t.name]["last"].append(last)
+                rss_kb = int(next(ln.split()[1] for ln in
+                                  Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                                  if ln.startswith("VmHWM")))  # fmt: skip
+            finally:
+                proc.terminate()
+                proc.wait(10)
+    med = {n: {k: statistics.median(v) for k, v in r.items()} for n, r in results.items()}
+    o, g = med["Orthanc"], med["gateway"]
+    print(f"CPU: {cpu_model()} ({os.cpu_count()} cores); kernel {platform.release()}; "
+          f"Python {platform.python_version()}")  # fmt: skip
+    print(f"series: {args.slices} slices {args.size}x{args.size} 16-bit, {dicom_mb:.1f} MB "
+          f"protected (built and protected in {prep:.1f} s); medians of {args.repeats} "
+          "interleaved repeats; client, Orthanc and gateway on the same machine")  # fmt: skip
+    print(f"first search (index of the study built: {args.slices} instances decrypted): "
+          f"{index_s:.2f} s; gateway peak RSS {rss_kb / 1024:.0f} MB")  # fmt: skip
+    print()
+    print("| measure | Orthanc (protected bytes) | gateway (decrypted) | gateway / Orthanc |")
+    print("|---|---|---|---|")
+    print(f"| series retrieve, MB/s | {o['series']:.1f} | {g['series']:.1f} | "
+          f"{g['series'] / o['series']:.2f}x |")  # fmt: skip
+    print(f"| instance retrieve (4 threads), MB/s | {o['instances']:.1f} | {g['instances']:.1f} | "
+          f"{g['instances'] / o['instances']:.2f}x |")  # fmt: skip
+    print(f"| viewer flow: first frame, s | {o['first']:.3f} | {g['first']:.3f} | "
+          f"{g['first'] / o['first']:.2f}x |")  # fmt: skip
+    print(f"| viewer flow: last frame, s | {o['last']:.2f} | {g['last']:.2f} | "
+          f"{g['last'] / o['last']:.2f}x |")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

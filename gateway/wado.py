@@ -1,0 +1,415 @@
+"""WADO-RS: retrieve (study, series, instance), metadata, frames, bulk data, rendered.
+
+Retrieves stream: the upstream multipart is read one instance at a time, each restored and
+written out before the next is read, so memory is bounded by the largest instance (and the
+restore slots), not by the study. Every instance served or refused gets an audit entry
+before its bytes leave. A refused instance is left out of a study/series stream (its
+entry says why) and answered 409 when asked for alone, never served as noise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import StreamingResponse
+
+from gateway import dicomdata
+from gateway.audit import AuditEvent
+from gateway.auth import require
+from gateway.context import Gateway, client_of, get_gateway
+from gateway.errors import RefusedInstance, UpstreamError, UpstreamNotFound
+from gateway.index import metadata_of
+from gateway.multipart import closing, new_boundary, part_bytes, part_pieces
+from gateway.restore import Restored
+from gateway.store import Principal
+from gateway.upstream import first_value
+
+router = APIRouter(prefix="/dicom-web")
+
+
+def dicomweb_root(request: Request) -> str:
+    """Base of RetrieveURL and BulkDataURI: ``public_url``, else from the Host header."""
+    public = get_gateway(request).settings.public_url
+    return (public or str(request.base_url)).rstrip("/") + "/dicom-web"
+
+
+def _event(p: Principal, request: Request, op: str, outcome: str, study: str = "",
+           series: str = "", instance: str = "", detail: str = "") -> AuditEvent:  # fmt: skip
+    return AuditEvent(p.username, client_of(request), op, outcome, study, series, instance, detail)
+
+
+def _served(p: Principal, request: Request, op: str, item: Restored) -> AuditEvent:
+    outcome = "ok" if item.protected else "passthrough"
+    return _event(p, request, op, outcome, item.study_uid, item.series_uid, item.sop_uid)
+
+
+def _refused(p: Principal, request: Request, op: str, exc: RefusedInstance, study: str = "",
+             series: str = "") -> AuditEvent:  # fmt: skip
+    return _event(p, request, op, "refused", study, series, exc.sop_instance_uid, exc.reason)
+
+
+def _fail_upstream(gw: Gateway, p: Principal, request: Request, op: str, exc: Exception,
+                   study: str, series: str = "", instance: str = "") -> HTTPException:  # fmt: skip
+    if isinstance(exc, UpstreamNotFound):
+        gw.audit([_event(p, request, op, "failed", study, series, instance, "not found")])
+        return HTTPException(404, "no such study, series or instance in the archive")
+    assert isinstance(exc, UpstreamError)
+    gw.audit([_event(p, request, op, "failed", study, series, instance, str(exc))])
+    return HTTPException(exc.status, str(exc))
+
+
+# --------------------------------------------------------------------------- retrieve
+
+
+def _stream_instances(
+    gw: Gateway, p: Principal, request: Request, path: str, study: str, series: str = ""
+) -> StreamingResponse:
+    instances = gw.upstream.iter_instances(path)
+    try:
+        first = next(instances, None)
+    except (UpstreamError, UpstreamNotFound) as exc:
+        raise _fail_upstream(gw, p, request, "retrieve", exc, study, series) from None
+    if first is None:
+        raise HTTPException(404, "no instances")
+    boundary = new_boundary()
+    ahead = max(1, gw.settings.max_concurrent_restores)
+
+    def restore(raw: bytes) -> Restored | RefusedInstance:
+        try:
+            return gw.restorer.restore(raw)
+        except RefusedInstance as exc:
+            return exc
+
+    def body() -> Iterator[bytes]:
+        # Up to ``ahead`` instances are restored at once on the shared pool (the cipher
+        # releases the GIL) while this thread reads the next one from the upstream; parts
+        # still leave in the upstream's order. Memory: ``ahead`` + 1 instances.
+        pending: deque[Future[Restored | RefusedInstance]] = deque([gw.pool.submit(restore, first)])
+        served: list[Restored] = []
+        upstream_done = False
+        try:
+            while True:
+                while not upstream_done and len(pending) < ahead + 1:
+                    raw = next(instances, None)
+                    if raw is None:
+                        upstream_done = True
+                    else:
+                        pending.append(gw.pool.submit(restore, raw))
+                if not pending:
+                    break
+                # every restore already finished goes out together: one audit transaction
+                ready = [pending.popleft().result()]
+                while pending and pending[0].done():
+                    ready.append(pending.popleft().result())
+                events: list[AuditEvent] = []
+                parts: list[bytes] = []
+                for item in ready:
+                    if isinstance(item, RefusedInstance):
+                        events.append(_refused(p, request, "retrieve", item, study, series))
+                        continue
+                    events.append(_served(p, request, "retrieve", item))
+                    gw.restorer.cache.put(item)
+                    served.append(item)
+                    parts.extend(part_pieces(boundary, "application/dicom", item.data))
+                gw.audit(events)  # before the bytes leave
+                yield from _chunks(parts)
+                if len(served) >= 50:
+                    gw.index.record(served, only_new=True)
+                    served = []
+        except (UpstreamError, UpstreamNotFound) as exc:
+            gw.audit([_event(p, request, "retrieve", "failed", study, series, "", str(exc))])
+            return  # the missing closing boundary tells the client the stream is incomplete
+        finally:
+            for f in pending:
+                f.cancel()
+        gw.index.record(served, only_new=True)
+        yield closing(boundary)
+
+    ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    return StreamingResponse(body(), media_type=ctype)
+
+
+_JOIN_BELOW = 4 * 1024 * 1024
+
+
+def _chunks(pieces: list[bytes]) -> Iterator[bytes]:
+    """Small pieces joined into one write (each chunk costs a thread hop in the server);
+    a large instance goes out as it is, never copied again."""
+    small: list[bytes] = []
+    for piece in pieces:
+        if len(piece) < _JOIN_BELOW:
+            small.append(piece)
+            continue
+        if small:
+            yield b"".join(small)
+            small = []
+        yield piece
+    if small:
+        yield b"".join(small)
+
+
+@router.get("/studies/{study}")
+def retrieve_study(study: str, request: Request) -> Response:
+    p = require(request, "reader", study=study)
+    return _stream_instances(get_gateway(request), p, request, f"/studies/{study}", study)
+
+
+@router.get("/studies/{study}/series/{series}")
+def retrieve_series(study: str, series: str, request: Request) -> Response:
+    p = require(request, "reader", study=study, series=series)
+    path = f"/studies/{study}/series/{series}"
+    return _stream_instances(get_gateway(request), p, request, path, study, series)
+
+
+def _one(gw: Gateway, p: Principal, request: Request, op: str, study: str, series: str,
+         sop: str) -> Restored:  # fmt: skip
+    try:
+        item = gw.restorer.cached_or(sop, lambda: gw.upstream.instance(study, series, sop))
+    except RefusedInstance as exc:
+        gw.audit([_refused(p, request, op, exc, study, series)])
+        raise HTTPException(409, f"instance refused: {exc.reason}") from None
+    except (UpstreamError, UpstreamNotFound) as exc:
+        raise _fail_upstream(gw, p, request, op, exc, study, series, sop) from None
+    gw.audit([_served(p, request, op, item)])
+    return item
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}")
+def retrieve_instance(study: str, series: str, sop: str, request: Request) -> Response:
+    p = require(request, "reader", study=study, series=series, instance=sop)
+    gw = get_gateway(request)
+    item = _one(gw, p, request, "retrieve", study, series, sop)
+    gw.index.record([item], only_new=True)
+    boundary = new_boundary()
+    pieces = [*part_pieces(boundary, "application/dicom", item.data), closing(boundary)]
+    ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    return StreamingResponse(iter(pieces), media_type=ctype,
+                             headers={"Content-Length": str(sum(len(p) for p in pieces))})
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def _metadata_stream(gw: Gateway, p: Principal, request: Request, path: str, study: str,
+                     series: str = "") -> StreamingResponse:  # fmt: skip
+    instances = gw.upstream.iter_instances(path)
+    try:
+        first = next(instances, None)
+    except (UpstreamError, UpstreamNotFound) as exc:
+        raise _fail_upstream(gw, p, request, "metadata", exc, study, series) from None
+    root = dicomweb_root(request)
+
+    def body() -> Iterator[bytes]:
+        raw = first
+        sep = b"["
+        served: list[Restored] = []
+        try:
+            while raw is not None:
+                try:
+                    item = gw.restorer.restore(raw)
+                except RefusedInstance as exc:
+                    gw.audit([_refused(p, request, "metadata", exc, study, series)])
+                else:
+                    gw.audit([_served(p, request, "metadata", item)])
+                    gw.restorer.cache.put(item)
+                    served.append(item)
+                    url = (f"{root}/studies/{item.study_uid}/series/{item.series_uid}"
+                           f"/instances/{item.sop_uid}")  # fmt: skip
+                    meta = dicomdata.metadata_json(dicomdata.parse(item.data), url)
+                    yield sep + json.dumps(meta, separators=(",", ":")).encode()
+                    sep = b","
+                raw = next(instances, None)
+        except (UpstreamError, UpstreamNotFound) as exc:
+            gw.audit([_event(p, request, "metadata", "failed", study, series, "", str(exc))])
+        gw.index.record(served, only_new=True)
+        yield b"[]" if sep == b"[" else b"]"
+
+    return StreamingResponse(body(), media_type="application/dicom+json")
+
+
+def _metadata(request: Request, study: str, series: str | None) -> Response:
+    """From the index when it holds the study (no pixel decrypted again), else streamed."""
+    p = require(request, "reader", study=study, series=series or "")
+    gw = get_gateway(request)
+    try:
+        gw.index.sync(only_study=study)
+    except UpstreamError as exc:
+        raise _fail_upstream(gw, p, request, "metadata", exc, study, series or "") from None
+    rows = gw.index.series_rows(study, series)
+    if not rows:
+        path = f"/studies/{study}" + (f"/series/{series}" if series else "")
+        return _metadata_stream(gw, p, request, path, study, series or "")
+    root = dicomweb_root(request)
+    out, events = [], []
+    for row in rows:
+        se, sop = first_value(row, "0020000E"), first_value(row, "00080018")
+        out.append(metadata_of(row, f"{root}/studies/{study}/series/{se}/instances/{sop}"))
+        events.append(_event(p, request, "metadata", "ok", study, se, sop, "index"))
+    gw.audit(events)
+    return Response(json.dumps(out, separators=(",", ":")), media_type="application/dicom+json")
+
+
+@router.get("/studies/{study}/metadata")
+def study_metadata(study: str, request: Request) -> Response:
+    return _metadata(request, study, None)
+
+
+@router.get("/studies/{study}/series/{series}/metadata")
+def series_metadata(study: str, series: str, request: Request) -> Response:
+    return _metadata(request, study, series)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/metadata")
+def instance_metadata(study: str, series: str, sop: str, request: Request) -> Response:
+    p = require(request, "reader", study=study, series=series, instance=sop)
+    gw = get_gateway(request)
+    item = _one(gw, p, request, "metadata", study, series, sop)
+    url = f"{dicomweb_root(request)}/studies/{study}/series/{series}/instances/{sop}"
+    meta = dicomdata.metadata_json(dicomdata.parse(item.data), url)
+    return Response(json.dumps([meta]), media_type="application/dicom+json")
+
+
+# --------------------------------------------------------------------------- frames, bulk
+
+
+def _frame_numbers(text: str) -> list[int]:
+    try:
+        numbers = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise HTTPException(400, "frame numbers must be integers") from None
+    if not numbers or len(numbers) > 10_000:
+        raise HTTPException(400, "give 1 to 10000 frame numbers")
+    return numbers
+
+
+def _single_part_wanted(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return bool(accept) and "multipart/related" not in accept and "*/*" not in accept
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame_list}")
+def retrieve_frames(study: str, series: str, sop: str, frame_list: str,
+                    request: Request) -> Response:  # fmt: skip
+    p = require(request, "reader", study=study, series=series, instance=sop)
+    gw = get_gateway(request)
+    numbers = _frame_numbers(frame_list)
+    item = _one(gw, p, request, "frames", study, series, sop)
+    ds = dicomdata.parse(item.data)
+    try:
+        chunks = dicomdata.frames(ds, numbers)
+    except dicomdata.FrameError as exc:
+        raise HTTPException(404, str(exc)) from None
+    ts = dicomdata.transfer_syntax(ds)
+    part_type = f"application/octet-stream; transfer-syntax={ts}"
+    if _single_part_wanted(request) and len(chunks) == 1:
+        return Response(chunks[0], media_type="application/octet-stream")
+    boundary = new_boundary()
+    body = b"".join(part_bytes(boundary, part_type, c) for c in chunks) + closing(boundary)
+    ctype = (f'multipart/related; type="application/octet-stream"; '
+             f"transfer-syntax={ts}; boundary={boundary}")  # fmt: skip
+    return Response(body, media_type=ctype)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag}")
+def retrieve_bulkdata(study: str, series: str, sop: str, tag: str, request: Request) -> Response:
+    p = require(request, "reader", study=study, series=series, instance=sop)
+    gw = get_gateway(request)
+    item = _one(gw, p, request, "bulkdata", study, series, sop)
+    try:
+        data = dicomdata.bulkdata(dicomdata.parse(item.data), tag)
+    except dicomdata.FrameError as exc:
+        raise HTTPException(404, str(exc)) from None
+    if _single_part_wanted(request):
+        return Response(data, media_type="application/octet-stream")
+    boundary = new_boundary()
+    body = part_bytes(boundary, "application/octet-stream", data) + closing(boundary)
+    ctype = f'multipart/related; type="application/octet-stream"; boundary={boundary}'
+    return Response(body, media_type=ctype)
+
+
+# --------------------------------------------------------------------------- rendered
+
+
+def _window(request: Request) -> tuple[float, float] | None:
+    text = request.query_params.get("window")
+    if not text:
+        return None
+    parts = text.split(",")
+    try:
+        return float(parts[0]), float(parts[1])
+    except (ValueError, IndexError):
+        raise HTTPException(400, "window is center,width[,function]") from None
+
+
+def _format(request: Request) -> str:
+    accept = request.headers.get("accept", "")
+    return "png" if "image/png" in accept and "image/jpeg" not in accept else "jpeg"
+
+
+def _rendered(request: Request, study: str, series: str, sop: str, frame: int,
+              thumbnail: bool) -> Response:  # fmt: skip
+    p = require(request, "reader", study=study, series=series, instance=sop)
+    gw = get_gateway(request)
+    item = _one(gw, p, request, "rendered", study, series, sop)
+    fmt = _format(request)
+    try:
+        image = dicomdata.render(dicomdata.parse(item.data), frame, window=_window(request),
+                                 fmt=fmt, thumbnail=thumbnail)  # fmt: skip
+    except dicomdata.FrameError as exc:
+        raise HTTPException(406 if "render" in str(exc) else 404, str(exc)) from None
+    return Response(image, media_type=f"image/{fmt}")
+
+
+def _representative(gw: Gateway, study: str, series: str | None) -> tuple[str, str]:
+    """(series, SOP) of the middle instance of a series (or the first series of a study)."""
+    if series is None:
+        found = gw.upstream.search(f"/studies/{study}/series")
+        if not found:
+            raise HTTPException(404, "no series")
+        series = str(found[0].get("0020000E", {}).get("Value", [""])[0])
+    instances = gw.upstream.search(f"/studies/{study}/series/{series}/instances")
+    if not instances:
+        raise HTTPException(404, "no instances")
+    mid = instances[len(instances) // 2]
+    return series, str(mid.get("00080018", {}).get("Value", [""])[0])
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/rendered")
+def rendered_instance(study: str, series: str, sop: str, request: Request) -> Response:
+    return _rendered(request, study, series, sop, 1, False)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/rendered")
+def rendered_frame(study: str, series: str, sop: str, frame: int, request: Request) -> Response:
+    return _rendered(request, study, series, sop, frame, False)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/thumbnail")
+def thumbnail_instance(study: str, series: str, sop: str, request: Request) -> Response:
+    return _rendered(request, study, series, sop, 1, True)
+
+
+@router.get("/studies/{study}/series/{series}/thumbnail")
+def thumbnail_series(study: str, series: str, request: Request) -> Response:
+    gw = get_gateway(request)
+    require(request, "reader", study=study, series=series)
+    try:
+        se, sop = _representative(gw, study, series)
+    except (UpstreamError, UpstreamNotFound):
+        raise HTTPException(404, "no such series") from None
+    return _rendered(request, study, se, sop, 1, True)
+
+
+@router.get("/studies/{study}/thumbnail")
+def thumbnail_study(study: str, request: Request) -> Response:
+    gw = get_gateway(request)
+    require(request, "reader", study=study)
+    try:
+        se, sop = _representative(gw, study, None)
+    except (UpstreamError, UpstreamNotFound):
+        raise HTTPException(404, "no such study") from None
+    return _rendered(request, study, se, sop, 1, True)
