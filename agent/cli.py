@@ -296,11 +296,44 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             text = _set_key(text, "central", key, json.dumps(value))
         text = _set_key(text, "central", "heartbeat_seconds",
                         repr(float(answer.heartbeat_interval_s)))
+        if answer.pseudonym_secret:
+            text = _set_top_key(text, "pseudonym_secret_file", json.dumps(SECRET_NAME))
         _write_private(path, text)
+        if answer.pseudonym_secret:
+            _write_secret_beside(path, path.parent / SECRET_NAME, answer.pseudonym_secret)
     except OSError as exc:
         return _error(f"cannot write {path}: {exc.strerror}")
-    print(f"enrolled as {answer.agent_id}; wrote {path}")
+    secret_note = "" if answer.pseudonym_secret else (
+        " (the central has no pseudonym secret: DICOM mode makes each study its own "
+        "pseudonymous patient)")
+    print(f"enrolled as {answer.agent_id}; wrote {path}{secret_note}")
     return 0
+
+
+#: Where ``agent enroll`` keeps the site's pseudonymisation secret, beside the config.
+SECRET_NAME = "pseudonym.secret"
+
+
+def _set_top_key(text: str, key: str, value: str) -> str:
+    """Set a top-level ``key = value`` (before the first table; replaces an existing one)."""
+    line = f"{key} = {value}"
+    first_table = re.search(r"(?m)^\[", text)
+    top_end = first_table.start() if first_table else len(text)
+    pattern = rf"(?m)^[ \t]*#?[ \t]*{re.escape(key)}[ \t]*=.*$"
+    match = re.search(pattern, text[:top_end])
+    if match:
+        return text[:match.start()] + line + text[match.end():]
+    return text[:top_end].rstrip("\n") + f"\n{line}\n\n" + text[top_end:]
+
+
+def _write_secret_beside(config: Path, target: Path, secret: str) -> None:
+    """Write the secret with the config's owner and group and at most its mode (0640 of a
+    packaged install: readable by the service user, by nobody else)."""
+    st = config.stat()
+    atomic_write(target, secret.strip() + "\n", mode=st.st_mode & 0o640)
+    if os.name == "posix" and os.getuid() == 0:
+        os.chown(target, st.st_uid, st.st_gid)
+    os.chmod(target, st.st_mode & 0o640)
 
 
 def register(subparsers: Any) -> None:

@@ -27,6 +27,15 @@ else:  # pragma: no cover
 APP_NAME = "scanfort"
 DESTINATION_KINDS = ("central", "dicomweb", "dicom", "folder")
 AFTER_ACK = ("keep", "move", "delete")
+#: DICOM mode policies and profile options (``cipher.profile``'s names; the agent process
+#: does not import the cipher, a test keeps the two lists equal).
+DICOM_POLICIES = ("profile", "pixels-only")
+DICOM_OPTIONS = ("retain-uids", "retain-long-full-dates", "retain-patient-chars",
+                 "retain-device-identity", "retain-institution-identity", "clean-descriptors",
+                 "retain-safe-private")
+DEFAULT_DICOM_OPTIONS = ("retain-uids", "retain-long-full-dates")
+#: First word of a pseudonym secret file (``cipher.pseudonym.SECRET_MARKER``).
+SECRET_MARKER = "scanfort-pseudonym-secret/1"
 MODES = ("file", "dicom", "auto")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
@@ -59,6 +68,10 @@ class FolderConfig:
     move_to: Path | None = None
     #: Take symbolic links (only to files inside a watched folder); off by default.
     follow_symlinks: bool = False
+    #: DICOM mode: ``profile`` (PS3.15 basic profile with ``dicom_options``) or
+    #: ``pixels-only`` (only Pixel Data protected; every other attribute stays readable).
+    dicom_policy: str = "profile"
+    dicom_options: tuple[str, ...] = DEFAULT_DICOM_OPTIONS
 
     @property
     def key(self) -> str:
@@ -117,6 +130,9 @@ class AgentConfig:
     retry_max_s: float = 3600.0
     log_level: str = "info"
     log_dir: Path = field(default_factory=default_log_dir)
+    #: The site's pseudonymisation secret (written by ``agent enroll``): DICOM mode keys
+    #: patient pseudonyms with it; without one each study is its own pseudonymous patient.
+    pseudonym_secret_file: Path | None = None
     source: Path | None = None  # the file this was loaded from
 
     @property
@@ -322,9 +338,32 @@ def _folder(index: int, table: Any, dest_names: set[str], problems: list[str],
         after_ack=after_ack,
         move_to=move_to,
         follow_symlinks=r.get("follow_symlinks", bool, False),
+        dicom_policy=r.choice("dicom_policy", DICOM_POLICIES, "profile"),
+        dicom_options=r.strings("dicom_options", DEFAULT_DICOM_OPTIONS),
     )
+    for option in folder.dicom_options:
+        if option not in DICOM_OPTIONS:
+            r.problem("dicom_options", f"unknown option {option!r} (one of: "
+                      f"{', '.join(DICOM_OPTIONS)})")
     r.finish()
     return folder if path is not None else None
+
+
+def _secret_file(top: _Reader) -> Path | None:
+    path = top.path("pseudonym_secret_file")
+    if path is None:
+        return None
+    try:
+        first = path.read_text(encoding="ascii").split()[:1]
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not ASCII text"
+        top.problem("pseudonym_secret_file", f"cannot read {path}: {reason}")
+        return None
+    if first != [SECRET_MARKER]:
+        top.problem("pseudonym_secret_file", f"{path} is not a pseudonym secret "
+                    "(scanfort central init writes one; agent enroll fetches it)")
+        return None
+    return path
 
 
 def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None) -> AgentConfig:
@@ -404,6 +443,7 @@ def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None
         retry_max_s=max(retry_max, retry_initial),
         log_level=top.choice("log_level", LOG_LEVELS, "info"),
         log_dir=top.path("log_dir", default_log_dir()) or default_log_dir(),
+        pseudonym_secret_file=_secret_file(top),
         source=source,
     )
     top.finish()

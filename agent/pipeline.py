@@ -80,7 +80,10 @@ class Pipeline:
         request = {"path": s.path, "size": s.size, "mtime_ns": s.mtime_ns,
                    "modes": [self.config.destination(n).mode for n in folder.destinations],
                    "follow_symlinks": folder.follow_symlinks, "accept_truncated": grace_over,
-                   "names": names}
+                   "names": names, "dicom_policy": folder.dicom_policy,
+                   "dicom_options": list(folder.dicom_options),
+                   "pseudonym_secret_file": (str(self.config.pseudonym_secret_file)
+                                             if self.config.pseudonym_secret_file else None)}
         try:
             answer = pool.call(request, self.timeout_for(s.size))
         except WorkerStartFailed as exc:

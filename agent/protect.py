@@ -186,6 +186,8 @@ class Protector:
         self.spool.create()
         self.parent_pid = parent_pid
         self._names: dict[str, str] = {}
+        self._policy: Any = None  # the request's DICOM policy (cipher.DicomPolicy)
+        self._secrets: dict[str, Any] = {}  # pseudonym secret file → PseudonymSecret
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         """One request; library warnings are counted into the answer, never printed."""
@@ -212,6 +214,13 @@ class Protector:
         # The parent names the copies, so it can remove them if this child dies before
         # it answers; a request without names (tools, tests) gets fresh ones.
         self._names = {str(k): str(v) for k, v in (req.get("names") or {}).items()}
+        if any(m in ("auto", "dicom") for m in dest_modes):
+            try:
+                self._policy = self._dicom_policy(req)
+            except (OSError, ValueError) as exc:  # an operator can fix it: not permanent
+                return {"status": "failed", "permanent": False,
+                        "reason": f"DICOM policy: {type(exc).__name__}: "
+                                  f"{exc.strerror if isinstance(exc, OSError) else exc}"}
         kind = self._dicom_kind(path, follow, any(m in ("auto", "dicom") for m in dest_modes))
         flags: list[str] = []
         if kind == "incomplete":
@@ -277,6 +286,22 @@ class Protector:
             raise
         return arts, source_sha, plan
 
+    def _dicom_policy(self, req: dict[str, Any]) -> Any:
+        """The folder's DICOM policy, keyed with the site's pseudonymisation secret."""
+        from cipher.pseudonym import PseudonymSecret
+
+        secret = None
+        secret_file = req.get("pseudonym_secret_file")
+        if secret_file:
+            secret = self._secrets.get(str(secret_file))
+            if secret is None:
+                secret = PseudonymSecret.parse(Path(str(secret_file)).read_text("ascii"))
+                self._secrets[str(secret_file)] = secret
+        return self._cipher.DicomPolicy.from_names(
+            str(req.get("dicom_policy", "profile")),
+            [str(o) for o in req.get("dicom_options", ("retain-uids", "retain-long-full-dates"))],
+            secret)
+
     def _dicom_kind(self, path: str, follow: bool, image_check: bool) -> str:
         """``image`` (complete DICOM with pixels), ``other``, or ``incomplete``.
 
@@ -311,7 +336,8 @@ class Protector:
             with _open_source(path, follow) as raw, open(tmp, "wb") as out:
                 src, dst = _HashingReader(raw), _HashingWriter(out)
                 info = self._cipher.protect(cast(BinaryIO, src), cast(BinaryIO, dst),
-                                            self.recipients, mode)
+                                            self.recipients, mode,
+                                            policy=self._policy if mode == "dicom" else None)
                 if not _verified(info):
                     raise _NotVerified()
                 out.flush()

@@ -157,6 +157,7 @@ class Receiver:
         self.heartbeats: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.recipients: list[str] = []  # what enrollment hands out
+        self.pseudonym_secret: str | None = None  # ... and the site's secret, if set
         self.fail_with: int | None = None  # answer every request with this status
         self.ack_times: dict[str, float] = {}
         self.lock = threading.Lock()
@@ -220,7 +221,8 @@ class Receiver:
                         return
                     self._reply(200, {"agent_id": "agent-1", "agent_token": receiver.token,
                                       "recipients": receiver.recipients,
-                                      "heartbeat_interval_s": 15.0})
+                                      "heartbeat_interval_s": 15.0,
+                                      "pseudonym_secret": receiver.pseudonym_secret})
                     return
                 if not self._check():
                     return

@@ -302,3 +302,37 @@ def test_a_copy_the_cipher_did_not_verify_never_counts(tmp_path: Path, site_keys
     assert "did not verify" in answer["reason"]
     assert [q.name for q in (tmp_path / "spool").iterdir() if q.suffix in (".file", ".dicom")] == []
     assert list((tmp_path / "spool" / "tmp").iterdir()) == []
+
+
+def test_protector_applies_the_folders_policy_and_the_sites_secret(
+        tmp_path: Path, site_keys) -> None:
+    import pydicom
+
+    from cipher.pseudonym import PseudonymSecret
+
+    identity, recipient = site_keys
+    secret = PseudonymSecret.generate()
+    secret_file = tmp_path / "pseudonym.secret"
+    secret_file.write_text(secret.encode())
+    spool = tmp_path / "spool"
+    p = Protector([recipient], spool)
+    scan = tmp_path / "ct.dcm"
+    scan.write_bytes(ct_slice(32, 32, seed=3))
+    source = pydicom.dcmread(scan)
+    answer = p.handle({**_request(scan, ["dicom"]), "pseudonym_secret_file": str(secret_file),
+                       "dicom_policy": "profile", "dicom_options": []})
+    assert answer["status"] == "protected"
+    [art] = answer["artifacts"]
+    protected = pydicom.dcmread(spool / art["name"])
+    assert protected.PatientID == secret.patient_id(str(source.PatientID),
+                                                    str(source.get("IssuerOfPatientID", "")))
+    codes = {i.CodeValue for i in protected.DeidentificationMethodCodeSequence}
+    assert codes == {"113100"}  # the strictest: no option
+    assert decrypt((spool / art["name"]).read_bytes(), identity) == scan.read_bytes()
+    answer = p.handle({**_request(scan, ["dicom"]), "dicom_policy": "pixels-only"})
+    [art] = answer["artifacts"]
+    assert pydicom.dcmread(spool / art["name"]).PatientID == source.PatientID
+    # A secret the worker cannot read: that file waits (not permanent), nothing is spooled.
+    answer = p.handle({**_request(scan, ["dicom"]),
+                       "pseudonym_secret_file": str(tmp_path / "gone")})
+    assert answer["status"] == "failed" and answer["permanent"] is False
