@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import io
 import logging
+import os
 import struct
 import warnings
 import zlib
@@ -484,7 +485,7 @@ def protect_dicom(
     restore). Nothing is written to ``dst`` unless the output restored to the input.
     """
     parsed = [str(r) for r in _common.keys.parse_recipients(recipients)]
-    draw = randbytes or _common.urandom
+    draw = randbytes or os.urandom
     raw = src.read()
     try:
         return _protect(raw, dst, parsed, policy, draw)

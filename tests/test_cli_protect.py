@@ -14,8 +14,6 @@ from pydicom.data import get_testdata_file
 from scanfort import cli_protect
 from scanfort.cli import _Parser
 
-pytestmark = pytest.mark.usefixtures("seeded_cipher")
-
 AUTH_MESSAGE = "the file is truncated, corrupted or was tampered with"
 
 
