@@ -1,4 +1,4 @@
-"""``scanfort agent init|check|run|status|enroll``."""
+"""``scanfort agent init|check|run|status|enroll|quarantine``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from typing import Any
 
 import requests
 
+from agent import cli_quarantine
 from agent.config import (
     AgentConfig,
     default_config_path,
@@ -27,8 +28,10 @@ from agent.config import (
     load_config,
 )
 from agent.errors import ConfigError
+from agent.oshost.unit import DEFAULT_USER
 from agent.template import TEMPLATE
 from scanfort import __version__
+from scanfort.durable import atomic_write
 from scanfort.protocol import API_PREFIX, EnrollRequest, EnrollResponse, ProtocolError, to_dict
 
 
@@ -55,15 +58,70 @@ def _load(args: argparse.Namespace) -> AgentConfig | None:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write atomically with mode 0600 (the file may hold the agent token)."""
+    """Write atomically; a new file gets mode 0600 (it may hold the agent token), an
+    existing one keeps its owner, group and mode (``root:scanfort 0640`` of a packaged
+    install must stay readable by the service user)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, text, mode=0o600)
+
+
+def _access_warnings(config: AgentConfig, user: str) -> list[tuple[str, str]]:
+    """What the service user could not do with this config: (warning, hint) pairs.
+
+    ``agent check`` usually runs as root, which reads everything; the service does not.
+    Judged from owner, group and mode bits (ACLs are not read).
+    """
+    if os.name != "posix":
+        return []
+    import grp
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return []
+    if pw.pw_uid in (0, os.getuid()):
+        return []  # root reads everything; as that user, loading the config proved it
+    groups = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+
+    def allowed(path: Path, want: int) -> bool:
+        try:
+            st = path.stat()
+        except OSError:
+            return True  # missing: reported elsewhere (the agent creates its folders)
+        if st.st_uid == pw.pw_uid:
+            bits = st.st_mode >> 6
+        elif st.st_gid in groups:
+            bits = st.st_mode >> 3
+        else:
+            bits = st.st_mode
+        return bits & want == want
+
+    def reach(path: Path) -> Path | None:
+        """The first directory above ``path`` the user cannot enter."""
+        for parent in reversed(path.parents):
+            if not allowed(parent, 1):
+                return parent
+        return None
+
+    out: list[tuple[str, str]] = []
+    checks: list[tuple[Path, int, str]] = []
+    if config.source is not None:
+        checks.append((config.source, 4, "read"))
+    checks += [(f.path, 5, "read the watched folder") for f in config.folders]
+    spool = config.spool_dir if config.spool_dir.exists() else config.spool_dir.parent
+    checks.append((spool, 3, "write the spool"))
+    for path, want, what in checks:
+        blocked = reach(path)
+        if blocked is not None:
+            out.append((f"the service user {user} cannot reach {path} ({blocked} is closed "
+                        "to it)", f"chmod o+x {blocked}, or chgrp {user} it"))
+        elif not allowed(path, want):
+            verb = what if what != "read" else "read"
+            fix = (f"chgrp {user} {path} && chmod g+r {path}" if want == 4 else
+                   f"chgrp {user} {path} && chmod g+{'rx' if want == 5 else 'wx'} {path}")
+            out.append((f"the service user {user} cannot {verb} {path}", fix))
+    return out
 
 
 def _template(recipients: list[str]) -> str:
@@ -90,9 +148,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return 1
+    warnings = _access_warnings(config, args.service_user)
+    for warning, hint in warnings:
+        sys.stderr.write(f"scanfort: warning: {warning}\nscanfort: hint: {hint}\n")
     print(f"{config.source}: ok ({len(config.folders)} folder(s), "
-          f"{len(config.destinations)} destination(s), {len(config.recipients)} recipient(s))")
+          f"{len(config.destinations)} destination(s), {len(config.recipients)} recipient(s))"
+          + (f", {len(warnings)} warning(s)" if warnings else ""))
     return 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return 1
+    return cli_quarantine.run(config, args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -140,20 +209,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"status": doc, "states": states}, indent=1))
         return 0
-    age = time.time() - float(doc.get("sent_at", 0))
-    running = bool(doc) and age < 10
-    print(f"agent:        {'running' if running else 'not running'}"
+    now = time.time()
+    age = now - float(doc.get("sent_at", 0))
+    stopped = doc.get("state") == "stopped"
+    running = bool(doc) and age < 10 and not stopped
+    print(f"agent:        {'running' if running else 'stopped' if stopped else 'not running'}"
           + (f" (status {age:.0f}s old)" if doc else ""))
     print(f"spool:        {doc.get('spool_depth', 0)} item(s), {doc.get('spool_bytes', 0)} bytes")
     print(f"intake:       {'PAUSED (disk below low watermark)' if doc.get('intake_paused') else 'ok'}")
     print("journal:      " + (", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "empty"))
     workers = doc.get("workers")
-    if isinstance(workers, dict):
+    if isinstance(workers, dict) and running:
         print(f"workers:      {workers.get('running', 0)} of {workers.get('processes', 0)} "
               f"protect worker(s) running, {workers.get('started', 0)} started, "
               f"{workers.get('killed', 0)} killed past their deadline")
+    elif isinstance(workers, dict):
+        print("workers:      none running (the agent is not running)")
+    failures = doc.get("thread_failures") or {}
+    if failures:
+        print("threads:      " + ", ".join(f"{k} failed {v}x" for k, v in sorted(failures.items()))
+              + f" (restarted {doc.get('thread_restarts', 0)})")
     for d in doc.get("destinations", []):
-        state = "PAUSED" if d.get("paused") else "ok"
+        err_at, ok_at = d.get("last_error_at"), d.get("last_success")
+        failing = err_at is not None and (ok_at is None or err_at > ok_at)
+        state = ("PAUSED" if d.get("paused") else
+                 f"FAILING since {now - err_at:.0f}s" if failing else "ok")
         err = f", last error: {d['last_error']}" if d.get("last_error") else ""
         print(f"destination:  {d['name']} ({d['kind']}) {state}, {d.get('pending', 0)} pending{err}")
     counters = doc.get("counters", {})
@@ -216,11 +296,44 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             text = _set_key(text, "central", key, json.dumps(value))
         text = _set_key(text, "central", "heartbeat_seconds",
                         repr(float(answer.heartbeat_interval_s)))
+        if answer.pseudonym_secret:
+            text = _set_top_key(text, "pseudonym_secret_file", json.dumps(SECRET_NAME))
         _write_private(path, text)
+        if answer.pseudonym_secret:
+            _write_secret_beside(path, path.parent / SECRET_NAME, answer.pseudonym_secret)
     except OSError as exc:
         return _error(f"cannot write {path}: {exc.strerror}")
-    print(f"enrolled as {answer.agent_id}; wrote {path}")
+    secret_note = "" if answer.pseudonym_secret else (
+        " (the central has no pseudonym secret: DICOM mode makes each study its own "
+        "pseudonymous patient)")
+    print(f"enrolled as {answer.agent_id}; wrote {path}{secret_note}")
     return 0
+
+
+#: Where ``agent enroll`` keeps the site's pseudonymisation secret, beside the config.
+SECRET_NAME = "pseudonym.secret"
+
+
+def _set_top_key(text: str, key: str, value: str) -> str:
+    """Set a top-level ``key = value`` (before the first table; replaces an existing one)."""
+    line = f"{key} = {value}"
+    first_table = re.search(r"(?m)^\[", text)
+    top_end = first_table.start() if first_table else len(text)
+    pattern = rf"(?m)^[ \t]*#?[ \t]*{re.escape(key)}[ \t]*=.*$"
+    match = re.search(pattern, text[:top_end])
+    if match:
+        return text[:match.start()] + line + text[match.end():]
+    return text[:top_end].rstrip("\n") + f"\n{line}\n\n" + text[top_end:]
+
+
+def _write_secret_beside(config: Path, target: Path, secret: str) -> None:
+    """Write the secret with the config's owner and group and at most its mode (0640 of a
+    packaged install: readable by the service user, by nobody else)."""
+    st = config.stat()
+    atomic_write(target, secret.strip() + "\n", mode=st.st_mode & 0o640)
+    if os.name == "posix" and os.getuid() == 0:
+        os.chown(target, st.st_uid, st.st_gid)
+    os.chmod(target, st.st_mode & 0o640)
 
 
 def register(subparsers: Any) -> None:
@@ -239,10 +352,14 @@ def register(subparsers: Any) -> None:
     p = add("init", "write a commented config template", cmd_init)
     p.add_argument("-r", "--recipient", action="append", help="age recipient (repeatable)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
-    add("check", "validate the config and report every problem", cmd_check)
+    p = add("check", "validate the config and report every problem", cmd_check)
+    p.add_argument("--service-user", default=DEFAULT_USER, metavar="USER",
+                   help=f"warn about what this user cannot read or write (default {DEFAULT_USER})")
     add("run", "run the agent in the foreground", cmd_run)
     p = add("status", "print the local state (works while the agent runs)", cmd_status)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = add("enroll", "enroll with the central service and write the config", cmd_enroll)
     p.add_argument("--central", required=True, metavar="URL", help="central service URL")
     p.add_argument("--token", required=True, help="one-time enrollment token")
+    cli_quarantine.register(sub, lambda name, help_text, _func: add(name, help_text,
+                                                                    cmd_quarantine))

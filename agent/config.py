@@ -27,6 +27,15 @@ else:  # pragma: no cover
 APP_NAME = "scanfort"
 DESTINATION_KINDS = ("central", "dicomweb", "dicom", "folder")
 AFTER_ACK = ("keep", "move", "delete")
+#: DICOM mode policies and profile options (``cipher.profile``'s names; the agent process
+#: does not import the cipher, a test keeps the two lists equal).
+DICOM_POLICIES = ("profile", "pixels-only")
+DICOM_OPTIONS = ("retain-uids", "retain-long-full-dates", "retain-patient-chars",
+                 "retain-device-identity", "retain-institution-identity", "clean-descriptors",
+                 "retain-safe-private")
+DEFAULT_DICOM_OPTIONS = ("retain-uids", "retain-long-full-dates")
+#: First word of a pseudonym secret file (``cipher.pseudonym.SECRET_MARKER``).
+SECRET_MARKER = "scanfort-pseudonym-secret/1"
 MODES = ("file", "dicom", "auto")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
@@ -57,6 +66,18 @@ class FolderConfig:
     polling: bool = False  # use a polling observer (network shares)
     after_ack: str = "keep"  # keep | move | delete, once every destination acknowledged
     move_to: Path | None = None
+    #: Take symbolic links (only to files inside a watched folder); off by default.
+    follow_symlinks: bool = False
+    #: DICOM mode: ``profile`` (PS3.15 basic profile with ``dicom_options``) or
+    #: ``pixels-only`` (only Pixel Data protected; every other attribute stays readable).
+    dicom_policy: str = "profile"
+    dicom_options: tuple[str, ...] = DEFAULT_DICOM_OPTIONS
+
+    @property
+    def key(self) -> str:
+        """The folder's stable identity in the journal: its resolved path (never its
+        position in the config, which an edit can change)."""
+        return str(self.path)
 
 
 @dataclass(frozen=True)
@@ -109,6 +130,9 @@ class AgentConfig:
     retry_max_s: float = 3600.0
     log_level: str = "info"
     log_dir: Path = field(default_factory=default_log_dir)
+    #: The site's pseudonymisation secret (written by ``agent enroll``): DICOM mode keys
+    #: patient pseudonyms with it; without one each study is its own pseudonymous patient.
+    pseudonym_secret_file: Path | None = None
     source: Path | None = None  # the file this was loaded from
 
     @property
@@ -118,6 +142,23 @@ class AgentConfig:
     @property
     def journal_path(self) -> Path:
         return self.spool_dir / "journal.sqlite3"
+
+    def folder(self, key: str) -> FolderConfig | None:
+        """The folder with this stable key, or None if it left the config."""
+        for folder in self.folders:
+            if folder.key == key:
+                return folder
+        return None
+
+    def folder_of(self, path: str) -> FolderConfig | None:
+        """The innermost configured folder containing ``path``."""
+        best: FolderConfig | None = None
+        for folder in self.folders:
+            root = str(folder.path)
+            if (path == root or path.startswith(root.rstrip(os.sep) + os.sep)) and \
+                    (best is None or len(root) > len(str(best.path))):
+                best = folder
+        return best
 
     def destination(self, name: str) -> DestinationConfig:
         for dest in self.destinations:
@@ -296,9 +337,33 @@ def _folder(index: int, table: Any, dest_names: set[str], problems: list[str],
         polling=r.get("polling", bool, False),
         after_ack=after_ack,
         move_to=move_to,
+        follow_symlinks=r.get("follow_symlinks", bool, False),
+        dicom_policy=r.choice("dicom_policy", DICOM_POLICIES, "profile"),
+        dicom_options=r.strings("dicom_options", DEFAULT_DICOM_OPTIONS),
     )
+    for option in folder.dicom_options:
+        if option not in DICOM_OPTIONS:
+            r.problem("dicom_options", f"unknown option {option!r} (one of: "
+                      f"{', '.join(DICOM_OPTIONS)})")
     r.finish()
     return folder if path is not None else None
+
+
+def _secret_file(top: _Reader) -> Path | None:
+    path = top.path("pseudonym_secret_file")
+    if path is None:
+        return None
+    try:
+        first = path.read_text(encoding="ascii").split()[:1]
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not ASCII text"
+        top.problem("pseudonym_secret_file", f"cannot read {path}: {reason}")
+        return None
+    if first != [SECRET_MARKER]:
+        top.problem("pseudonym_secret_file", f"{path} is not a pseudonym secret "
+                    "(scanfort central init writes one; agent enroll fetches it)")
+        return None
+    return path
 
 
 def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None) -> AgentConfig:
@@ -325,6 +390,11 @@ def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None
         raw_folders = []
     folders = [f for i, t in enumerate(raw_folders)
                if (f := _folder(i, t, set(raw_dests), problems, base)) is not None]
+    seen_keys: set[str] = set()
+    for i, f in enumerate(folders):
+        if f.key in seen_keys:
+            problems.append(f"folders[{i}].path: {f.path} is watched twice")
+        seen_keys.add(f.key)
 
     central_r = _Reader(data.get("central", {}) or {}, "central.", problems, base)
     central = CentralConfig(
@@ -373,6 +443,7 @@ def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None
         retry_max_s=max(retry_max, retry_initial),
         log_level=top.choice("log_level", LOG_LEVELS, "info"),
         log_dir=top.path("log_dir", default_log_dir()) or default_log_dir(),
+        pseudonym_secret_file=_secret_file(top),
         source=source,
     )
     top.finish()

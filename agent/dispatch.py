@@ -4,7 +4,8 @@ Each destination gets ``concurrency`` threads, each with its own forwarder. A fa
 delivery waits ``initial * 2**attempts`` seconds (capped), with jitter so that a fleet
 coming back after an outage does not stampede; transient errors are retried forever.
 401/403 pause the whole destination (one probe per backoff period, nothing dropped);
-permanent errors quarantine the item.
+a permanent error quarantines that one delivery (the item's other destinations go on).
+A sender thread survives any exception: it is logged once, the thread waits and goes on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from agent import crashpoints
 from agent.config import AgentConfig, DestinationConfig
 from agent.errors import DeliveryError
 from agent.forward import Forwarder, Outgoing, make_forwarder
@@ -24,6 +26,8 @@ from agent.status import Reporter
 
 log = logging.getLogger(__name__)
 MAX_IDLE_WAIT = 5.0
+#: After an unexpected exception (the journal's volume full, a bug) a thread waits this long.
+CRASH_WAIT = 2.0
 
 
 class Backoff:
@@ -41,7 +45,7 @@ class Backoff:
 class DestinationSender:
     def __init__(self, config: AgentConfig, dest: DestinationConfig, journal: Journal,
                  reporter: Reporter, on_resolved: Callable[[int], None],
-                 on_permanent: Callable[[int, str], None],
+                 on_permanent: Callable[[int, str, DeliveryError], None],
                  factory: Callable[[AgentConfig, DestinationConfig], Forwarder] = make_forwarder,
                  clock: Callable[[], float] = time.time,
                  backoff: Backoff | None = None) -> None:
@@ -54,12 +58,28 @@ class DestinationSender:
         self._stop = threading.Event()
         self._paused_until = 0.0
         self._pause_attempts = 0
-        self.threads = [threading.Thread(target=self._loop, name=f"send-{dest.name}-{i}",
-                                         daemon=True) for i in range(dest.concurrency)]
+        self.threads = [self._thread(i) for i in range(dest.concurrency)]
+        self.failures = 0  # unexpected exceptions survived
+        self.restarts = 0  # threads started again after they died
+
+    def _thread(self, i: int) -> threading.Thread:
+        return threading.Thread(target=self._run, name=f"send-{self.dest.name}-{i}",
+                                daemon=True)
 
     def start(self) -> None:
         for t in self.threads:
             t.start()
+
+    def revive(self) -> int:
+        """Start again any thread that died (never expected: see :meth:`_run`)."""
+        revived = 0
+        for i, t in enumerate(self.threads):
+            if not t.is_alive() and not self._stop.is_set() and t.ident is not None:
+                self.threads[i] = self._thread(i)
+                self.threads[i].start()
+                self.restarts += 1
+                revived += 1
+        return revived
 
     def wake(self) -> None:
         with self._cond:
@@ -99,6 +119,23 @@ class DestinationSender:
                 self._cond.wait(max(0.01, min(MAX_IDLE_WAIT, wait)))
             return []
 
+    def _run(self) -> None:
+        """The thread: :meth:`_loop` until stopped, whatever it raises."""
+        logged: str | None = None
+        while not self._stop.is_set():
+            try:
+                self._loop()
+                return
+            except Exception as exc:
+                self.failures += 1
+                what = f"{type(exc).__name__}: {exc}"
+                if what != logged:  # the same error over and over is logged once
+                    log.error("destination %s: sender error (%s); going on",
+                              self.dest.name, type(exc).__name__)
+                    logged = what
+                self.reporter.thread_failed(f"send-{self.dest.name}", exc)
+                self._stop.wait(CRASH_WAIT)
+
     def _loop(self) -> None:
         forwarder: Forwarder | None = None
         try:
@@ -129,20 +166,24 @@ class DestinationSender:
             art = self.journal.artifacts(d.item_id).get(d.mode)
             if art is None or item.state != "protected":
                 continue  # finalized or quarantined meanwhile
-            folder = self.config.folders[item.folder]
+            folder = self.config.folder(item.folder)
             try:
-                relpath = os.path.relpath(item.path, folder.path)
+                relpath = (os.path.relpath(item.path, folder.path) if folder is not None
+                           else os.path.basename(item.path))
             except ValueError:
                 relpath = item.file_id
             objs.append(Outgoing(d.item_id, item.file_id, self.config.spool_dir / art.name,
                                  art.sha256, art.size, art.mode, relpath, art.sop_instance_uid))
         if not objs:
             return
+        crashpoints.reached("send.before")
         try:
             results = forwarder.send_many(objs)
         except Exception as exc:  # a forwarder bug must not kill the sender thread
             log.exception("destination %s: unexpected error", self.dest.name)
             results = [DeliveryError(f"internal: {type(exc).__name__}") for _ in objs]
+        if any(r is None for r in results):
+            crashpoints.reached("send.after_ack")
         for obj, err in zip(objs, results, strict=True):
             if err is None:
                 self.reporter.delivery_ok(self.dest.name)
@@ -152,8 +193,7 @@ class DestinationSender:
                 continue
             self.reporter.delivery_failed(self.dest.name, str(err), auth=err.auth)
             if err.permanent:
-                self.reporter.event("error", "warning", str(err), obj.file_id, self.dest.name)
-                self.on_permanent(obj.item_id, f"{self.dest.name}: {err}")
+                self.on_permanent(obj.item_id, self.dest.name, err)
             elif err.auth:
                 self._pause(str(err))
                 self.journal.delivery_retry(obj.item_id, self.dest.name, self.clock(), str(err))

@@ -25,15 +25,20 @@ class DeliveryError(AgentError):
     """A destination did not acknowledge an object.
 
     ``permanent`` errors concern the object itself (the destination will never accept it)
-    and lead to quarantine; ``auth`` errors (401/403) pause the destination; every other
-    error is transient and retried with backoff, forever.
+    and quarantine that delivery; ``auth`` errors (401/403) pause the destination; every
+    other error is transient and retried with backoff, forever. ``detail`` is the peer's
+    own reason (an error text, a failure reason, a status comment): it is kept in the
+    local journal for ``agent quarantine show``, never sent to the central.
     """
 
-    def __init__(self, message: str, *, permanent: bool = False, auth: bool = False) -> None:
+    def __init__(self, message: str, *, permanent: bool = False, auth: bool = False,
+                 detail: str | None = None) -> None:
         super().__init__(message)
         self.permanent = permanent
         self.auth = auth
+        self.detail = detail
 
-
-class InputError(AgentError):
-    """A source file can never be protected (garbage, truncated DICOM, …): quarantine it."""
+    @property
+    def reason(self) -> str:
+        """The message with the peer's own words, for the local journal."""
+        return f"{self}: {self.detail}" if self.detail else str(self)

@@ -2,23 +2,32 @@
 
 States of an item (one source file version)::
 
-    protected ──► (every delivery done | skipped) ──► done
-        └──► quarantined (reason; a reason file in the quarantine dir)
+    protected ──► (every delivery done | skipped | released) ──► done
+        │      └──► (a delivery quarantined, nothing pending) ──► quarantined
+        └──► held (its folder left the config: nothing is touched until it is back)
+    quarantined ──► retry ──► protected | requeued (protected again from the plaintext)
+                └─► release ──► releasing ──► (after_ack applied) ──► done
 
 An item is inserted already ``protected``, together with its artifacts and deliveries,
 once a protect worker has written the spool copies; a file whose protection never
-finished has no item and is found again by the start-up scan. ``discovered`` is only the
-short-lived state of an item created to be quarantined (and of journals written by
-earlier versions, which are resumed). ``duplicate``, ``superseded`` and ``vanished``
-mark versions that need nothing sent.
+finished has no item and is found again by the start-up scan. A file that can never be
+protected is inserted ``quarantined``. ``duplicate``, ``superseded`` and ``vanished``
+mark versions that need nothing sent. ``requeued`` and ``releasing`` are requests
+written by ``scanfort agent quarantine`` (possibly while the agent runs) that the agent
+carries out.
+
+Items name their folder by its stable key (the folder's resolved path), never by its
+position in the config: reordering ``[[folders]]`` cannot apply another folder's policy.
 
 Each item has one spool artifact per protection mode its destinations need, and one
 delivery row per destination. A delivery is ``pending`` until its destination
-acknowledged (``done``) or cannot take that kind of object (``skipped``). The plaintext is
-only touched once every delivery of its item is resolved.
+acknowledged (``done``), cannot take that kind of object (``skipped``), refused it for
+good (``quarantined``, with the peer's reason) or the operator accepted the loss
+(``released``). The plaintext is only touched once no delivery of its item is pending
+or quarantined.
 
-One connection is shared by the agent's threads behind a lock; ``agent status`` opens
-its own read-only connection, which WAL allows while the agent writes.
+One connection is shared by the agent's threads behind a lock; ``agent status`` and
+``agent quarantine`` open their own connections, which WAL allows while the agent writes.
 """
 
 from __future__ import annotations
@@ -29,79 +38,22 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
+from agent import crashpoints
 from agent.errors import JournalError
+from agent.records import ITEM_COLS as _ITEM_COLS
+from agent.records import SCHEMA as _SCHEMA
+from agent.records import SCHEMA_VERSION, Artifact, Delivery, DeliveryState, Item
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    id INTEGER PRIMARY KEY,
-    path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-    sha256 TEXT, folder INTEGER NOT NULL, file_id TEXT NOT NULL,
-    state TEXT NOT NULL, reason TEXT,
-    discovered_at REAL NOT NULL, settled_at REAL, updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS items_version ON items(path, size, mtime_ns);
-CREATE INDEX IF NOT EXISTS items_state ON items(state);
-CREATE TABLE IF NOT EXISTS artifacts (
-    item_id INTEGER NOT NULL, mode TEXT NOT NULL, name TEXT NOT NULL,
-    sha256 TEXT NOT NULL, size INTEGER NOT NULL, sop_instance_uid TEXT,
-    PRIMARY KEY (item_id, mode)
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    item_id INTEGER NOT NULL, dest TEXT NOT NULL, mode TEXT NOT NULL,
-    state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-    next_at REAL NOT NULL DEFAULT 0, last_error TEXT, done_at REAL,
-    PRIMARY KEY (item_id, dest)
-);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(dest, state, next_at);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS outbox (
-    event_id TEXT PRIMARY KEY, at REAL NOT NULL, body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_at ON outbox(at);
-"""
+__all__ = ["Artifact", "Delivery", "DeliveryState", "Item", "Journal", "same_version"]
+
 OUTBOX_LIMIT = 10_000
 OUTBOX_TRIM_EVERY = 64
-
-
-@dataclass(frozen=True)
-class Item:
-    id: int
-    path: str
-    size: int
-    mtime_ns: int
-    sha256: str | None
-    folder: int
-    file_id: str
-    state: str
-    discovered_at: float
-    settled_at: float | None
-
-
-@dataclass(frozen=True)
-class Artifact:
-    item_id: int
-    mode: str
-    name: str  # file name inside the spool dir
-    sha256: str
-    size: int
-    sop_instance_uid: str | None
-
-
-@dataclass(frozen=True)
-class Delivery:
-    item_id: int
-    dest: str
-    mode: str
-    attempts: int
-
-
-_ITEM_COLS = "id, path, size, mtime_ns, sha256, folder, file_id, state, discovered_at, settled_at"
+#: The WAL is cut back to this after each checkpoint (it would otherwise keep its peak).
+WAL_SIZE_LIMIT = 1 << 20
 
 
 class Journal:
@@ -126,15 +78,47 @@ class Journal:
                 # work (re-protect from the plaintext, re-send). The one irreversible step,
                 # touching the plaintext, is preceded by sync().
                 self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
                 self._db.executescript(_SCHEMA)
+                self._migrate()
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal: {exc}") from exc
         self._commits = 0  # transactions committed by this connection
         self._synced = 0  # all commits up to this count are known durable
         self._sync_lock = threading.Lock()
         self._outbox_inserts = 0
+        #: Called when a write fails because the volume is full (the agent gives back the
+        #: spool's reserve); the caller retries.
+        self.on_full: Callable[[], bool] | None = None
         if not readonly:
             self.salt = self._salt()
+
+    def _migrate(self) -> None:
+        """Journals of earlier versions: ``discovered`` items are resumed (``requeued``);
+        integer folder indexes are not trusted (the config may have been reordered since)
+        and are replaced by keys in :meth:`rekey_folders`."""
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version >= SCHEMA_VERSION:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("UPDATE items SET state='requeued' WHERE state='discovered'")
+            self._db.execute("UPDATE items SET folder='?' || folder WHERE typeof(folder)<>'text'")
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
+
+    def rekey_folders(self, key_for: Callable[[str], str | None]) -> int:
+        """Give items of a migrated journal their folder's key, found from their path
+        (``key_for``); an item no configured folder contains keeps no key and is held."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, path FROM items WHERE folder LIKE '?%'"
+                                    ).fetchall()
+        if not rows:
+            return 0
+        with self._tx() as db:
+            db.executemany("UPDATE items SET folder=? WHERE id=?",
+                           [(key_for(path) or "", item_id) for item_id, path in rows])
+        return len(rows)
 
     def sync(self) -> None:
         """Make every transaction committed so far durable.
@@ -180,14 +164,23 @@ class Journal:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. On a full volume the spool's reserve is given back
+        (``on_full``) before the error is raised, so the caller's retry, which is usually
+        what frees space (a delivery done, an item finalized), can commit."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if _disk_full(exc) and self.on_full is not None:
+                    self.on_full()
                 raise
-            self._db.execute("COMMIT")
             self._commits += 1
 
     def _salt(self) -> str:
@@ -209,7 +202,7 @@ class Journal:
         with self._lock:
             row = self._db.execute(
                 "SELECT 1 FROM items WHERE path=? AND size=? AND mtime_ns=? AND "
-                "state<>'discovered' LIMIT 1", (path, size, mtime_ns)).fetchone()
+                "state<>'requeued' LIMIT 1", (path, size, mtime_ns)).fetchone()
         return row is not None
 
     def prune(self, older_than: float, exists: Callable[[str, int, int], bool]) -> int:
@@ -228,19 +221,25 @@ class Journal:
             db.executemany("DELETE FROM items WHERE id=?", gone)
         return len(gone)
 
-    def add_item(self, path: str, size: int, mtime_ns: int, folder: int,
-                 settled_at: float | None = None) -> Item:
+    def add_quarantined(self, path: str, size: int, mtime_ns: int, folder: str,
+                        reason: str, settled_at: float | None = None,
+                        event: tuple[str, float, str] | None = None) -> Item:
+        """Record a version that can never be protected as ``quarantined`` (plaintext kept)."""
         now = self.clock()
         settled = settled_at or now
         fid = self.file_id(path)
         with self._tx() as db:
             cur = db.execute(
-                "INSERT INTO items(path, size, mtime_ns, folder, file_id, state, discovered_at,"
-                " settled_at, updated_at) VALUES (?,?,?,?,?, 'discovered', ?, ?, ?)",
-                (path, size, mtime_ns, folder, fid, now, settled, now))
+                "INSERT INTO items(path, size, mtime_ns, folder, file_id, state, reason, "
+                "discovered_at, settled_at, updated_at) VALUES (?,?,?,?,?,'quarantined',?,?,?,?)",
+                (path, size, mtime_ns, folder, fid, reason, now, settled, now))
             self._bump(db, "seen")
+            self._bump(db, "quarantined")
+            if event is not None:
+                self._outbox_insert(db, *event)
             item_id = int(cur.lastrowid or 0)
-        return Item(item_id, path, size, mtime_ns, None, folder, fid, "discovered", now, settled)
+        return Item(item_id, path, size, mtime_ns, None, folder, fid, "quarantined", now,
+                    settled, reason, now)
 
     def find(self, path: str, size: int, mtime_ns: int) -> Item | None:
         with self._lock:
@@ -264,13 +263,13 @@ class Journal:
         return [Item(*r) for r in rows]
 
     def record_protected(self, existing: int | None, path: str, size: int, mtime_ns: int,
-                         folder: int, settled_at: float | None, sha256: str,
-                         artifacts: list[Artifact], deliveries: list[tuple[str, str, str]],
+                         folder: str, settled_at: float | None, sha256: str,
+                         artifacts: list[Artifact], deliveries: Sequence[tuple[str, ...]],
                          event: tuple[str, float, str] | None = None) -> int | None:
         """Record a protected file version in one transaction; return its item id.
 
         The item (``existing``, or a new one), its spool ``artifacts`` (their ``item_id``
-        is filled in here), its ``(dest, mode, state)`` deliveries and the ``protected``
+        is filled in here), its ``(dest, mode, state[, reason])`` deliveries and the ``protected``
         event land together or not at all. If another item of the same path with the same
         content is already protected or done (only the mtime changed), this version is
         recorded as ``duplicate`` instead and None is returned: nothing is sent twice.
@@ -298,35 +297,46 @@ class Journal:
             db.executemany("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?,?)",
                            [(item_id, a.mode, a.name, a.sha256, a.size, a.sop_instance_uid)
                             for a in artifacts])
-            db.executemany("INSERT OR REPLACE INTO deliveries(item_id, dest, mode, state, "
-                           "next_at) VALUES (?,?,?,?,0)",
-                           [(item_id, dest, mode, st) for dest, mode, st in deliveries])
+            db.execute("DELETE FROM deliveries WHERE item_id=?", (item_id,))
+            db.executemany("INSERT INTO deliveries(item_id, dest, mode, state, last_error, "
+                           "next_at) VALUES (?,?,?,?,?,0)",
+                           [(item_id, d[0], d[1], d[2], d[3] if len(d) > 3 else None)
+                            for d in deliveries])
             self._bump(db, "protected")
             if event is not None:
                 self._outbox_insert(db, *event)
         return item_id
 
     def set_state(self, item_id: int, state: str, reason: str | None = None,
-                  counter: str | None = None) -> None:
+                  counter: str | None = None,
+                  event: tuple[str, float, str] | None = None) -> None:
+        """Move an item to ``state``. Leaving the in-flight states drops its artifacts and
+        pending deliveries, except for ``quarantined`` and ``held`` items, whose copies
+        wait in the spool for a retry."""
         with self._tx() as db:
             db.execute("UPDATE items SET state=?, reason=?, updated_at=? WHERE id=?",
                        (state, reason, self.clock(), item_id))
-            if state != "protected":
+            if state not in ("protected", "quarantined", "held"):
                 db.execute("DELETE FROM artifacts WHERE item_id=?", (item_id,))
                 db.execute("UPDATE deliveries SET state='dropped' WHERE item_id=? AND "
                            "state='pending'", (item_id,))
             if counter:
                 self._bump(db, counter)
+            if event is not None:
+                self._outbox_insert(db, *event)
 
     def set_done(self, item_ids: list[int]) -> None:
-        """Mark finalized items done, in one transaction."""
+        """Mark finalized items done, in one transaction (a released item keeps its
+        reason: the operator accepted a loss)."""
         if not item_ids:
             return
         now = self.clock()
         with self._tx() as db:
-            db.executemany("UPDATE items SET state='done', reason=NULL, updated_at=? WHERE id=?",
+            db.executemany("UPDATE items SET state='done', reason=CASE WHEN state='releasing' "
+                           "THEN reason ELSE NULL END, updated_at=? WHERE id=?",
                            [(now, i) for i in item_ids])
             db.executemany("DELETE FROM artifacts WHERE item_id=?", [(i,) for i in item_ids])
+        crashpoints.reached("finalize.after_done")
 
     def artifacts(self, item_id: int) -> dict[str, Artifact]:
         with self._lock:
@@ -354,14 +364,86 @@ class Journal:
         return None if row is None or row[0] is None else float(row[0])
 
     def delivery_done(self, item_id: int, dest: str) -> bool:
-        """Mark acknowledged; return True when every delivery of the item is resolved."""
+        """Mark acknowledged; return True when no delivery of the item is pending."""
         with self._tx() as db:
             db.execute("UPDATE deliveries SET state='done', done_at=?, last_error=NULL "
-                       "WHERE item_id=? AND dest=?", (self.clock(), item_id, dest))
+                       "WHERE item_id=? AND dest=? AND state='pending'",
+                       (self.clock(), item_id, dest))
             self._bump(db, "forwarded")
             left = db.execute("SELECT COUNT(*) FROM deliveries WHERE item_id=? AND "
                               "state='pending'", (item_id,)).fetchone()[0]
+        crashpoints.reached("journal.after_delivery")
         return int(left) == 0
+
+    def delivery_quarantine(self, item_id: int, dest: str, reason: str,
+                            event: tuple[str, float, str] | None = None) -> bool:
+        """This destination refused the object for good: park this delivery (the others
+        go on); return True when no delivery of the item is pending any more."""
+        with self._tx() as db:
+            db.execute("UPDATE deliveries SET state='quarantined', last_error=?, attempts="
+                       "attempts+1 WHERE item_id=? AND dest=? AND state='pending'",
+                       (reason[:2000], item_id, dest))
+            self._bump(db, "quarantined")
+            if event is not None:
+                self._outbox_insert(db, *event)
+            left = db.execute("SELECT COUNT(*) FROM deliveries WHERE item_id=? AND "
+                              "state='pending'", (item_id,)).fetchone()[0]
+        return int(left) == 0
+
+    def delivery_states(self, item_id: int) -> list[DeliveryState]:
+        with self._lock:
+            rows = self._db.execute("SELECT dest, mode, state, attempts, last_error FROM "
+                                    "deliveries WHERE item_id=? ORDER BY dest",
+                                    (item_id,)).fetchall()
+        return [DeliveryState(*r) for r in rows]
+
+    # -- the operator's requests (scanfort agent quarantine) ------------------------------
+    def quarantined(self) -> list[Item]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_ITEM_COLS} FROM items WHERE state IN "
+                                    "('quarantined','held') ORDER BY id").fetchall()
+        return [Item(*r) for r in rows]
+
+    def request_retry(self, item_id: int, spool_has: Callable[[str], bool]) -> str:
+        """Retry a quarantined item: its refused deliveries are sent again if their copies
+        are still in the spool (``spool_has``), else the file is protected again. Returns
+        what was done (``resent`` | ``requeued``)."""
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM items WHERE id=?", (item_id,)).fetchone()
+            if row is None or row[0] != "quarantined":
+                raise JournalError(f"item {item_id} is not quarantined" + (
+                    " (held: put its folder back in the config)" if row and row[0] == "held"
+                    else ""))
+            arts = {m: n for m, n in db.execute(
+                "SELECT mode, name FROM artifacts WHERE item_id=?", (item_id,))}
+            refused = [m for (m,) in db.execute(
+                "SELECT mode FROM deliveries WHERE item_id=? AND state='quarantined'",
+                (item_id,))]
+            if refused and all(m in arts and spool_has(arts[m]) for m in refused):
+                db.execute("UPDATE deliveries SET state='pending', attempts=0, next_at=0 "
+                           "WHERE item_id=? AND state='quarantined'", (item_id,))
+                db.execute("UPDATE items SET state='protected', updated_at=? WHERE id=?",
+                           (self.clock(), item_id))
+                return "resent"
+            db.execute("DELETE FROM artifacts WHERE item_id=?", (item_id,))
+            db.execute("UPDATE deliveries SET state='dropped' WHERE item_id=? AND state IN "
+                       "('pending','quarantined')", (item_id,))
+            db.execute("UPDATE items SET state='requeued', updated_at=? WHERE id=?",
+                       (self.clock(), item_id))
+            return "requeued"
+
+    def request_release(self, item_id: int) -> None:
+        """The operator accepts the loss: refused deliveries are released and the item's
+        ``after_ack`` is applied (by the agent) as if every destination had taken it."""
+        with self._tx() as db:
+            row = db.execute("SELECT state, reason FROM items WHERE id=?", (item_id,)).fetchone()
+            if row is None or row[0] != "quarantined":
+                raise JournalError(f"item {item_id} is not quarantined")
+            db.execute("UPDATE deliveries SET state='released' WHERE item_id=? AND state IN "
+                       "('pending','quarantined')", (item_id,))
+            db.execute("UPDATE items SET state='releasing', reason=?, updated_at=? WHERE id=?",
+                       (f"released by the operator ({row[1] or 'quarantined'})",
+                        self.clock(), item_id))
 
     def delivery_retry(self, item_id: int, dest: str, next_at: float, error: str) -> None:
         with self._tx() as db:
@@ -379,7 +461,7 @@ class Journal:
         with self._lock:
             if dest is None:
                 q = self._db.execute("SELECT COUNT(*) FROM items WHERE state IN "
-                                     "('discovered','protected')")
+                                     "('protected','requeued','releasing')")
             else:
                 q = self._db.execute("SELECT COUNT(*) FROM deliveries WHERE dest=? AND "
                                      "state='pending'", (dest,))
@@ -390,7 +472,7 @@ class Journal:
         with self._lock:
             n, oldest = self._db.execute(
                 "SELECT COUNT(*), MIN(discovered_at) FROM items WHERE state IN "
-                "('discovered','protected')").fetchone()
+                "('protected','requeued','releasing')").fetchone()
             size = self._db.execute("SELECT COALESCE(SUM(size),0) FROM artifacts").fetchone()[0]
         return int(n), int(size), oldest
 
@@ -450,15 +532,5 @@ def same_version(path: str, size: int, mtime_ns: int) -> bool:
     return (st.st_size, st.st_mtime_ns) == (size, mtime_ns)
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _disk_full(exc: sqlite3.Error) -> bool:
+    return "full" in str(exc).lower()

@@ -2,14 +2,19 @@
 
 Messages name files by ``file_id`` only. Third-party loggers that could print paths or
 DICOM attributes at debug level (watchdog, pynetdicom) are held at WARNING whatever the
-configured level.
+configured level. Library warnings (pydicom's ``UserWarning`` quotes attribute values)
+never reach stderr or a log with their text: only their category and the module that
+raised them are logged (protect workers count theirs and report them the same way).
 """
 
 from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import sys
+import warnings
+from typing import TextIO
 
 from agent.config import AgentConfig
 
@@ -18,8 +23,22 @@ _QUIET = ("watchdog", "pynetdicom", "urllib3", "requests")
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` without the message (it may quote a dataset's values)."""
+    module = os.path.splitext(os.path.basename(filename))[0]
+    logging.getLogger("agent.warnings").warning("library warning (%s in %s), text withheld",
+                                                category.__name__, module)
+
+
+def route_warnings() -> None:
+    """Send every library warning of this process through :func:`_show_warning`."""
+    warnings.showwarning = _show_warning
+
+
 def setup_logging(config: AgentConfig, foreground: bool = True) -> logging.Handler | None:
     """Attach the agent's handlers to the ``agent`` logger; return the file handler."""
+    route_warnings()
     root = logging.getLogger("agent")
     root.setLevel(config.log_level.upper())
     for name in _QUIET:

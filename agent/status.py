@@ -27,6 +27,7 @@ import requests
 
 from agent.config import AgentConfig
 from agent.journal import Journal
+from agent.spool import Spool
 from scanfort import __version__
 from scanfort.protocol import (
     API_PREFIX,
@@ -40,6 +41,10 @@ from scanfort.protocol import (
 log = logging.getLogger(__name__)
 HEARTBEAT_BUFFER = 120
 EVENT_BATCH = 500
+#: An event identical to one recorded this recently (same kind, severity, message, file
+#: and destination) is counted, not stored again: a full disk or a dead peer must not
+#: grow the journal with the same error every few seconds.
+REPEAT_WINDOW_S = 600.0
 
 
 @dataclass
@@ -68,9 +73,14 @@ class Reporter:
         self.watcher: dict[str, int] = {"reconcile_finds": 0, "overflows": 0,
                                         "observers_alive": 0}
         self._lock = threading.Lock()
+        self._recent: dict[tuple[str, str, str, str | None, str | None], float] = {}
+        self.repeats_suppressed = 0
+        self.thread_failures: dict[str, int] = {}
+        self.state = "running"  # running | stopped (the last heartbeat says so)
         self._heartbeats: deque[Heartbeat] = deque(maxlen=HEARTBEAT_BUFFER)
         self.session = session or requests.Session()
         self.central_ok: bool | None = None
+        self._timeout = 10.0
         if config.central.token:
             self.session.headers["Authorization"] = f"Bearer {config.central.token}"
         self.session.verify = config.central.verify_tls
@@ -81,7 +91,29 @@ class Reporter:
 
     def event(self, kind: str, severity: str = "info", message: str = "",
               file_id: str | None = None, destination: str | None = None) -> None:
+        if severity != "info":
+            key = (kind, severity, message, file_id, destination)
+            now = self.clock()
+            with self._lock:
+                last = self._recent.get(key)
+                if last is not None and now - last < REPEAT_WINDOW_S:
+                    self.repeats_suppressed += 1
+                    return
+                if len(self._recent) > 4096:
+                    self._recent = {k: t for k, t in self._recent.items()
+                                    if now - t < REPEAT_WINDOW_S}
+                self._recent[key] = now
         self.journal.outbox_add(*self.event_row(kind, severity, message, file_id, destination))
+
+    def thread_failed(self, name: str, exc: BaseException) -> None:
+        """A long-lived thread survived (or died of) an unexpected exception: visible in
+        the status and the heartbeat, never silent."""
+        with self._lock:
+            self.thread_failures[name] = self.thread_failures.get(name, 0) + 1
+        try:
+            self.event("error", "error", f"thread {name}: {type(exc).__name__}")
+        except Exception:  # the journal itself may be what failed
+            log.debug("cannot record a thread failure event", exc_info=True)
 
     def event_row(self, kind: str, severity: str = "info", message: str = "",
                   file_id: str | None = None,
@@ -144,20 +176,22 @@ class Reporter:
             spool_bytes=spool_bytes,
             oldest_item_age_s=None if oldest is None else max(0.0, now - oldest),
             intake_paused=self.intake_paused, free_disk_bytes=self.free_disk,
-            counters=counters, destinations=dests, watcher=dict(self.watcher))
+            counters=counters, destinations=dests,
+            watcher={**self.watcher, "thread_failures": sum(self.thread_failures.values())},
+            state=self.state)
 
     def write_status_file(self, extra: dict[str, object] | None = None) -> None:
         hb = self.heartbeat()
         doc = to_dict(hb)
         doc.update(extra or {})
-        doc["states"] = self.journal.state_counts()
+        # No count of every state here: it walks the whole journal (months of kept files)
+        # and ``agent status`` counts them itself, when asked.
         doc["events_buffered"] = self.journal.outbox_size()
         doc["central_reachable"] = self.central_ok
         doc["pid"] = os.getpid()
-        path = self.config.spool_dir / "status.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=1))
-        os.replace(tmp, path)
+        doc["thread_failures"] = dict(self.thread_failures)
+        doc["repeats_suppressed"] = self.repeats_suppressed
+        Spool(self.config.spool_dir).write_status(json.dumps(doc, indent=1))
 
     def check_disk(self) -> bool:
         """Apply the watermarks to the spool volume; return True while intake is paused."""
@@ -171,11 +205,12 @@ class Reporter:
         return self.intake_paused
 
     # -- sending ---------------------------------------------------------------------------
-    def run_once(self) -> bool:
+    def run_once(self, timeout_s: float = 10.0) -> bool:
         """Queue a heartbeat and flush what is buffered; return True if the central took it."""
         central = self.config.central
         if not central.url or not central.token:
             return False
+        self._timeout = timeout_s
         self._heartbeats.append(self.heartbeat())
         base = f"{central.url}{API_PREFIX}"
         try:
@@ -200,7 +235,7 @@ class Reporter:
 
     def _post(self, url: str, body: dict[str, object]) -> None:
         try:
-            resp = self.session.post(url, json=body, timeout=10)
+            resp = self.session.post(url, json=body, timeout=self._timeout)
         except requests.RequestException as exc:
             raise _Unreachable(type(exc).__name__) from exc
         if resp.status_code >= 300:

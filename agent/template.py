@@ -16,6 +16,9 @@ settle_seconds = 5             # size and mtime unchanged this long = the file i
 incomplete_grace_seconds = 120 # a DICOM file still truncated after this is quarantined
 reconcile_seconds = 60         # full rescan of every folder (watchdog can miss events)
 log_level = "info"             # debug | info | warning | error
+# The site's pseudonymisation secret (written by `scanfort agent enroll`): DICOM mode keys
+# patient pseudonyms with it, so one patient stays one pseudonymous patient in the PACS.
+# pseudonym_secret_file = "pseudonym.secret"
 # log_dir = "/var/log/scanfort"  # default: the platformdirs log dir
 
 [disk]
@@ -41,6 +44,9 @@ polling = false                # true for network shares (no change notification
 destinations = ["share"]
 after_ack = "keep"             # keep | move | delete, once every destination acknowledged
 # move_to = "/data/sent"       # required with after_ack = "move"
+# follow_symlinks = false      # take links, only to files inside a watched folder
+# dicom_policy = "profile"      # DICOM mode: PS3.15 basic profile | "pixels-only"
+# dicom_options = ["retain-uids", "retain-long-full-dates"]  # profile options; [] = strictest
 
 [destinations.share]
 kind = "folder"                # central | dicomweb | dicom | folder

@@ -55,7 +55,7 @@ def wanted(folder: FolderConfig, path: str) -> bool:
 @dataclass(frozen=True)
 class Settled:
     path: str
-    folder: int
+    folder: str  # FolderConfig.key
     size: int
     mtime_ns: int
     first_seen: float
@@ -64,7 +64,7 @@ class Settled:
 
 @dataclass
 class _Candidate:
-    folder: int
+    folder: str
     size: int
     mtime_ns: int
     stable_since: float
@@ -76,9 +76,11 @@ class Settler:
     """Releases a path once size and mtime have not changed for ``settle_s`` seconds."""
 
     def __init__(self, settle_s: float, clock: Callable[[], float] = time.monotonic,
-                 stat: Callable[[str], os.stat_result] = os.stat) -> None:
+                 stat: Callable[[str], os.stat_result] = os.stat,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.settle_s = settle_s
         self.clock = clock
+        self.wall_clock = wall_clock
         self.stat = stat
         self._lock = threading.Lock()
         self._candidates: dict[str, _Candidate] = {}
@@ -92,7 +94,7 @@ class Settler:
         with self._lock:
             return len(self._candidates)
 
-    def offer(self, path: str, folder: int, delay: float = 0.0,
+    def offer(self, path: str, folder: str, delay: float = 0.0,
               first_seen: float | None = None) -> bool:
         """Add ``path``; return False if it was already a candidate."""
         now = self.clock()
@@ -140,7 +142,7 @@ class Settler:
             with self._lock:
                 self._candidates.pop(path, None)
             ready.append(Settled(path, cand.folder, st.st_size, st.st_mtime_ns, cand.first_seen,
-                                 time.time()))
+                                 self.wall_clock()))
         return ready
 
     def next_check_in(self) -> float:
@@ -162,28 +164,105 @@ def _openable(path: str) -> bool:
 
 
 def walk(folder: FolderConfig) -> Iterator[str]:
-    """Every wanted file under ``folder`` (not following directory symlinks)."""
+    """Every wanted file under ``folder`` (directory links are never followed, file links
+    only with ``follow_symlinks``)."""
     stack = [str(folder.path)]
     while stack:
         top = stack.pop()
+        files, dirs = _list_dir(folder, top)
+        stack.extend(dirs)
+        yield from files
+
+
+def _list_dir(folder: FolderConfig, top: str) -> tuple[list[str], list[str]]:
+    """The wanted files and the subdirectories to descend into, of one directory."""
+    files: list[str] = []
+    dirs: list[str] = []
+    try:
+        entries = list(os.scandir(top))
+    except OSError:
+        return files, dirs
+    for entry in entries:
         try:
-            entries = list(os.scandir(top))
+            if entry.is_dir(follow_symlinks=False):
+                if folder.recursive and not entry.name.startswith("."):
+                    dirs.append(entry.path)
+            elif entry.is_file(follow_symlinks=folder.follow_symlinks) and \
+                    wanted(folder, entry.path):
+                files.append(entry.path)
         except OSError:
             continue
-        for entry in entries:
+    return files, dirs
+
+
+@dataclass
+class _DirState:
+    mtime_ns: int
+    subdirs: list[str]
+
+
+class Reconciler:
+    """The periodic walk, at a cost that does not grow with what is already done.
+
+    A directory is listed again only when its mtime changed (a file was created, renamed
+    into or removed from it); the others cost one ``stat``. Where an mtime cannot be
+    trusted (it is recent enough that a change within the same timestamp tick could hide
+    behind it) the directory is listed every pass. A slow full pass lists ``full_share``
+    of the known directories on every call, so everything is listed at least once per
+    ``1 / full_share`` passes even where a file system does not update mtimes (some
+    network shares). Time and ``stat`` are injected.
+    """
+
+    def __init__(self, folder: FolderConfig, clock: Callable[[], float] = time.time,
+                 stat: Callable[[str], os.stat_result] = os.stat,
+                 full_share: float = 1 / 60, trust_after_s: float = 2.0) -> None:
+        self.folder, self.clock, self.stat = folder, clock, stat
+        self.full_share, self.trust_after_s = full_share, trust_after_s
+        self._dirs: dict[str, _DirState] = {}
+        self._cursor = 0.0
+        self.listed = 0  # directories listed in the last pass (for tests and the bench)
+
+    def changed_files(self) -> Iterator[str]:
+        """Files in directories that changed since the last pass (every file, the first
+        time)."""
+        now = self.clock()
+        self._cursor += self.full_share * max(1, len(self._dirs))
+        forced = int(self._cursor)
+        self._cursor -= forced
+        order = list(self._dirs)
+        forced_dirs = set(order[:forced])
+        if forced and order:
+            # rotate so the next pass forces the next slice
+            self._dirs = {k: self._dirs[k] for k in order[forced:] + order[:forced]}
+        self.listed = 0
+        seen: set[str] = set()
+        stack = [str(self.folder.path)]
+        while stack:
+            top = stack.pop()
+            seen.add(top)
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    if folder.recursive and not entry.name.startswith("."):
-                        stack.append(entry.path)
-                elif entry.is_file() and wanted(folder, entry.path):
-                    yield entry.path
+                st = self.stat(top)
             except OSError:
                 continue
+            known = self._dirs.get(top)
+            trusted = now - st.st_mtime_ns / 1e9 > self.trust_after_s
+            if known is not None and known.mtime_ns == st.st_mtime_ns and trusted \
+                    and top not in forced_dirs:
+                stack.extend(known.subdirs)
+                continue
+            files, dirs = _list_dir(self.folder, top)
+            self.listed += 1
+            # An untrusted mtime is not remembered: the directory is listed again next time.
+            self._dirs[top] = _DirState(st.st_mtime_ns if trusted else -1, dirs)
+            stack.extend(dirs)
+            yield from files
+        for gone in set(self._dirs) - seen:
+            del self._dirs[gone]
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, index: int, folder: FolderConfig, sink: Callable[[str, int], object]):
-        self.index, self.folder, self.sink = index, folder, sink
+    def __init__(self, folder: FolderConfig, sink: Callable[[str, str], object]):
+        self.folder, self.sink = folder, sink
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory or event.event_type in ("deleted", "opened", "closed_no_write"):
@@ -191,13 +270,13 @@ class _Handler(FileSystemEventHandler):
         raw = event.dest_path if event.event_type == "moved" else event.src_path
         path = os.fsdecode(raw)
         if wanted(self.folder, path):
-            self.sink(path, self.index)
+            self.sink(path, self.folder.key)
 
 
 class Watcher:
     """watchdog observers for every folder; restarted if one dies (e.g. buffer overflow)."""
 
-    def __init__(self, folders: tuple[FolderConfig, ...], sink: Callable[[str, int], object]):
+    def __init__(self, folders: tuple[FolderConfig, ...], sink: Callable[[str, str], object]):
         self.folders = folders
         self.sink = sink
         self.observers: list[BaseObserver | None] = [None] * len(folders)
@@ -206,7 +285,7 @@ class Watcher:
     def _start(self, i: int) -> None:
         folder = self.folders[i]
         observer: BaseObserver = PollingObserver(timeout=2) if folder.polling else Observer()
-        observer.schedule(_Handler(i, folder, self.sink), str(folder.path),
+        observer.schedule(_Handler(folder, self.sink), str(folder.path),
                           recursive=folder.recursive)
         observer.daemon = True
         observer.start()

@@ -6,6 +6,11 @@
    and peak RSS.
 2. Idle: agent CPU over 60 s with nothing to do.
 3. Steady: 20 slices/s for 30 s → p50/p99 settled→acknowledged latency.
+4. Idle with an archive (``--archive 20000,200000``): the folder keeps that many files
+   already sent (``after_ack = "keep"``, 100 per study folder, recorded ``done`` in the
+   journal as the agent leaves them), nothing new arrives; agent CPU over ``--archive-idle``
+   seconds at the default ``reconcile_seconds = 60``, against an empty folder measured in
+   the same run (the reference).
 
 The agent runs as its own process (``scanfort agent run``) with its protect workers as
 child processes; CPU and peak RSS are summed over all of them (each process's own peak,
@@ -13,6 +18,7 @@ so the sum is an upper bound). The receiver is the central's object-upload API o
 loopback, in this process.
 
 Usage: .venv/bin/python bench/bench_agent.py [--slices 1000] [--idle 60] [--steady 30]
+       [--archive 20000,200000 --archive-idle 130]   (``--slices 0`` for the archive only)
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from cipher import keys  # noqa: E402
-from tests.test_agent_helpers import TOKEN, Receiver, child_pids, ct_slice, write_config  # noqa: E402
+from tests.helpers import TOKEN, Receiver, child_pids, ct_slice, write_config  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -134,6 +140,92 @@ def wait_done(journal: Path, n: int, stall: float) -> tuple[float, int]:
         time.sleep(0.05)
 
 
+def _archive(tmp: Path, recipient: str, files: int) -> Path:
+    """A config whose folder holds ``files`` kept files, every one ``done`` in the journal."""
+    from agent.journal import Journal
+
+    config = write_config(tmp, [recipient], {"share": {"kind": "folder",
+                                                        "path": str(tmp / "share")}},
+                          folder={"after_ack": "keep"}, reconcile_seconds=60,
+                          log_level="warning")
+    assert config.source is not None
+    inbox = config.folders[0].path
+    rows = []
+    journal = Journal(config.journal_path)
+    now = time.time()
+    for i in range(files):
+        study = inbox / f"study{i // 100:05d}"
+        if i % 100 == 0:
+            study.mkdir()
+        path = study / f"IMG{i % 100:04d}.dcm"
+        path.write_bytes(b"kept")
+        st = path.stat()
+        rows.append((str(path), st.st_size, st.st_mtime_ns, "00" * 32, config.folders[0].key,
+                     journal.file_id(str(path)), "done", now, now, now))
+    with journal._tx() as db:  # the bench's shortcut: what a year of runs leaves behind
+        db.executemany("INSERT INTO items(path, size, mtime_ns, sha256, folder, file_id, state,"
+                       " discovered_at, settled_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                       rows)
+    journal.close()
+    # directories written just now are listed until their mtime is old enough to trust
+    old = time.time() - 3600
+    for d in [inbox, *inbox.iterdir()]:
+        os.utime(d, (old, old))
+    return config.source
+
+
+def idle_with_archive(recipient: str, files: int, seconds: float) -> tuple[float, float]:
+    """(% of a core over ``seconds`` once start-up is over, start-up seconds)."""
+    with tempfile.TemporaryDirectory(prefix="scanfort-bench-idle-") as d:
+        source = _archive(Path(d), recipient, files)
+        log = open(Path(d) / "agent.log", "wb")
+        t0 = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-m", "scanfort", "agent", "run", "--config",
+                                 str(source)], cwd=REPO, stdout=log, stderr=log)
+        try:
+            # start-up is over when the agent uses less than 5 % of a core for 2 s
+            prev = cpu_seconds(proc.pid)
+            while True:
+                time.sleep(2.0)
+                cur = cpu_seconds(proc.pid)
+                if cur - prev < 0.1 or time.monotonic() - t0 > 600:
+                    break
+                prev = cur
+            startup = time.monotonic() - t0
+            c0 = cpu_seconds(proc.pid)
+            time.sleep(seconds)
+            return (cpu_seconds(proc.pid) - c0) / seconds * 100, startup
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+
+
+def archive_rows(recipient: str, sizes: list[int], seconds: float) -> list[tuple[str, str, str]]:
+    """Interleaved: empty reference, then each archive size."""
+    ref, _ = idle_with_archive(recipient, 0, seconds)
+    rows = [(f"idle, empty folder (reference), {seconds:.0f} s", f"{ref:.2f} % of a core",
+             "reconcile_seconds = 60")]
+    for n in sizes:
+        pct_core, startup = idle_with_archive(recipient, n, seconds)
+        rows.append((f"idle, {n} kept files, {seconds:.0f} s", f"{pct_core:.2f} % of a core",
+                     f"target < 0.5; {pct_core / ref if ref else float('nan'):.2f}x the "
+                     f"reference; start-up {startup:.0f} s"))
+    return rows
+
+
+def platform_rows() -> list[tuple[str, str, str]]:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in
+                Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
+               "?")
+    flags = Path("/proc/cpuinfo").read_text()
+    gfni = "gfni" if " gfni" in flags else "no GFNI"
+    return [("machine", f"{os.cpu_count()} cores", f"{cpu}, {gfni}, kernel {os.uname().release}")]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--slices", type=int, default=1000)
@@ -145,9 +237,19 @@ def main() -> int:
                     help="protection mode of the central destination")
     ap.add_argument("--stall", type=float, default=60.0,
                     help="give up after this many seconds without progress")
+    ap.add_argument("--archive", default="",
+                    help="idle with this many kept files, comma-separated (e.g. 20000,200000)")
+    ap.add_argument("--archive-idle", type=float, default=130.0,
+                    help="seconds measured per archive size")
     args = ap.parse_args()
     _, recipient = keys.generate_identity()
-    rows: list[tuple[str, str, str]] = []
+    rows: list[tuple[str, str, str]] = platform_rows()
+    if args.archive:
+        rows += archive_rows(recipient, [int(n) for n in args.archive.split(",")],
+                             args.archive_idle)
+    if args.slices <= 0:
+        _print(rows)
+        return 0
     with tempfile.TemporaryDirectory(prefix="scanfort-bench-") as d, Receiver(keep_objects=False) as rx:
         tmp = Path(d)
         config = write_config(
@@ -189,7 +291,10 @@ def main() -> int:
                  f"512×512×16 bit, {args.mode} mode"),
                 ("burst: MB (plaintext)", f"{total * got / args.slices / 1e6:.0f}", ""),
                 ("burst: drop → all acknowledged", f"{elapsed:.2f} s", "includes 1 s settle"),
-                ("burst: throughput", f"{total * got / args.slices / 1e6 / elapsed:.1f} MB/s", "target ≥ 100"),
+                ("burst: throughput", f"{total * got / args.slices / 1e6 / elapsed:.1f} MB/s",
+                 "target ≥ 100 file mode, ≥ 90 dicom mode"),
+                ("burst: agent-process CPU per slice", f"{cpu_parent / max(got, 1) * 1000:.2f} ms",
+                 "target ≤ 2 ms (the parent, besides its workers)"),
                 ("burst: last settled / protected / acknowledged",
                  " / ".join(f"{t:.2f}" for t in ends), "seconds after the drop"),
                 ("burst: settled → ack p50", f"{pct(lat, 0.5) * 1000:.0f} ms", ""),
@@ -206,7 +311,7 @@ def main() -> int:
                 time.sleep(args.idle)
                 idle = (cpu_seconds(proc.pid) - c0) / args.idle * 100
                 rows.append((f"idle: agent CPU over {args.idle:.0f} s", f"{idle:.2f} % of a core",
-                             "target < 1 %"))
+                             "target < 0.5 %"))
             if args.steady > 0:
                 n = int(args.steady * args.rate)
                 before = set(latencies(config.journal_path))
@@ -225,7 +330,7 @@ def main() -> int:
                     (f"steady {args.rate:.0f}/s: settled → ack p50",
                      f"{pct(lat2, 0.5) * 1000:.0f} ms", ""),
                     (f"steady {args.rate:.0f}/s: settled → ack p99",
-                     f"{pct(lat2, 0.99) * 1000:.0f} ms", "target < 1000"),
+                     f"{pct(lat2, 0.99) * 1000:.0f} ms", "target < 100"),
                     ("agent peak RSS (whole run, all processes)", *rss_note(proc.pid)),
                 ]
             time.sleep(6.0)  # one more heartbeat period: buffered events reach the receiver
@@ -240,13 +345,17 @@ def main() -> int:
             log.close()
             if proc.returncode not in (0, -signal.SIGTERM):
                 sys.stderr.write((tmp / "agent.log").read_text()[-3000:])
+    _print(rows)
+    return 0
+
+
+def _print(rows: list[tuple[str, str, str]]) -> None:
     width = max(len(r[0]) for r in rows)
     vwidth = max(len(r[1]) for r in rows)
     print(f"| {'measure':<{width}} | {'value':>{vwidth}} | note |")
     print(f"|{'-' * (width + 2)}|{'-' * (vwidth + 2)}|------|")
     for name, value, note in rows:
         print(f"| {name:<{width}} | {value:>{vwidth}} | {note} |")
-    return 0
 
 
 if __name__ == "__main__":

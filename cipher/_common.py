@@ -69,16 +69,14 @@ class UnprotectInfo:
     format_version: int = 1
 
 
-#: The randomness of image keys and nonces: the OS CSPRNG. Tests replace it (through
-#: ``randbytes=`` or this module attribute) to get reproducible ciphertexts.
-urandom: Callable[[int], bytes] = os.urandom
-
-
 def fresh_key_and_nonce(
     randbytes: Callable[[int], bytes] | None = None,
 ) -> tuple[bytes, bytes]:
-    """A fresh random image key and nonce for the chaos layer (one pair per protected file)."""
-    draw = randbytes or urandom
+    """A fresh random image key and nonce for the chaos layer (one pair per protected file).
+
+    The OS CSPRNG; tests pass ``randbytes`` for reproducible ciphertexts.
+    """
+    draw = randbytes or os.urandom
     return draw(IMAGE_KEY_SIZE), draw(NONCE_SIZE)
 
 

@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import io
 import logging
+import os
 import struct
 import warnings
 import zlib
@@ -263,7 +264,7 @@ def _layout(ds: Dataset, value_length: int, vr: str, big_endian: bool) -> _Layou
     return _Layout(LAYOUT_WHOLE, unit, 1, value_length, value_length)
 
 
-def _fragments(value: bytes) -> Iterator[tuple[int, int]]:
+def _fragments(value: bytes | memoryview) -> Iterator[tuple[int, int]]:
     """(offset, length) of each fragment after the Basic Offset Table."""
     pos, index = 0, 0
     while pos < len(value):
@@ -278,7 +279,7 @@ def _fragments(value: bytes) -> Iterator[tuple[int, int]]:
         index += 1
 
 
-def _units(value: bytes, layout: _Layout) -> list[tuple[slice, bytes, int]]:
+def _units(value: bytes | memoryview, layout: _Layout) -> list[tuple[slice, bytes, int]]:
     """Every unit of the value: (slice, nonce label, unit type)."""
     if layout.kind == LAYOUT_FRAGMENTS:
         return [(slice(o, o + n), LABEL_FRAGMENT, UNIT_U8) for o, n in _fragments(value)]
@@ -291,11 +292,16 @@ def _units(value: bytes, layout: _Layout) -> list[tuple[slice, bytes, int]]:
     return units
 
 
-def _transform(value: bytes, layout: _Layout, key: bytes, nonce: bytes, forward: bool) -> bytes:
-    """Encipher (source bytes → visible bytes) or decipher (visible → source) every unit."""
-    out = bytearray(value)
+def _pieces(value: bytes | memoryview, layout: _Layout, key: bytes, nonce: bytes,
+            forward: bool) -> Iterator[bytes | memoryview]:
+    """The value transformed, in order: each unit enciphered (source → visible) or
+    deciphered (visible → source), and the clear bytes between units (item headers)."""
+    view = memoryview(value)
     counters: dict[bytes, int] = {}
-    for sl, label, unit in _units(value, layout):
+    pos = 0
+    for sl, label, unit in _units(view, layout):
+        if sl.start > pos:
+            yield view[pos:sl.start]
         index = counters.get(label, 0)
         counters[label] = index + 1
         unit_nonce = _common.derive_nonce(label, nonce, index)
@@ -303,10 +309,17 @@ def _transform(value: bytes, layout: _Layout, key: bytes, nonce: bytes, forward:
             _VISIBLE_DTYPE[unit], _SOURCE_DTYPE[unit])
         if (sl.stop - sl.start) % src_dtype.itemsize:
             raise ValueError("unit length is not a multiple of its value size")
-        arr = np.frombuffer(value[sl], src_dtype).astype(src_dtype.newbyteorder("="))
+        arr = np.frombuffer(view[sl], src_dtype).astype(src_dtype.newbyteorder("="))
         fn = chaos.encrypt if forward else chaos.decrypt
-        out[sl] = fn(arr, key, unit_nonce).astype(vis_dtype).tobytes()
-    return bytes(out)
+        yield fn(arr, key, unit_nonce).astype(vis_dtype).tobytes()
+        pos = sl.stop
+    if pos < len(view):
+        yield view[pos:]
+
+
+def _transform(value: bytes, layout: _Layout, key: bytes, nonce: bytes, forward: bool) -> bytes:
+    """The whole value transformed (see :func:`_pieces`)."""
+    return b"".join(_pieces(value, layout, key, nonce, forward))
 
 
 # --------------------------------------------------------------------------- blob
@@ -356,8 +369,9 @@ class _Blob:
         source = _Source(b"", b"", b"", offset, value_length, flags, level, mem, b"")
         return cls(key, nonce, orig, ciph, layout, source, skeleton)
 
-    def rebuild(self, pixel_value: bytes) -> bytes:
-        """The original file from the skeleton and the original Pixel Data value."""
+    def parts(self) -> tuple[bytes, bytes, bytes]:
+        """(prefix, tail, body) of the skeleton (body: the source stream without the Pixel
+        Data value, or the stored deflate stream)."""
         try:
             plain = zlib.decompressobj().decompress(self.skeleton, MAX_BLOB)
             n_prefix = _U32.unpack_from(plain, 0)[0]
@@ -368,15 +382,9 @@ class _Blob:
             body = plain[pos + 4 + n_tail:]
         except (zlib.error, struct.error):
             raise AuthenticationError() from None
-        s = self.source
-        if s.flags & FLAG_DEFLATE_STORED:
-            return prefix + body + tail
-        if s.offset > len(body):
+        if not self.source.flags & FLAG_DEFLATE_STORED and self.source.offset > len(body):
             raise AuthenticationError()
-        stream = body[:s.offset] + pixel_value + body[s.offset:]
-        if s.flags & FLAG_DEFLATED:
-            stream = _deflate(stream, s.level, s.mem_level)
-        return prefix + stream + tail
+        return prefix, tail, body
 
 
 # --------------------------------------------------------------------------- restore
@@ -409,10 +417,10 @@ def _sealed(block: Any) -> bytes:
     return bytes(sealed[:length])
 
 
-def _parse_visible(raw: bytes) -> tuple[Dataset, str, bytes]:
+def _parse_visible(src: BinaryIO) -> tuple[Dataset, str, bytes]:
     """(dataset, marker, sealed blob) of a DICOM-mode file, or FormatError."""
     try:
-        ds = pydicom.dcmread(io.BytesIO(raw), force=False)
+        ds = pydicom.dcmread(src, force=False)
         block = _find_block(ds)
     except Exception:
         raise FormatError("not a scanfort protected file") from None
@@ -435,9 +443,16 @@ def _visible_pixels(ds: Dataset) -> bytes:
     return bytes(value)
 
 
-def _restore(ds: Dataset, blob: _Blob) -> bytes:
-    """The original file from the blob and the visible Pixel Data (checked, then deciphered)."""
-    visible = _visible_pixels(ds)
+def _restore(ds: Dataset, blob: _Blob, dst: BinaryIO | None) -> int:
+    """Write the original file, rebuilt from the blob and the visible Pixel Data, to
+    ``dst`` (None: only check it); return its length.
+
+    The Pixel Data is checked against its digest before anything is deciphered; the
+    original is then written piece by piece (skeleton, deciphered units, skeleton) with
+    its SHA-256 computed on the way, so memory stays near one copy of the value. A
+    mismatch raises after ``dst`` received bytes: callers keep ``dst`` only on return.
+    """
+    visible = memoryview(_visible_pixels(ds))
     n = blob.layout.value_length
     # An odd value is padded to even length by the writer; the pad byte is not used.
     if len(visible) not in (n, n + (n & 1)):
@@ -445,14 +460,42 @@ def _restore(ds: Dataset, blob: _Blob) -> bytes:
     enciphered = visible[:n]
     if not hmac.compare_digest(hashlib.sha256(enciphered).digest(), blob.cipher_sha256):
         raise AuthenticationError()
-    try:
-        original_value = _transform(enciphered, blob.layout, blob.key, blob.nonce, forward=False)
-    except ValueError:
-        raise AuthenticationError() from None
-    original = blob.rebuild(original_value)
-    if not hmac.compare_digest(hashlib.sha256(original).digest(), blob.original_sha256):
+    prefix, tail, body = blob.parts()
+    digest = hashlib.sha256()
+    written = 0
+
+    def emit(data: bytes | memoryview) -> None:
+        nonlocal written
+        digest.update(data)
+        written += len(data)
+        if dst is not None:
+            dst.write(data)
+
+    s = blob.source
+    emit(prefix)
+    if s.flags & FLAG_DEFLATE_STORED:
+        emit(body)
+    else:
+        comp = (zlib.compressobj(-1 if s.level == _DEFAULT_LEVEL else s.level, zlib.DEFLATED,
+                                 -zlib.MAX_WBITS, s.mem_level)
+                if s.flags & FLAG_DEFLATED else None)
+
+        def stream(data: bytes | memoryview) -> None:
+            emit(comp.compress(data) if comp is not None else data)
+
+        stream(body[:s.offset])
+        try:
+            for piece in _pieces(enciphered, blob.layout, blob.key, blob.nonce, forward=False):
+                stream(piece)
+        except ValueError:
+            raise AuthenticationError() from None
+        stream(body[s.offset:])
+        if comp is not None:
+            emit(comp.flush())
+    emit(tail)
+    if not hmac.compare_digest(digest.digest(), blob.original_sha256):
         raise AuthenticationError()
-    return original
+    return written
 
 
 # --------------------------------------------------------------------------- protect
@@ -484,7 +527,7 @@ def protect_dicom(
     restore). Nothing is written to ``dst`` unless the output restored to the input.
     """
     parsed = [str(r) for r in _common.keys.parse_recipients(recipients)]
-    draw = randbytes or _common.urandom
+    draw = randbytes or os.urandom
     raw = src.read()
     try:
         return _protect(raw, dst, parsed, policy, draw)
@@ -515,12 +558,12 @@ def _protect(raw: bytes, dst: BinaryIO, parsed: list[str], policy: DicomPolicy,
     visible = _visible_file(ds, policy, enciphered, blob, parsed, draw, big_endian)
     # Verify before commit: the restore a reader will run, on the bytes we are about to
     # hand out, with the blob still in memory.
-    try:
-        restored = _restore(_parse_visible(visible)[0], blob)
+    try:  # the restore checks the SHA-256 of the original it rebuilds: that of ``raw``
+        restored = _restore(_parse_visible(io.BytesIO(visible))[0], blob, None)
     except (AuthenticationError, FormatError) as exc:
         raise VerifyError(type(exc).__name__) from None
-    if restored != raw:
-        raise VerifyError("restored bytes differ")
+    if restored != len(raw):
+        raise VerifyError("restored length differs")
     dst.write(visible)
     return ProtectInfo(
         mode=DICOM_MODE,
@@ -570,9 +613,8 @@ def unprotect_v2(ds: Dataset, sealed: bytes, raw_len: int, dst: BinaryIO,
                  identities: Sequence[str]) -> UnprotectInfo:
     """Restore the exact original of a parsed v2 file; see :func:`cipher.unprotect`."""
     blob = _Blob.decode(_common.age_decrypt_bytes(sealed, identities))
-    original = _restore(ds, blob)
-    dst.write(original)
-    return UnprotectInfo(mode=DICOM_MODE, bytes_in=raw_len, bytes_out=len(original),
+    written = _restore(ds, blob, dst)
+    return UnprotectInfo(mode=DICOM_MODE, bytes_in=raw_len, bytes_out=written,
                          sop_instance_uid=str(ds.get("SOPInstanceUID", "")) or None,
                          format_version=FORMAT_VERSION)
 

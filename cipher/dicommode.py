@@ -53,13 +53,18 @@ def looks_like_dicom_mode(src: BinaryIO) -> bool:
 
 
 def unprotect_dicom(src: BinaryIO, dst: BinaryIO, identities: Any) -> UnprotectInfo:
-    """Restore the original of a DICOM-mode input (v2: byte for byte; v1: as v1 did)."""
+    """Restore the original of a DICOM-mode input (v2: byte for byte; v1: as v1 did).
+
+    Version 2 writes ``dst`` progressively and checks the SHA-256 at the end: keep
+    ``dst`` only when this returns (as for file mode).
+    """
     start = src.tell()
-    raw = src.read()
-    ds, marker, sealed = dicomfile._parse_visible(raw)
+    size = src.seek(0, io.SEEK_END) - start
+    src.seek(start)
+    ds, marker, sealed = dicomfile._parse_visible(src)
     try:
         if marker == dicomfile.FORMAT_MARKER:
-            return dicomfile.unprotect_v2(ds, sealed, len(raw), dst, identities)
+            return dicomfile.unprotect_v2(ds, sealed, size, dst, identities)
         if marker == dicom_v1.FORMAT_MARKER:
             src.seek(start)
             return dicom_v1.unprotect_v1(src, dst, identities)
@@ -77,7 +82,7 @@ def inspect_dicom(src: BinaryIO) -> dict[str, Any]:
         raw = src.read()
     finally:
         src.seek(start)
-    ds, marker, sealed = dicomfile._parse_visible(raw)
+    ds, marker, sealed = dicomfile._parse_visible(io.BytesIO(raw))
     try:
         if marker == dicomfile.FORMAT_MARKER:
             return dicomfile.inspect_v2(ds, sealed, len(raw))

@@ -57,9 +57,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     if words[:1] == ["_protect-worker"]:
-        # The agent's protect worker (agent.worker), started by the agent itself from the
+        # The agent's protect worker (agent.protect), started by the agent itself from the
         # frozen binary; no parser, no command modules: a child imports only what it uses.
-        from agent.worker import main as worker_main
+        from agent.protect import main as worker_main
 
         return worker_main()
     parser = build_parser(words[0] if words else None)

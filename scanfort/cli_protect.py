@@ -426,9 +426,10 @@ def _pseudonym_secret(args: argparse.Namespace) -> PseudonymSecret | None:
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise UsageError(f"cannot read agent config {args.agent_config}: "
                              f"{_describe(exc) if isinstance(exc, OSError) else exc}") from None
-        value = config.get("agent", {}).get("pseudonym_secret_file")
+        value = config.get("pseudonym_secret_file")
         if value is None:
-            raise UsageError(f"{args.agent_config} sets no [agent] pseudonym_secret_file")
+            raise UsageError(f"{args.agent_config} sets no pseudonym_secret_file",
+                             "scanfort agent enroll writes it; or give --pseudonym-secret FILE")
         name = str(Path(args.agent_config).parent / value)
     if name is None:
         return None

@@ -48,6 +48,7 @@ COMMAND_KINDS = frozenset({"retry", "release"})
 STUDY_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_QUARANTINE_ITEMS = 200
 MAX_COMMANDS = 50
+HEARTBEAT_STATES = frozenset({"running", "stopped"})
 
 T = TypeVar("T")
 
@@ -203,7 +204,7 @@ class Heartbeat:
     free_disk_bytes: int | None = None
     counters: dict[str, int] = field(default_factory=dict)  # seen, protected, forwarded, quarantined, retries
     destinations: list[DestinationStatus] = field(default_factory=list)
-    watcher: dict[str, int] = field(default_factory=dict)  # reconcile_finds, overflows, observers_alive
+    watcher: dict[str, int] = field(default_factory=dict)  # reconcile_finds, overflows, observers_alive, thread_failures
     protocol: int = PROTOCOL_VERSION
     #: The agent's label from ``name`` in its config (shown when no label was set centrally).
     name: str | None = None
@@ -213,6 +214,9 @@ class Heartbeat:
     command_acks: list[str] = field(default_factory=list)
     #: Outcomes of commands carried out since the last accepted heartbeat.
     command_results: list[CommandResult] = field(default_factory=list)
+    #: ``running``, or ``stopped`` in the last heartbeat of a clean stop (the central then
+    #: shows the agent as stopped, not offline). Older agents omit it.
+    state: str = "running"
 
     def _validate(self) -> None:
         for name in ("agent_id", "version", "host", "os"):
@@ -241,6 +245,8 @@ class Heartbeat:
                 raise ProtocolError(f"{list_name} must be a list of at most {limit} entries")
         for ack in self.command_acks:
             _check_str("command_acks[]", ack, 64)
+        if self.state not in HEARTBEAT_STATES:
+            raise ProtocolError(f"state must be one of {', '.join(sorted(HEARTBEAT_STATES))}")
 
     @classmethod
     def from_dict(cls, data: Any) -> Heartbeat:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scanfort.durable import atomic_write
 from service import security
 from service.errors import AlreadyInitializedError
 from service.settings import Settings, default_data_dir, render_config
@@ -59,9 +60,7 @@ def initialize(
     finally:
         store.close()
     _write_pseudonym_secret(settings.pseudonym_secret_path)
-    tmp = settings.config_path.with_suffix(".tmp")
-    tmp.write_text(render_config(settings), encoding="utf-8")
-    os.replace(tmp, settings.config_path)
+    atomic_write(settings.config_path, render_config(settings), mode=0o644)
     return InitResult(settings, admin_user, password, generated, token)
 
 

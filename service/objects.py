@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from scanfort.durable import fsync_dir
 from service.errors import ObjectRejected
 
 
@@ -70,18 +71,9 @@ class ObjectStore:
                 return size, False
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             return size, True
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 
-
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":  # pragma: no cover - directories cannot be fsync'd on Windows
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -63,6 +63,7 @@ _LIMITS: dict[tuple[str, str], Schema] = {
     ("Heartbeat", "command_results"): {"maxItems": protocol.MAX_COMMANDS},
     ("Event", "event_id"): {"maxLength": 64},
     ("Event", "at"): {"minimum": 0},
+    ("Heartbeat", "state"): {"enum": sorted(protocol.HEARTBEAT_STATES)},
     ("Event", "kind"): {"enum": sorted(protocol.EVENT_KINDS)},
     ("Event", "severity"): {"enum": sorted(protocol.SEVERITIES)},
     ("Event", "message"): {"maxLength": 512},

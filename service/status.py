@@ -15,7 +15,8 @@ STALE = "stale"
 OFFLINE = "offline"
 NEVER = "never"  # enrolled, no heartbeat yet
 REVOKED = "revoked"
-STATES = (ONLINE, STALE, OFFLINE, NEVER, REVOKED)
+STOPPED = "stopped"  # its last heartbeat announced a clean stop
+STATES = (ONLINE, STALE, OFFLINE, STOPPED, NEVER, REVOKED)
 
 
 def agent_state(agent: AgentRow, settings: Settings, now: float) -> str:
@@ -23,6 +24,8 @@ def agent_state(agent: AgentRow, settings: Settings, now: float) -> str:
         return REVOKED
     if agent.last_seen_at is None:
         return NEVER
+    if isinstance(agent.status, dict) and agent.status.get("state") == STOPPED:
+        return STOPPED
     age = now - agent.last_seen_at
     if age <= settings.stale_after_s:
         return ONLINE

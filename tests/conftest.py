@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Callable, Iterator
 
@@ -47,21 +46,5 @@ def site_keys() -> tuple[str, str]:
 
 @pytest.fixture
 def seeded_randbytes() -> Callable[[int], bytes]:
-    """Deterministic randomness for image keys and nonces (reproducible failures).
-
-    ``SCANFORT_TEST_SEED`` overrides the seed.
-    """
-    return random.Random(int(os.environ.get("SCANFORT_TEST_SEED", "22"))).randbytes
-
-
-@pytest.fixture
-def seeded_cipher(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make every image key and nonce drawn by ``cipher`` come from a seeded generator.
-
-    For tests that go through the public API or the CLI (which draw from the OS): their
-    ciphertexts become reproducible, so a failure can be replayed.
-    """
-    from cipher import _common
-
-    seed = int(os.environ.get("SCANFORT_TEST_SEED", "22")) + 1
-    monkeypatch.setattr(_common, "urandom", random.Random(seed).randbytes)
+    """Deterministic randomness for image keys and nonces (reproducible failures)."""
+    return random.Random(22).randbytes

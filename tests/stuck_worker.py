@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from agent import worker
+from agent import protect as worker
 
 _MARKER = sys.argv[1]
 _real_handle = worker.Protector.handle

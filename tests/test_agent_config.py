@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from agent.config import load_config, parse_config, parse_size
 from agent.errors import ConfigError
 from cipher import keys
 from scanfort.cli import main
-from tests.test_agent_helpers import TOKEN, Receiver, drop, running, wait_until, write_config
+from tests.helpers import TOKEN, Receiver, drop, running, wait_until, write_config
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +114,54 @@ def test_status_command_reads_the_running_state(tmp_path: Path, recipient: str, 
         assert doc["status"]["counters"]["forwarded"] == 1
         assert doc["status"]["workers"]["pids"] == [p for p in (w.pid for w in agent.pool.workers)
                                                     if p is not None]
+
+
+def test_enroll_writes_the_sites_pseudonym_secret_beside_the_config(
+        tmp_path: Path, recipient: str, capsys) -> None:
+    from cipher.pseudonym import PseudonymSecret
+
+    path = tmp_path / "agent.toml"
+    assert main(["agent", "init", "--config", str(path)]) == 0
+    os.chmod(path, 0o640)
+    secret = PseudonymSecret.generate()
+    with Receiver() as rx:
+        rx.recipients = [recipient]
+        rx.pseudonym_secret = secret.encode().strip()
+        assert main(["agent", "enroll", "--config", str(path), "--central", rx.url,
+                     "--token", "enroll-once"]) == 0
+    written = tmp_path / "pseudonym.secret"
+    assert PseudonymSecret.parse(written.read_text()) == secret
+    assert stat.S_IMODE(written.stat().st_mode) == 0o640  # the config's mode, no more
+    assert written.stat().st_gid == path.stat().st_gid
+    assert rx.pseudonym_secret not in path.read_text()  # the config only names the file
+    doc = tomllib.loads(path.read_text())
+    assert doc["pseudonym_secret_file"] == "pseudonym.secret"
+    assert load_config(path).pseudonym_secret_file == written
+    assert rx.pseudonym_secret not in capsys.readouterr().out
+
+
+def test_dicom_policy_per_folder_and_its_names(tmp_path: Path, recipient: str) -> None:
+    from agent.config import DICOM_OPTIONS, ConfigError, parse_config
+    from cipher import profile
+
+    assert set(DICOM_OPTIONS) == set(profile.OPTIONS)  # the agent's copy of the names
+    share = str(tmp_path / "out")
+    base = {"recipients": [recipient], "spool_dir": str(tmp_path / "spool"),
+            "destinations": {"share": {"kind": "folder", "path": share, "mode": "dicom"}}}
+    doc = {**base, "folders": [
+        {"path": str(tmp_path / "a"), "destinations": ["share"]},
+        {"path": str(tmp_path / "b"), "destinations": ["share"], "dicom_policy": "pixels-only"},
+        {"path": str(tmp_path / "c"), "destinations": ["share"], "dicom_options": []}]}
+    config = parse_config(doc, tmp_path)
+    assert config.folders[0].dicom_policy == "profile"
+    assert config.folders[0].dicom_options == ("retain-uids", "retain-long-full-dates")
+    assert config.folders[1].dicom_policy == "pixels-only"
+    assert config.folders[2].dicom_options == ()
+    bad = {**base, "pseudonym_secret_file": str(tmp_path / "missing"), "folders": [
+        {"path": str(tmp_path / "a"), "destinations": ["share"],
+         "dicom_options": ["retain-everything"], "dicom_policy": "nothing"}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(bad, tmp_path)
+    text = str(err.value)
+    assert "retain-everything" in text and "dicom_policy" in text
+    assert "pseudonym_secret_file" in text

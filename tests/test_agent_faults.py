@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
@@ -12,23 +13,25 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
 
-from tests.peers import OrthancPeer, free_port
-from tests.test_agent_helpers import (
+from tests.helpers import (
     TOKEN,
     Receiver,
     child_pids,
     ct_slice,
     decrypt,
     drop,
+    free_port,
     running,
     wait_until,
     write_config,
 )
+from tests.peers import OrthancPeer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,8 +56,6 @@ def start_agent(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
             cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
-@pytest.mark.slow
-@pytest.mark.peer
 def all_gone(pids: list[int]) -> bool:
     """No process left running (a zombie waiting for its new parent to reap it is gone)."""
     for p in pids:
@@ -67,6 +68,8 @@ def all_gone(pids: list[int]) -> bool:
     return True
 
 
+@pytest.mark.slow
+@pytest.mark.peer
 def test_kill_9_during_burst_loses_nothing(tmp_path: Path, site_keys, orthanc: OrthancPeer) -> None:
     identity, recipient = site_keys
     orthanc.clear()
@@ -162,7 +165,7 @@ def test_slow_writer_is_processed_once_and_complete(tmp_path: Path, site_keys) -
                     fh.flush()
                     time.sleep(0.6)
             wait_until(lambda: agent.journal.state_counts().get("done") == 1)
-            time.sleep(1.5)
+            assert agent.reconcile() == 0  # the finished file is not taken again
             counts = agent.journal.state_counts()
         assert counts == {"done": 1}
         assert [decrypt(o, identity) for o in rx.objects.values()] == [data]
@@ -178,14 +181,14 @@ def test_disk_below_watermark_pauses_intake(tmp_path: Path, site_keys) -> None:
     with running(config, disk_free=lambda _: free["bytes"]) as agent:
         for name, data in payloads.items():
             drop(inbox / name, data)
-        time.sleep(2.0)
+        status = config.spool_dir / "status.json"
+        wait_until(lambda: status.exists() and '"intake_paused": true' in status.read_text()
+                   and len(agent.settler) == 5)
         assert agent.journal.state_counts() == {}  # nothing taken
         assert all((inbox / n).exists() for n in payloads)
-        wait_until(lambda: '"intake_paused": true' in
-                   (config.spool_dir / "status.json").read_text())
         free["bytes"] = 1_500_000  # between the watermarks: still paused (hysteresis)
-        time.sleep(1.0)
-        assert agent.journal.state_counts() == {}
+        wait_until(lambda: agent.reporter.free_disk == 1_500_000)
+        assert agent.reporter.intake_paused and agent.journal.state_counts() == {}
         free["bytes"] = 10_000_000
         wait_until(lambda: agent.journal.state_counts().get("done") == 5)
     for name, data in payloads.items():
@@ -215,7 +218,7 @@ def test_a_recorded_spool_copy_that_is_gone_is_protected_again(tmp_path: Path, s
     """The worker does not fsync the spool directory: if a power cut loses the rename of a
     recorded copy, the next start protects the plaintext (still in place) again."""
     from agent.journal import Artifact, Journal
-    from agent.worker import Protector
+    from agent.protect import Protector
 
     identity, recipient = site_keys
     outbox = tmp_path / "outbox"
@@ -228,7 +231,8 @@ def test_a_recorded_spool_copy_that_is_gone_is_protected_again(tmp_path: Path, s
     art = answer["artifacts"][0]
     journal = Journal(config.journal_path)
     item_id = journal.record_protected(
-        None, str(scan), st.st_size, st.st_mtime_ns, 0, None, answer["sha256"],
+        None, str(scan), st.st_size, st.st_mtime_ns, config.folders[0].key, None,
+        answer["sha256"],
         [Artifact(0, "file", art["name"], art["sha256"], art["size"], None)],
         [("share", "file", "pending")])
     journal.close()
@@ -239,3 +243,88 @@ def test_a_recorded_spool_copy_that_is_gone_is_protected_again(tmp_path: Path, s
         assert item.state == "done"
     assert decrypt((outbox / "a.raw.age").read_bytes(), identity) == b"plain" * 500
     assert scan.exists()  # after_ack = keep
+
+
+@contextlib.contextmanager
+def small_volume(where: Path, size_mb: int) -> Iterator[Path]:
+    """A size-limited file system the test creates (tmpfs with size=: root, or sudo without
+    a password); skip outside CI when it cannot be made, fail under CI=true."""
+    where.mkdir()
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    options = f"size={size_mb}m,mode=0755,uid={os.getuid()},gid={os.getgid()}"
+    done = subprocess.run([*sudo, "mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                          capture_output=True)
+    if done.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot mount a small tmpfs: {done.stderr.decode().strip()}")
+        pytest.skip("cannot mount a small tmpfs (needs root or sudo -n)")
+    try:
+        yield where
+    finally:
+        subprocess.run([*sudo, "umount", "-l", str(where)], check=False)
+
+
+def test_a_full_volume_never_wedges_the_agent(tmp_path: Path, site_keys) -> None:
+    """Inbox and spool on one small volume, the destination away: the volume fills,
+    protection waits instead of failing, no thread dies, the journal stays small; once
+    the destination is back everything drains without a restart."""
+    identity, recipient = site_keys
+    with small_volume(tmp_path / "vol", 32) as vol, Receiver() as rx:
+        rx.fail_with = 503
+        config = write_config(vol, [recipient], {"central": {"kind": "central"}},
+                              folder={"after_ack": "delete"},
+                              central={"url": rx.url, "token": TOKEN, "heartbeat_seconds": 1},
+                              log_dir=str(tmp_path / "logs"))
+        inbox = config.folders[0].path
+        payloads = {f"s{i:02d}.raw": os.urandom(1 << 20) for i in range(20)}
+        for name, data in payloads.items():
+            drop(inbox / name, data)
+        with running(config, reserve_bytes=2 << 20) as agent:
+            # the volume fills up: some are protected, the rest wait in place
+            wait_until(lambda: agent.journal.state_counts().get("protected", 0) >= 2
+                       and agent.reporter.repeats_suppressed > 0, timeout=60)
+            protected = agent.journal.state_counts()["protected"]
+            assert protected < len(payloads)
+            assert all((inbox / n).exists() for n in payloads)
+            wal = Path(f"{config.journal_path}-wal")
+            assert not wal.exists() or wal.stat().st_size <= 2 << 20
+            rx.fail_with = None  # the destination comes back
+            wait_until(lambda: agent.journal.state_counts() == {"done": len(payloads)},
+                       timeout=120)
+            assert agent.thread_restarts == 0
+            assert all(t.is_alive() for _, t in agent.threads.values())
+        assert list(inbox.iterdir()) == []
+        assert sorted(decrypt(o, identity) for o in rx.objects.values()) == \
+            sorted(payloads.values())
+
+
+def test_the_reserve_lets_the_journal_commit_on_a_full_volume(tmp_path: Path) -> None:
+    """The journal's volume is full: the first failed write gives back the spool's
+    reserve, the retry (what frees space: a delivery done, an item finalized) commits."""
+    from agent.journal import Journal
+    from agent.spool import Reserve, Spool
+
+    with small_volume(tmp_path / "vol", 4) as vol:
+        spool = Spool(vol / "spool")
+        spool.create()
+        reserve = Reserve(spool, 1 << 20)
+        assert reserve.restore(10 << 20)
+        journal = Journal(spool.journal_path)
+        journal.on_full = reserve.release
+        with open(vol / "filler", "wb") as fh:  # the modality filled the rest
+            with contextlib.suppress(OSError):
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+        body = "x" * 20000
+        failed = 0
+        for i in range(200):
+            try:
+                journal.outbox_add(f"e{i}", float(i), body)
+            except sqlite3.OperationalError:
+                failed += 1
+                break
+        assert failed == 1 and not reserve.held  # given back at the first failure
+        journal.outbox_add("retry", 1e9, "the retry commits")
+        assert ("retry", "the retry commits") in journal.outbox_peek(10_000)
+        journal.close()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import cipher
-from tests.test_agent_helpers import (
+from tests.helpers import (
     TOKEN,
     Receiver,
     ct_slice,
@@ -110,9 +109,9 @@ def test_plaintext_kept_until_every_destination_acknowledged(tmp_path: Path, sit
         with running(config) as agent:
             drop(inbox / "a.raw", payload)
             wait_until(lambda: (outbox / "a.raw.age").exists())
-            time.sleep(1.5)  # several retries against the failing central
+            # several retries against the failing central
+            wait_until(lambda: agent.journal.counters().get("retries", 0) >= 2)
             assert (inbox / "a.raw").read_bytes() == payload  # still in place
-            assert agent.journal.counters().get("retries", 0) >= 2
             rx.fail_with = None
             wait_until(lambda: (tmp_path / "sent" / "a.raw").exists())
         assert not (inbox / "a.raw").exists()
@@ -147,9 +146,11 @@ def test_rewritten_file_is_processed_again_and_touch_is_not(tmp_path: Path, site
         drop(inbox / "a.raw", b"first" * 100)
         wait_until(lambda: agent.journal.state_counts().get("done") == 1)
         os.utime(inbox / "a.raw")  # same content, new mtime: not a new scan
-        time.sleep(1.5)
+        wait_until(lambda: agent.journal.state_counts().get("duplicate") == 1)
         drop(inbox / "a.raw", b"second" * 100)
         wait_until(lambda: agent.journal.state_counts().get("done") == 2)
         counts = agent.journal.state_counts()
     assert counts.get("duplicate") == 1
-    assert decrypt((outbox / "a.raw.age").read_bytes(), identity) == b"second" * 100
+    # the first copy is never replaced by the second version
+    assert decrypt((outbox / "a.raw.age").read_bytes(), identity) == b"first" * 100
+    assert decrypt((outbox / "a (2).raw.age").read_bytes(), identity) == b"second" * 100

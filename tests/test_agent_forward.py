@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections.abc import Iterator
@@ -57,8 +58,8 @@ def objs(tmp_path: Path, n: int) -> list[Outgoing]:
     for i in range(n):
         p = tmp_path / f"{i}.dicom"
         p.write_bytes(f"DICOM-BYTES-{i}".encode() * 10)
-        out.append(Outgoing(i, f"f{i}", p, "0" * 64, p.stat().st_size, "dicom", f"{i}.dcm",
-                            f"1.2.3.{i}"))
+        out.append(Outgoing(i, f"f{i}", p, hashlib.sha256(p.read_bytes()).hexdigest(),
+                            p.stat().st_size, "dicom", f"{i}.dcm", f"1.2.3.{i}"))
     return out
 
 
@@ -113,3 +114,35 @@ def test_folder_copy_is_atomic_and_keeps_relative_path(tmp_path: Path) -> None:
     evil = Outgoing(2, "x", o.path, o.sha256, o.size, "dicom", "../../etc/x")
     fwd.send(evil)
     assert (tmp_path / "share" / "x").exists()  # never written outside the share
+
+
+def test_folder_never_replaces_a_copy_of_different_content(tmp_path: Path) -> None:
+    """Modalities reuse names: a second ``scan.dcm`` with new content gets its own name,
+    the first copy stays; the same object sent again is acknowledged, not copied twice."""
+    fwd = FolderForwarder(DestinationConfig("share", "folder", path=tmp_path / "share"))
+    sent = []
+    for i in range(3):
+        p = tmp_path / f"v{i}.file"
+        p.write_bytes(f"protected version {i}".encode())
+        o = Outgoing(i, "f", p, hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size,
+                     "file", "scan.dcm")
+        fwd.send(o)
+        fwd.send(o)  # a re-send after a crash before the ack was recorded
+        sent.append(p.read_bytes())
+    share = tmp_path / "share"
+    assert sorted(p.name for p in share.iterdir()) == \
+        ["scan (2).dcm.age", "scan (3).dcm.age", "scan.dcm.age"]
+    assert [(share / n).read_bytes() for n in ("scan.dcm.age", "scan (2).dcm.age",
+                                               "scan (3).dcm.age")] == sent
+
+
+def test_stow_refusal_carries_the_peers_own_reason(tmp_path: Path, stow: Stow) -> None:
+    stow.status = 400
+    stow.body = {"HttpError": "Bad Request", "Message": "Bad file format",
+                 "Details": "Cannot parse an invalid DICOM file"}
+    fwd = DicomWebForwarder(DestinationConfig("pacs", "dicomweb", "dicom", url=stow.url))
+    [err] = fwd.send_many(objs(tmp_path, 1))
+    assert err is not None and err.permanent
+    assert str(err) == "stow-rs: HTTP 400"  # what goes to the central: no peer text
+    assert err.reason == ("stow-rs: HTTP 400: Bad file format; Cannot parse an invalid "
+                          "DICOM file")

@@ -5,19 +5,23 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from agent.errors import JournalError
 from agent.journal import Artifact, Journal
 
 
 def test_item_lifecycle_and_deliveries(tmp_path: Path) -> None:
     clock = [100.0]
     j = Journal(tmp_path / "j.sqlite3", clock=lambda: clock[0])
-    item = j.add_item("/in/a.dcm", 10, 5, 0)
-    assert j.find("/in/a.dcm", 10, 5) == item
-    assert not j.is_known("/in/a.dcm", 10, 5)  # discovered only: resumable, not "known"
+    assert not j.is_known("/in/a.dcm", 10, 5)
+    art = Artifact(0, "file", "0000000001.file", "ab" * 32, 20, None)
+    item_id = j.record_protected(None, "/in/a.dcm", 10, 5, "/in", None, "cd" * 32, [art],
+                                 [("central", "file", "pending"), ("pacs", "-", "skipped")])
+    assert item_id is not None
+    item = j.item(item_id)
     art = Artifact(item.id, "file", "0000000001.file", "ab" * 32, 20, None)
-    assert j.record_protected(item.id, "/in/a.dcm", 10, 5, 0, None, "cd" * 32, [art],
-                              [("central", "file", "pending"), ("pacs", "-", "skipped")]) \
-        == item.id
+    assert j.find("/in/a.dcm", 10, 5) == item
     assert j.is_known("/in/a.dcm", 10, 5)
     assert j.artifacts(item.id) == {"file": art}
     assert [d.item_id for d in j.due("central", 100.0, 10, set())] == [item.id]
@@ -68,7 +72,7 @@ def test_record_protected_new_item_event_and_duplicate(tmp_path: Path) -> None:
     same content under a new mtime is recorded as a duplicate and gets nothing to send."""
     j = Journal(tmp_path / "j.sqlite3")
     art = Artifact(0, "file", "abc.file", "ab" * 32, 20, None)
-    item_id = j.record_protected(None, "/in/b.dcm", 10, 5, 0, 99.0, "ef" * 32, [art],
+    item_id = j.record_protected(None, "/in/b.dcm", 10, 5, "/in", 99.0, "ef" * 32, [art],
                                  [("central", "file", "pending")],
                                  event=("ev1", 1.0, '{"kind": "protected"}'))
     assert item_id is not None
@@ -77,7 +81,7 @@ def test_record_protected_new_item_event_and_duplicate(tmp_path: Path) -> None:
     assert j.artifacts(item_id)["file"].item_id == item_id
     assert j.outbox_peek(10) == [("ev1", '{"kind": "protected"}')]
     assert j.counters() == {"seen": 1, "protected": 1}
-    again = j.record_protected(None, "/in/b.dcm", 10, 6, 0, None, "ef" * 32,
+    again = j.record_protected(None, "/in/b.dcm", 10, 6, "/in", None, "ef" * 32,
                                [Artifact(0, "file", "def.file", "12" * 32, 20, None)],
                                [("central", "file", "pending")])
     assert again is None
@@ -97,3 +101,60 @@ def test_sync_fsyncs_once_for_commits_already_covered(tmp_path: Path, monkeypatc
     j.bump("seen")
     j.sync()
     assert len(calls) == 2
+
+
+def test_a_refused_delivery_is_quarantined_alone_and_retry_or_release_it(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite3")
+    art = Artifact(0, "dicom", "ab" * 10 + ".dicom", "ab" * 32, 20, "1.2.3")
+    item_id = j.record_protected(None, "/in/c.dcm", 10, 5, "/in", None, "cd" * 32, [art],
+                                 [("pacs", "dicom", "pending"), ("share", "dicom", "pending")])
+    assert item_id is not None
+    assert j.delivery_quarantine(item_id, "pacs", "stow-rs: HTTP 400: Bad file format") is False
+    assert j.pending_count("share") == 1  # the other destination goes on
+    assert j.delivery_done(item_id, "share") is True
+    states = {d.dest: (d.state, d.last_error) for d in j.delivery_states(item_id)}
+    assert states == {"pacs": ("quarantined", "stow-rs: HTTP 400: Bad file format"),
+                      "share": ("done", None)}
+    j.set_state(item_id, "quarantined", "refused by pacs")
+    assert j.artifacts(item_id)  # its copy waits for a retry
+    assert [it.id for it in j.quarantined()] == [item_id]
+    # retry with the copy still in the spool: only the refused delivery goes out again
+    assert j.request_retry(item_id, lambda name: True) == "resent"
+    assert (j.item(item_id).state, j.pending_count("pacs"), j.pending_count("share")) == \
+        ("protected", 1, 0)
+    j.delivery_quarantine(item_id, "pacs", "again")
+    j.set_state(item_id, "quarantined", "refused by pacs")
+    # retry without the copy: the file is protected again from its plaintext
+    assert j.request_retry(item_id, lambda name: False) == "requeued"
+    assert j.item(item_id).state == "requeued" and not j.is_known("/in/c.dcm", 10, 5)
+    j.set_state(item_id, "quarantined", "refused by pacs")
+    j.request_release(item_id)
+    item = j.item(item_id)
+    assert item.state == "releasing" and item.reason is not None
+    assert "released by the operator" in item.reason
+    with pytest.raises(JournalError):
+        j.request_release(item_id)  # no longer quarantined
+
+
+def test_a_journal_of_folder_indexes_is_rekeyed_by_path_never_by_position(tmp_path: Path) -> None:
+    """Journals written with ``folder INTEGER`` (a position in the config): the position
+    is not trusted after an upgrade, the item's path decides; no folder, no key (held)."""
+    path = tmp_path / "j.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE items (id INTEGER PRIMARY KEY, path TEXT NOT NULL, size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL, sha256 TEXT, folder INTEGER NOT NULL,
+            file_id TEXT NOT NULL, state TEXT NOT NULL, reason TEXT,
+            discovered_at REAL NOT NULL, settled_at REAL, updated_at REAL NOT NULL);
+        INSERT INTO items VALUES (1, '/b/x.dcm', 1, 1, 'aa', 0, 'f1', 'protected', NULL, 0, 0, 0);
+        INSERT INTO items VALUES (2, '/a/y.dcm', 1, 1, NULL, 1, 'f2', 'discovered', NULL, 0, 0, 0);
+        INSERT INTO items VALUES (3, '/gone/z', 1, 1, 'bb', 0, 'f3', 'protected', NULL, 0, 0, 0);
+    """)
+    db.commit()
+    db.close()
+    j = Journal(path)
+    keys = {"/a": "/a", "/b": "/b"}
+    assert j.rekey_folders(lambda p: keys.get(p.rsplit("/", 1)[0])) == 3
+    assert [(j.item(i).folder, j.item(i).state) for i in (1, 2, 3)] == \
+        [("/b", "protected"), ("/a", "requeued"), ("", "protected")]
+    assert j.rekey_folders(lambda p: "/x") == 0  # once

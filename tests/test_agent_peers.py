@@ -9,8 +9,8 @@ import pydicom
 import pytest
 
 import cipher
+from tests.helpers import ct_slice, decrypt, drop, running, wait_until, write_config
 from tests.peers import OrthancPeer, StoreSCPPeer
-from tests.test_agent_helpers import ct_slice, drop, running, wait_until, write_config
 
 pytestmark = pytest.mark.peer
 
@@ -92,4 +92,34 @@ def test_garbage_and_truncated_are_quarantined_and_agent_goes_on(
     assert any("not a dicom image" in r for r in reasons)
     # quarantine never touches the plaintext
     assert (inbox / "garbage.dcm").exists() and (inbox / "truncated.dcm").exists()
+    assert len(orthanc.instances()) == 1
+
+
+def test_unparseable_and_truncated_still_go_where_file_mode_is_accepted(
+        tmp_path: Path, site_keys, orthanc: OrthancPeer) -> None:
+    """Nothing left behind unprotected: garbage and a truncated DICOM file are protected in
+    file mode and reach the share; the PACS delivery of the truncated one is quarantined
+    (the plaintext stays), a good slice reaches both."""
+    identity, recipient = site_keys
+    orthanc.clear()
+    share = tmp_path / "share"
+    config = write_config(tmp_path, [recipient],
+                          {"pacs": {"kind": "dicomweb", "url": orthanc.dicomweb_url},
+                           "share": {"kind": "folder", "path": str(share)}},
+                          folder={"after_ack": "delete"})
+    inbox = config.folders[0].path
+    garbage, cut = b"\x00\x01not dicom at all" * 50, ct_slice(seed=8)[:-777]
+    with running(config) as agent:
+        drop(inbox / "garbage.dcm", garbage)
+        drop(inbox / "truncated.dcm", cut)
+        drop(inbox / "good.dcm", ct_slice(seed=7))
+        wait_until(lambda: agent.journal.state_counts() == {"done": 2, "quarantined": 1},
+                   timeout=30)
+        [q] = agent.journal.quarantined()
+        states = {d.dest: d.state for d in agent.journal.delivery_states(q.id)}
+    assert q.path == str(inbox / "truncated.dcm") and states == {"pacs": "quarantined",
+                                                                 "share": "done"}
+    assert decrypt((share / "garbage.dcm.age").read_bytes(), identity) == garbage
+    assert decrypt((share / "truncated.dcm.age").read_bytes(), identity) == cut
+    assert (inbox / "truncated.dcm").exists() and not (inbox / "garbage.dcm").exists()
     assert len(orthanc.instances()) == 1

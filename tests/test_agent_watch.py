@@ -12,8 +12,8 @@ from pydicom.data import get_testdata_file
 from agent.config import FolderConfig
 from agent.dicomcheck import Truncated, check_complete
 from agent.dispatch import Backoff
-from agent.watch import Settler, walk, wanted
-from tests.test_agent_helpers import ct_slice
+from agent.watch import Reconciler, Settler, walk, wanted
+from tests.helpers import ct_slice
 
 
 class FakeClock:
@@ -43,8 +43,8 @@ def test_settler_waits_for_size_and_mtime_to_stay_unchanged() -> None:
     clock, stat = FakeClock(), FakeStat()
     settler = Settler(5.0, clock=clock, stat=stat)
     stat.files["/in/a"] = (100, 1)
-    assert settler.offer("/in/a", 0)
-    assert not settler.offer("/in/a", 0)  # already a candidate
+    assert settler.offer("/in/a", "/in")
+    assert not settler.offer("/in/a", "/in")  # already a candidate
     assert settler.poll() == []
     clock.now += 4
     stat.files["/in/a"] = (200, 2)  # still growing: the settle time starts again
@@ -61,10 +61,10 @@ def test_settler_drops_empty_and_vanished_files_and_honours_delay() -> None:
     clock, stat = FakeClock(), FakeStat()
     settler = Settler(1.0, clock=clock, stat=stat)
     stat.files["/in/empty"] = (0, 1)
-    settler.offer("/in/empty", 0)
-    settler.offer("/in/gone", 0)
+    settler.offer("/in/empty", "/in")
+    settler.offer("/in/gone", "/in")
     stat.files["/in/later"] = (10, 1)
-    settler.offer("/in/later", 0, delay=10)
+    settler.offer("/in/later", "/in", delay=10)
     settler.poll()
     clock.now += 2
     assert settler.poll() == []
@@ -123,3 +123,54 @@ def test_backoff_doubles_with_jitter_and_caps() -> None:
         delays = [b.delay(attempts) for _ in range(50)]
         assert all(base / 2 <= d <= base for d in delays)
         assert len(set(delays)) > 1  # jitter
+
+
+def test_reconcile_lists_only_changed_directories_and_finds_a_late_file(tmp_path: Path) -> None:
+    """Idle cost independent of the archive: unchanged study folders cost one stat each;
+    a file written into an old study folder is still found on the next pass."""
+    clock = [0.0]
+    folder = FolderConfig(path=tmp_path, destinations=("x",))
+    for study in range(5):
+        (tmp_path / f"study{study}").mkdir()
+        for i in range(3):
+            (tmp_path / f"study{study}" / f"{i}.dcm").write_bytes(b"x")
+    old = 1_000_000_000
+    for d in [tmp_path, *tmp_path.iterdir()]:
+        os.utime(d, ns=(old * 10**9, old * 10**9))
+    clock[0] = old + 3600
+    rec = Reconciler(folder, clock=lambda: clock[0], full_share=0.0)
+    assert len(list(rec.changed_files())) == 15 and rec.listed == 6
+    assert list(rec.changed_files()) == [] and rec.listed == 0  # nothing changed
+    late = tmp_path / "study3" / "late.dcm"
+    late.write_bytes(b"y")  # the watcher missed it
+    assert str(late) in rec.changed_files()  # only its folder is listed again ...
+    assert rec.listed == 1
+    os.utime(late.parent, ns=(old * 10**9, (old + 60) * 10**9))
+    list(rec.changed_files())  # ... until it is old enough to be trusted
+    assert list(rec.changed_files()) == [] and rec.listed == 0
+
+
+def test_reconcile_slow_full_pass_lists_everything_in_turn(tmp_path: Path) -> None:
+    folder = FolderConfig(path=tmp_path, destinations=("x",))
+    for study in range(9):
+        (tmp_path / f"s{study}").mkdir()
+    old = 1_000_000_000
+    for d in [tmp_path, *tmp_path.iterdir()]:
+        os.utime(d, ns=(old * 10**9, old * 10**9))
+    rec = Reconciler(folder, clock=lambda: old + 3600.0, full_share=0.2)
+    list(rec.changed_files())
+    listed = [len(list(rec.changed_files())) + rec.listed for _ in range(5)]
+    assert listed == [2, 2, 2, 2, 2]  # 10 directories, a fifth each pass
+
+
+def test_walk_does_not_follow_links_unless_asked(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"secret")
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    (inbox / "link.bin").symlink_to(outside)
+    (inbox / "real.bin").write_bytes(b"x")
+    assert [os.path.basename(p) for p in walk(FolderConfig(path=inbox, destinations=("x",)))] \
+        == ["real.bin"]
+    follow = FolderConfig(path=inbox, destinations=("x",), follow_symlinks=True)
+    assert sorted(os.path.basename(p) for p in walk(follow)) == ["link.bin", "real.bin"]

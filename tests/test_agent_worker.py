@@ -11,16 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from agent.worker import (
-    Protector,
-    ProtectWorker,
-    WorkerLost,
-    WorkerPool,
-    plan_modes,
-    read_frame,
-    write_frame,
-)
-from tests.test_agent_helpers import ct_slice, decrypt
+from agent.pool import ProtectWorker, WorkerLost, WorkerPool
+from agent.protect import Protector, plan_modes, read_frame, write_frame
+from tests.helpers import ct_slice, decrypt, wait_until
+
+
+def _status(pid: int) -> dict[str, str]:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def _no_signal_pending(pid: int) -> bool:
+    st = _status(pid)
+    return int(st.get("SigPnd", "0"), 16) == 0 and int(st.get("ShdPnd", "0"), 16) == 0
 
 
 def _request(path: Path, modes: list[str]) -> dict[str, object]:
@@ -71,7 +77,48 @@ def test_protector_answers(tmp_path: Path, site_keys) -> None:
     other = tmp_path / "notes.txt"
     other.write_bytes(b"not an image")
     answer = p.handle(_request(other, ["dicom"]))
-    assert answer["status"] == "unplannable" and "not a dicom image" in answer["reason"]
+    assert answer["status"] == "failed" and answer["permanent"]
+    assert "not a dicom image" in answer["reason"]
+
+
+def test_a_truncated_dicom_file_past_its_grace_is_protected_in_file_mode(
+        tmp_path: Path, site_keys) -> None:
+    """Nothing left behind unprotected: a cut DICOM file still goes, in file mode, where
+    file mode is accepted; the DICOM-only destination is told why it gets nothing."""
+    identity, recipient = site_keys
+    p = Protector([recipient], tmp_path / "spool")
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(ct_slice(32, 32, seed=2)[:-100])
+    answer = p.handle({**_request(cut, ["auto", "dicom", "file"]), "accept_truncated": True})
+    assert answer["status"] == "protected"
+    assert answer["plan"] == ["file", None, "file"]
+    assert answer["flags"] == ["truncated"] and answer["dicom_file"] is True
+    [art] = answer["artifacts"]
+    assert decrypt((tmp_path / "spool" / art["name"]).read_bytes(), identity) == cut.read_bytes()
+
+
+def test_library_warnings_are_counted_never_printed(tmp_path: Path, site_keys, capfd) -> None:
+    """pydicom's warnings quote attribute values: a worker reports their category only."""
+    import warnings
+
+    _, recipient = site_keys
+    p = Protector([recipient], tmp_path / "spool")
+    scan = tmp_path / "a.bin"
+    scan.write_bytes(b"x" * 100)
+
+    real = p._cipher.protect
+
+    def noisy(*args: object, **kwargs: object) -> object:
+        warnings.warn("Invalid value for VR UI: '1.2.SECRET-UID'", UserWarning, stacklevel=1)
+        return real(*args, **kwargs)
+
+    p._cipher = type("C", (), {"protect": staticmethod(noisy),
+                               "CipherError": p._cipher.CipherError,
+                               "NotDicomError": p._cipher.NotDicomError})()
+    answer = p.handle(_request(scan, ["file"]))
+    assert answer["status"] == "protected" and answer["warnings"] == {"UserWarning": 1}
+    out, err = capfd.readouterr()
+    assert "SECRET" not in out + err
 
 
 def test_worker_process_protects_and_is_killed_at_its_deadline(tmp_path: Path, site_keys) -> None:
@@ -104,10 +151,7 @@ def test_worker_process_protects_and_is_killed_at_its_deadline(tmp_path: Path, s
 
             t = threading.Thread(target=call)
             t.start()
-            deadline = time.monotonic() + 30
-            while not stuck.kill_if_overdue(time.monotonic()):
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            wait_until(lambda: stuck.kill_if_overdue(time.monotonic()))
             t.join(30)
             assert isinstance(result[0], WorkerLost) and stuck.killed == 1
             # the next call starts a new child, which behaves (the marker exists now)
@@ -130,7 +174,9 @@ def test_a_worker_that_dies_is_replaced(tmp_path: Path, site_keys) -> None:
         pid = pool.workers[0].pid
         assert pid is not None
         os.kill(pid, 9)  # e.g. the OOM killer
-        time.sleep(0.2)
+        child = pool.workers[0]._child
+        assert child is not None
+        wait_until(lambda: child.proc.poll() is not None)  # dead and reaped
         assert pool.call(_request(scan, ["file"]), 60)["status"] == "protected"
         assert pool.started == 2 and pool.workers[0].pid != pid
     finally:
@@ -164,7 +210,7 @@ def test_file_mode_worker_does_not_load_pydicom(tmp_path: Path, site_keys) -> No
     scan = tmp_path / "ct.dcm"
     scan.write_bytes(ct_slice(16, 16, seed=2))
     code = (
-        "import sys, os, json; from pathlib import Path; from agent.worker import Protector\n"
+        "import sys, os, json; from pathlib import Path; from agent.protect import Protector\n"
         f"p = Protector([{recipient!r}], Path({str(tmp_path / 'spool')!r}))\n"
         f"st = os.stat({str(scan)!r})\n"
         f"a = p.handle({{'path': {str(scan)!r}, 'size': st.st_size, 'mtime_ns': st.st_mtime_ns,"
@@ -189,7 +235,7 @@ def test_worker_ignores_interrupts_and_ends_with_its_input(tmp_path: Path, site_
     assert pid is not None
     os.kill(pid, signal.SIGINT)
     os.kill(pid, signal.SIGTERM)
-    time.sleep(0.2)
+    wait_until(lambda: _no_signal_pending(pid))  # delivered (and ignored)
     assert worker.call(_request(scan, ["file"]), 60)["status"] == "protected"
     assert worker.started == 1 and worker.pid == pid
     worker.close()
@@ -199,7 +245,7 @@ def test_worker_ignores_interrupts_and_ends_with_its_input(tmp_path: Path, site_
 
 def test_no_worker_can_start_files_wait_in_place(tmp_path: Path, site_keys) -> None:
     """A broken installation is not the files' fault: nothing is quarantined or moved."""
-    from tests.test_agent_helpers import drop, running, write_config
+    from tests.helpers import drop, running, write_config
 
     _, recipient = site_keys
     config = write_config(tmp_path, [recipient],
@@ -207,10 +253,8 @@ def test_no_worker_can_start_files_wait_in_place(tmp_path: Path, site_keys) -> N
     broken = [sys.executable, "-c", "import sys; sys.exit(3)"]
     with running(config, worker_argv=broken) as agent:
         drop(config.folders[0].path / "a.raw", b"data" * 100)
-        deadline = time.monotonic() + 20
-        while not any("did not start" in body for _, body in agent.journal.outbox_peek(100)):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until(lambda: any("did not start" in body
+                               for _, body in agent.journal.outbox_peek(100)), timeout=20)
         assert agent.journal.state_counts() == {}
         assert agent.pool.started == 0  # failed starts are not counted as started
     assert (config.folders[0].path / "a.raw").read_bytes() == b"data" * 100
@@ -218,7 +262,7 @@ def test_no_worker_can_start_files_wait_in_place(tmp_path: Path, site_keys) -> N
 
 
 def test_idle_workers_are_ended_and_started_again_on_demand(tmp_path: Path, site_keys) -> None:
-    from tests.test_agent_helpers import drop, running, wait_until, write_config
+    from tests.helpers import drop, running, write_config
 
     identity, recipient = site_keys
     outbox = tmp_path / "out"
@@ -234,3 +278,61 @@ def test_idle_workers_are_ended_and_started_again_on_demand(tmp_path: Path, site
         wait_until(lambda: agent.journal.state_counts().get("done") == 2)
         assert agent.pool.started == 2 and agent.pool.killed == 0
     assert decrypt((outbox / "b.raw.age").read_bytes(), identity) == b"second" * 100
+
+
+def test_a_copy_the_cipher_did_not_verify_never_counts(tmp_path: Path, site_keys) -> None:
+    """Only a copy proven to restore to the original counts: an unverified one is
+    discarded and the file is tried again (after_ack can never delete on its strength)."""
+    import dataclasses
+
+    _, recipient = site_keys
+    p = Protector([recipient], tmp_path / "spool")
+    scan = tmp_path / "a.bin"
+    scan.write_bytes(b"y" * 5000)
+    real = p._cipher.protect
+
+    def unverified(*args: object, **kwargs: object) -> object:
+        return dataclasses.replace(real(*args, **kwargs), verified=False)
+
+    p._cipher = type("C", (), {"protect": staticmethod(unverified),
+                               "CipherError": p._cipher.CipherError,
+                               "NotDicomError": p._cipher.NotDicomError})()
+    answer = p.handle(_request(scan, ["file"]))
+    assert answer["status"] == "failed" and answer["permanent"] is False
+    assert "did not verify" in answer["reason"]
+    assert [q.name for q in (tmp_path / "spool").iterdir() if q.suffix in (".file", ".dicom")] == []
+    assert list((tmp_path / "spool" / "tmp").iterdir()) == []
+
+
+def test_protector_applies_the_folders_policy_and_the_sites_secret(
+        tmp_path: Path, site_keys) -> None:
+    import pydicom
+
+    from cipher.pseudonym import PseudonymSecret
+
+    identity, recipient = site_keys
+    secret = PseudonymSecret.generate()
+    secret_file = tmp_path / "pseudonym.secret"
+    secret_file.write_text(secret.encode())
+    spool = tmp_path / "spool"
+    p = Protector([recipient], spool)
+    scan = tmp_path / "ct.dcm"
+    scan.write_bytes(ct_slice(32, 32, seed=3))
+    source = pydicom.dcmread(scan)
+    answer = p.handle({**_request(scan, ["dicom"]), "pseudonym_secret_file": str(secret_file),
+                       "dicom_policy": "profile", "dicom_options": []})
+    assert answer["status"] == "protected"
+    [art] = answer["artifacts"]
+    protected = pydicom.dcmread(spool / art["name"])
+    assert protected.PatientID == secret.patient_id(str(source.PatientID),
+                                                    str(source.get("IssuerOfPatientID", "")))
+    codes = {i.CodeValue for i in protected.DeidentificationMethodCodeSequence}
+    assert codes == {"113100"}  # the strictest: no option
+    assert decrypt((spool / art["name"]).read_bytes(), identity) == scan.read_bytes()
+    answer = p.handle({**_request(scan, ["dicom"]), "dicom_policy": "pixels-only"})
+    [art] = answer["artifacts"]
+    assert pydicom.dcmread(spool / art["name"]).PatientID == source.PatientID
+    # A secret the worker cannot read: that file waits (not permanent), nothing is spooled.
+    answer = p.handle({**_request(scan, ["dicom"]),
+                       "pseudonym_secret_file": str(tmp_path / "gone")})
+    assert answer["status"] == "failed" and answer["permanent"] is False

@@ -14,8 +14,6 @@ from pydicom.data import get_testdata_file
 from scanfort import cli_protect
 from scanfort.cli import _Parser
 
-pytestmark = pytest.mark.usefixtures("seeded_cipher")
-
 AUTH_MESSAGE = "the file is truncated, corrupted or was tampered with"
 
 
@@ -243,7 +241,7 @@ def test_pseudonym_secret_links_a_patients_studies(site, tmp_path, capsys) -> No
     secret = PseudonymSecret.generate()
     (tmp_path / "secret").write_text(secret.encode())
     agent = tmp_path / "agent.toml"
-    agent.write_text('[agent]\npseudonym_secret_file = "secret"\n')
+    agent.write_text('pseudonym_secret_file = "secret"\n')
     src = _testdata("CT_small.dcm")
     original = pydicom.dcmread(src)
     for n, how in enumerate((["--pseudonym-secret", str(tmp_path / "secret")],

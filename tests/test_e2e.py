@@ -23,8 +23,8 @@ from pydicom.data import get_testdata_file
 from cipher import keys
 from service.bootstrap import initialize
 from service.server import BackgroundServer
+from tests.helpers import decrypt
 from tests.peers import start_orthanc
-from tests.test_agent_helpers import decrypt
 
 pytestmark = [pytest.mark.slow, pytest.mark.peer]
 

@@ -13,8 +13,6 @@ import cipher
 from cipher import fileformat, keys
 from cipher.errors import AUTHENTICATION_FAILED, AuthenticationError, FormatError
 
-pytestmark = pytest.mark.usefixtures("seeded_cipher")
-
 SMALL_CHUNK = 16384  # several chunks from small inputs
 
 

@@ -30,7 +30,7 @@ from cipher.pseudonym import PseudonymSecret
 from tests import peers
 from tests.test_dicommode import synthetic
 
-pytestmark = [pytest.mark.peer, pytest.mark.usefixtures("seeded_cipher")]
+pytestmark = [pytest.mark.peer]
 
 # A representative subset for the slower network paths, with distinct SOP Instance UIDs
 # (a PACS de-duplicates on them): native explicit VR, RLE, JPEG 2000, multi-frame RGB

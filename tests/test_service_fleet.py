@@ -398,3 +398,15 @@ def test_grafana_dashboard_queries_only_series_the_central_exports(client, store
     assert queried and queried | variables <= exported, (queried | variables) - exported
     for label in ("agent", "site"):  # legends and variables use labels the series carry
         assert f'{label}="' in client.get("/metrics").text
+
+
+def test_a_clean_stop_shows_as_stopped_with_its_label_and_no_offline_alert(client, store, settings, clock):
+    a = enroll_with(client, store, "CT 2 console", "CT room 2", "vm")
+    beat(client, a, state="stopped")
+    clock.now += settings.offline_after_s + 1
+    login_as(client, "admin", PASSWORD)
+    page = client.get("/").text
+    assert f'data-agent-id="{a["agent_id"]}" data-state="stopped"' in page
+    assert '<span class="pill stopped">1 stopped</span>' in page
+    assert "No alerts." in page
+    assert 'scanfort_agents{state="stopped"} 1' in client.get("/metrics").text

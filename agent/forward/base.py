@@ -51,14 +51,15 @@ class Forwarder(abc.ABC):
         """Release connections."""
 
 
-def http_error(code: int, what: str) -> DeliveryError:
-    """Classify an HTTP failure: 401/403 pause, 408/429/5xx retry, other 4xx permanent."""
+def http_error(code: int, what: str, detail: str | None = None) -> DeliveryError:
+    """Classify an HTTP failure: 401/403 pause, 408/429/5xx retry, other 4xx permanent.
+    ``detail`` is the peer's own text (kept locally, see :class:`DeliveryError`)."""
     message = f"{what}: HTTP {code}"
     if code in (401, 403):
-        return DeliveryError(message, auth=True)
+        return DeliveryError(message, auth=True, detail=detail)
     if code in (408, 425, 429) or code >= 500:
-        return DeliveryError(message)
-    return DeliveryError(message, permanent=True)
+        return DeliveryError(message, detail=detail)
+    return DeliveryError(message, permanent=True, detail=detail)
 
 
 def transport_error(exc: Exception, what: str) -> DeliveryError:

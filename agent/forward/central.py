@@ -71,7 +71,7 @@ class CentralForwarder(Forwarder):
         except urllib3.exceptions.HTTPError as exc:
             raise transport_error(exc, "central upload") from exc
         if resp.status not in (200, 201, 204):
-            raise http_error(resp.status, "central upload")
+            raise http_error(resp.status, "central upload", _peer_text(resp.data))
         try:
             receipt = json.loads(resp.data) if resp.data else None
         except ValueError:
@@ -81,3 +81,15 @@ class CentralForwarder(Forwarder):
 
     def close(self) -> None:
         self.pool.clear()
+
+
+def _peer_text(data: bytes | None) -> str | None:
+    """The central's own reason (``detail`` or ``error`` of its JSON body)."""
+    try:
+        body = json.loads(data) if data else None
+    except ValueError:
+        return None
+    if isinstance(body, dict):
+        text = body.get("detail") or body.get("error")
+        return str(text)[:300] if text else None
+    return None

@@ -57,11 +57,12 @@ class DicomWebForwarder(Forwarder):
         if resp.status_code == 200:
             return [None for _ in objs]
         if resp.status_code not in (202, 409):
-            err = http_error(resp.status_code, "stow-rs")
+            err = http_error(resp.status_code, "stow-rs", _peer_text(resp))
             return [err for _ in objs]
         failed = _failures(resp)
         if failed is None:  # no usable body: nothing tells us which ones failed
-            return [DeliveryError(f"stow-rs: HTTP {resp.status_code}") for _ in objs]
+            return [DeliveryError(f"stow-rs: HTTP {resp.status_code}",
+                                  detail=_peer_text(resp)) for _ in objs]
         results: list[DeliveryError | None] = []
         for obj in objs:
             reason = failed.get(obj.sop_instance_uid or "")
@@ -69,8 +70,9 @@ class DicomWebForwarder(Forwarder):
                 results.append(None)
             else:
                 permanent = reason not in _TRANSIENT and not 0xA700 <= reason <= 0xA7FF
-                results.append(DeliveryError(f"stow-rs: failure reason {reason:04X}",
-                                             permanent=permanent))
+                results.append(DeliveryError(
+                    f"stow-rs: failure reason {reason:04X}", permanent=permanent,
+                    detail=f"(0008,1197) Failure Reason {reason:04X}, HTTP {resp.status_code}"))
         return results
 
     def close(self) -> None:
@@ -118,6 +120,21 @@ class _Multipart:
         else:
             out, self._buf = self._buf[:n], self._buf[n:]
         return out
+
+
+def _peer_text(resp: requests.Response) -> str | None:
+    """The server's own words about a refusal (Orthanc: ``Message`` and ``Details`` of its
+    JSON error body; else the start of a text body), for the local journal only."""
+    try:
+        body: Any = resp.json()
+    except ValueError:
+        text = (resp.text or "").strip()
+        return text[:300] or None
+    if isinstance(body, dict):
+        parts = [str(body[k]) for k in ("Message", "Details", "OrthancError") if body.get(k)]
+        if parts:
+            return "; ".join(parts)[:300]
+    return None
 
 
 def _failures(resp: requests.Response) -> dict[str, int] | None:

@@ -73,8 +73,11 @@ class CStoreForwarder(Forwarder):
             raise DeliveryError("c-store: no response from peer")
         if int(code) in SUCCESS:
             return
+        comment = getattr(status, "ErrorComment", None)
+        detail = f"status {int(code):04X}" + (f", (0000,0902) Error Comment {comment!s}"
+                                               if comment else "")
         raise DeliveryError(f"c-store: status {int(code):04X}",
-                            permanent=not _transient(int(code)))
+                            permanent=not _transient(int(code)), detail=detail)
 
     def idle(self) -> None:
         # Many SCPs (dcmtk storescp, older PACS) serve one association at a time.

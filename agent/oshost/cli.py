@@ -52,6 +52,13 @@ def _load(path: Path) -> Any:
 def _report_config_error(exc: ConfigError, path: Path) -> None:
     for problem in exc.problems:
         _error(problem)
+    if any("cannot read" in p for p in exc.problems):
+        # The service runs as its own user: a config rewritten as root:root 0600 is
+        # unreadable to it (restarting cannot fix that, hence exit 78 and no restart).
+        _error(f"the service user cannot read {path}",
+               f"chgrp {DEFAULT_USER} {path} && chmod 0640 {path}, then start the service "
+               f"again (`scanfort agent check --config {path}` warns about this)")
+        return
     _error(f"invalid config {path}", f"check it with `scanfort agent check --config {path}`")
 
 

@@ -7,7 +7,6 @@ remove a file). Tests check the plans on any OS; ``--dry-run`` prints them; only
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from agent.oshost.errors import ServiceError
+from scanfort.durable import atomic_write
 
 
 @dataclass(frozen=True)
@@ -76,10 +76,7 @@ def execute(
             continue
         if isinstance(step, WriteFile):
             step.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = step.path.with_name(step.path.name + ".tmp")
-            tmp.write_text(step.text, encoding="utf-8")
-            os.chmod(tmp, step.mode)
-            os.replace(tmp, step.path)
+            atomic_write(step.path, step.text, mode=step.mode, keep_metadata=False)
         elif isinstance(step, RemoveFile):
             step.path.unlink(missing_ok=True)
         else:

@@ -1,5 +1,6 @@
-"""Shared helpers for the agent tests (and bench/bench_agent.py); no tests here.
+"""Shared helpers for the tests (and bench/bench_agent.py); no tests here.
 
+- :func:`free_port` and :func:`wait_http` (a ``/healthz``-style readiness wait);
 - :func:`write_config` writes a real TOML config and loads it through ``load_config``;
 - :class:`Receiver` is a small real HTTP server on loopback that implements the central
   service's object upload (PUT by SHA-256, hash verified), heartbeats and events;
@@ -12,8 +13,10 @@ import contextlib
 import hashlib
 import io
 import json
+import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BytesIO
@@ -30,6 +33,25 @@ from agent.config import AgentConfig, load_config
 TOKEN = "agent-token-for-tests"
 
 
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30.0, ok: Callable[[int], bool] = lambda c: c == 200,
+              context: Any = None) -> None:
+    """Wait until GET ``url`` answers with a status ``ok`` accepts (a server's readiness)."""
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1, context=context) as resp:
+                return ok(resp.status)
+        except OSError:
+            return False
+    wait_until(ready, timeout=timeout, every=0.2)
+
+
 def toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -42,7 +64,10 @@ def toml_value(v: Any) -> str:
 
 def write_config(tmp: Path, recipients: list[str], destinations: dict[str, dict[str, Any]],
                  folder: dict[str, Any] | None = None, central: dict[str, Any] | None = None,
-                 **top: Any) -> AgentConfig:
+                 extra_folders: list[dict[str, Any]] | None = None,
+                 disk: dict[str, str] | None = None, **top: Any) -> AgentConfig:
+    """Write ``tmp/agent.toml`` (one folder ``tmp/inbox`` with ``folder`` settings, then
+    ``extra_folders``) and load it."""
     inbox = tmp / "inbox"
     inbox.mkdir(parents=True, exist_ok=True)
     values: dict[str, Any] = {
@@ -53,14 +78,16 @@ def write_config(tmp: Path, recipients: list[str], destinations: dict[str, dict[
     values.update(top)
     lines = [f"{k} = {toml_value(v)}" for k, v in values.items()]
     lines += ["[retry]", "initial_seconds = 0.2", "max_seconds = 1"]
-    lines += ["[disk]", 'low_watermark = "1 MB"', 'high_watermark = "2 MB"']
+    disk = disk or {"low_watermark": "1 MB", "high_watermark": "2 MB"}
+    lines += ["[disk]"] + [f"{k} = {toml_value(v)}" for k, v in disk.items()]
     if central:
         lines.append("[central]")
         lines += [f"{k} = {toml_value(v)}" for k, v in central.items()]
     f = {"path": str(inbox), "destinations": list(destinations)}
     f.update(folder or {})
-    lines.append("[[folders]]")
-    lines += [f"{k} = {toml_value(v)}" for k, v in f.items()]
+    for table in [f, *(extra_folders or [])]:
+        lines.append("[[folders]]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
     for name, d in destinations.items():
         lines.append(f"[destinations.{name}]")
         lines += [f"{k} = {toml_value(v)}" for k, v in d.items()]
@@ -104,7 +131,7 @@ def drop(path: Path, data: bytes) -> None:
     tmp.rename(path)
 
 
-def wait_until(pred: Callable[[], bool], timeout: float = 30.0, every: float = 0.1) -> None:
+def wait_until(pred: Callable[[], bool], timeout: float = 30.0, every: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
@@ -130,6 +157,7 @@ class Receiver:
         self.heartbeats: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.recipients: list[str] = []  # what enrollment hands out
+        self.pseudonym_secret: str | None = None  # ... and the site's secret, if set
         self.fail_with: int | None = None  # answer every request with this status
         self.ack_times: dict[str, float] = {}
         self.lock = threading.Lock()
@@ -193,7 +221,8 @@ class Receiver:
                         return
                     self._reply(200, {"agent_id": "agent-1", "agent_token": receiver.token,
                                       "recipients": receiver.recipients,
-                                      "heartbeat_interval_s": 15.0})
+                                      "heartbeat_interval_s": 15.0,
+                                      "pseudonym_secret": receiver.pseudonym_secret})
                     return
                 if not self._check():
                     return
@@ -207,6 +236,8 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
+        # a client killed mid-request (the crash tests) is expected, not worth a traceback
+        self.server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
