@@ -133,6 +133,8 @@ class AgentConfig:
     #: The site's pseudonymisation secret (written by ``agent enroll``): DICOM mode keys
     #: patient pseudonyms with it; without one each study is its own pseudonymous patient.
     pseudonym_secret_file: Path | None = None
+    #: A label for the central's dashboard ("CT room 2"); the central's own label wins.
+    name: str | None = None
     source: Path | None = None  # the file this was loaded from
 
     @property
@@ -444,6 +446,7 @@ def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None
         log_level=top.choice("log_level", LOG_LEVELS, "info"),
         log_dir=top.path("log_dir", default_log_dir()) or default_log_dir(),
         pseudonym_secret_file=_secret_file(top),
+        name=(top.get("name", str) or "")[:128] or None,
         source=source,
     )
     top.finish()

@@ -22,19 +22,25 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
 from agent.config import AgentConfig
+from agent.errors import JournalError
 from agent.journal import Journal
 from agent.spool import Spool
 from scanfort import __version__
 from scanfort.protocol import (
     API_PREFIX,
+    MAX_QUARANTINE_ITEMS,
+    Command,
+    CommandResult,
     DestinationStatus,
     Event,
     EventBatch,
     Heartbeat,
+    QuarantineItem,
     to_dict,
 )
 
@@ -77,6 +83,9 @@ class Reporter:
         self.repeats_suppressed = 0
         self.thread_failures: dict[str, int] = {}
         self.state = "running"  # running | stopped (the last heartbeat says so)
+        self._command_acks: set[str] = set()  # received, to acknowledge in the next heartbeat
+        self._commands_done: set[str] = set()  # carried out (commands arrive at least once)
+        self._command_results: list[CommandResult] = []
         self._heartbeats: deque[Heartbeat] = deque(maxlen=HEARTBEAT_BUFFER)
         self.session = session or requests.Session()
         self.central_ok: bool | None = None
@@ -165,8 +174,11 @@ class Reporter:
                     if k in ("seen", "protected", "forwarded", "quarantined", "retries")}
         with self._lock:
             dests = [DestinationStatus(s.name, s.kind, self.journal.pending_count(s.name),
-                                       s.paused, s.last_success, s.last_error, s.last_error_at)
+                                       s.paused, s.last_success, s.last_error, s.last_error_at,
+                                       folders=sum(1 for f in self.config.folders
+                                                   if s.name in f.destinations))
                      for s in self.destinations.values()]
+            acks, results = list(self._command_acks), list(self._command_results)
         return Heartbeat(
             agent_id=self.config.central.agent_id or "unenrolled",
             version=__version__, host=socket.gethostname()[:256],
@@ -178,7 +190,57 @@ class Reporter:
             intake_paused=self.intake_paused, free_disk_bytes=self.free_disk,
             counters=counters, destinations=dests,
             watcher={**self.watcher, "thread_failures": sum(self.thread_failures.values())},
-            state=self.state)
+            state=self.state, name=self.config.name, quarantine=self._quarantine_items(),
+            command_acks=acks, command_results=results)
+
+    def _quarantine_items(self) -> list[QuarantineItem]:
+        """What the central lists for operators: ids, destinations, ages, attempts. The
+        peer's own words stay in the local journal (``agent quarantine show``): a PACS may
+        quote attribute values in them."""
+        items: list[QuarantineItem] = []
+        for item in self.journal.quarantined():
+            if item.state != "quarantined":
+                continue
+            refused: list[Any] = [d for d in self.journal.delivery_states(item.id)
+                                  if d.state == "quarantined"]
+            for d in refused or [None]:
+                items.append(QuarantineItem(
+                    item_id=str(item.id), destination=d.dest if d else "(all)",
+                    since=item.updated_at,
+                    reason=("refused by the destination" if d else "not protected")
+                    + f" (details: scanfort agent quarantine show {item.id})",
+                    attempts=d.attempts if d else 0))
+                if len(items) >= MAX_QUARANTINE_ITEMS:
+                    return items
+        return items
+
+    # -- commands from the central (retry / release of quarantined items) -----------------
+    def _carry_out(self, commands: list[Command]) -> None:
+        """Each command once (the central resends until acknowledged): the same requests
+        as ``scanfort agent quarantine retry|release``, results reported next heartbeat."""
+        for cmd in commands:
+            with self._lock:
+                self._command_acks.add(cmd.command_id)
+                if cmd.command_id in self._commands_done:
+                    continue
+                self._commands_done.add(cmd.command_id)
+            try:
+                item_id = int(cmd.item_id)
+                if cmd.kind == "retry":
+                    what = self.journal.request_retry(
+                        item_id, Spool(self.config.spool_dir).exists)
+                    result = CommandResult(cmd.command_id, True, f"retry: {what}")
+                elif cmd.kind == "release":
+                    self.journal.request_release(item_id)
+                    result = CommandResult(cmd.command_id, True, "released: after_ack applied")
+                else:
+                    result = CommandResult(cmd.command_id, False, f"unknown command {cmd.kind}")
+            except (ValueError, JournalError) as exc:
+                result = CommandResult(cmd.command_id, False, str(exc)[:512])
+            log.info("central command %s %s item %s: %s", cmd.kind, cmd.destination,
+                     cmd.item_id, "ok" if result.ok else result.message)
+            with self._lock:
+                self._command_results.append(result)
 
     def write_status_file(self, extra: dict[str, object] | None = None) -> None:
         hb = self.heartbeat()
@@ -216,8 +278,14 @@ class Reporter:
         try:
             while self._heartbeats:
                 hb = self._heartbeats[0]
-                self._post(f"{base}/heartbeat", to_dict(hb))
+                answer = self._post(f"{base}/heartbeat", to_dict(hb))
                 self._heartbeats.popleft()
+                with self._lock:  # what this heartbeat reported needs no repeating
+                    self._command_acks -= set(hb.command_acks)
+                    sent = {r.command_id for r in hb.command_results}
+                    self._command_results = [r for r in self._command_results
+                                             if r.command_id not in sent]
+                self._carry_out(_commands_of(answer))
             while pending := self.journal.outbox_peek(EVENT_BATCH):
                 events = [Event(**json.loads(body)) for _, body in pending]
                 batch = EventBatch(central.agent_id or "unenrolled", events)
@@ -233,13 +301,31 @@ class Reporter:
         self.central_ok = True
         return True
 
-    def _post(self, url: str, body: dict[str, object]) -> None:
+    def _post(self, url: str, body: dict[str, object]) -> Any:
         try:
             resp = self.session.post(url, json=body, timeout=self._timeout)
         except requests.RequestException as exc:
             raise _Unreachable(type(exc).__name__) from exc
         if resp.status_code >= 300:
             raise _Unreachable(f"HTTP {resp.status_code}")
+        try:
+            return resp.json()
+        except ValueError:
+            return None
+
+
+def _commands_of(answer: Any) -> list[Command]:
+    """The commands of a heartbeat response (older centrals send none)."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("commands"), list):
+        return []
+    out = []
+    for c in answer["commands"]:
+        try:
+            out.append(Command(str(c["command_id"])[:64], str(c["kind"]), str(c["item_id"]),
+                               str(c.get("destination", "")), float(c.get("issued_at", 0))))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
 
 
 class _Unreachable(Exception):

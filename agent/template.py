@@ -16,6 +16,7 @@ settle_seconds = 5             # size and mtime unchanged this long = the file i
 incomplete_grace_seconds = 120 # a DICOM file still truncated after this is quarantined
 reconcile_seconds = 60         # full rescan of every folder (watchdog can miss events)
 log_level = "info"             # debug | info | warning | error
+# name = "CT room 2"             # this workstation's label on the central dashboard
 # The site's pseudonymisation secret (written by `scanfort agent enroll`): DICOM mode keys
 # patient pseudonyms with it, so one patient stays one pseudonymous patient in the PACS.
 # pseudonym_secret_file = "pseudonym.secret"

@@ -158,6 +158,7 @@ class Receiver:
         self.events: list[dict[str, Any]] = []
         self.recipients: list[str] = []  # what enrollment hands out
         self.pseudonym_secret: str | None = None  # ... and the site's secret, if set
+        self.commands: list[dict[str, Any]] = []  # returned with every heartbeat answer
         self.fail_with: int | None = None  # answer every request with this status
         self.ack_times: dict[str, float] = {}
         self.lock = threading.Lock()
@@ -232,7 +233,11 @@ class Receiver:
                         receiver.heartbeats.append(doc)
                     elif self.path.endswith("/events"):
                         receiver.events.extend(doc["events"])
-                self._reply(200, {"ok": True, "server_time": time.time()})
+                answer: dict[str, Any] = {"ok": True, "server_time": time.time()}
+                if self.path.endswith("/heartbeat"):
+                    with receiver.lock:
+                        answer["commands"] = list(receiver.commands)
+                self._reply(200, answer)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True

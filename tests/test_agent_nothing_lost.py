@@ -389,3 +389,43 @@ def test_an_unreadable_config_exits_78_naming_the_file_and_the_fix(tmp_path: Pat
         os.chmod(path, 0o600)
     assert code == EXIT_CONFIG
     assert f"the service user cannot read {path}" in err and f"chmod 0640 {path}" in err
+
+
+def test_the_central_sees_quarantine_and_its_commands_reach_the_agent(
+        tmp_path: Path, site_keys) -> None:
+    """Heartbeats carry the name, per-destination folder counts and the quarantine (ids
+    and destinations, never the peer's words); a retry command in a heartbeat answer is
+    carried out once, acknowledged and its result reported."""
+    _, recipient = site_keys
+    outbox = tmp_path / "outbox"
+    with Receiver() as rx:
+        rx.fail_with = 400
+        config = write_config(
+            tmp_path, [recipient],
+            {"share": {"kind": "folder", "path": str(outbox)}, "central": {"kind": "central"},
+             "spare": {"kind": "folder", "path": str(tmp_path / "spare")}},
+            folder={"after_ack": "delete", "destinations": ["share", "central"]},
+            central={"url": rx.url, "token": TOKEN, "heartbeat_seconds": 1},
+            name="CT room 2")
+        inbox = config.folders[0].path
+        with running(config) as agent:
+            drop(inbox / "a.raw", b"A" * 3000)
+            wait_until(lambda: agent.journal.state_counts().get("quarantined") == 1)
+            rx.fail_with = None
+            wait_until(lambda: any(hb.get("quarantine") for hb in rx.heartbeats))
+            hb = next(hb for hb in rx.heartbeats if hb.get("quarantine"))
+            assert hb["name"] == "CT room 2"
+            assert {d["name"]: d["folders"] for d in hb["destinations"]} == \
+                {"share": 1, "central": 1, "spare": 0}
+            [q] = hb["quarantine"]
+            assert q["destination"] == "central" and "injected" not in q["reason"]
+            command = {"command_id": "cmd-1", "kind": "retry", "item_id": q["item_id"],
+                       "destination": "central", "issued_at": time.time()}
+            with rx.lock:
+                rx.commands = [command, command]  # sent twice: carried out once
+            wait_until(lambda: not (inbox / "a.raw").exists())  # delivered, after_ack applied
+            wait_until(lambda: any(r["command_id"] == "cmd-1"
+                                   for hb in rx.heartbeats for r in hb["command_results"]))
+            results = [r for hb in rx.heartbeats for r in hb["command_results"]]
+            assert [r["ok"] for r in results if r["command_id"] == "cmd-1"] == [True]
+            assert any("cmd-1" in hb["command_acks"] for hb in rx.heartbeats)
