@@ -164,7 +164,10 @@ class Pipeline:
         item_id = self.journal.record_protected(
             existing.id if existing else None, s.path, s.size, s.mtime_ns, folder.key,
             s.settled_at or None, str(answer["sha256"]), arts, deliveries,
-            event=self.reporter.event_row("protected", message=message, file_id=file_id))
+            event=self.reporter.event_row(
+                "protected", message=message, file_id=file_id,
+                study_keys=list(dict.fromkeys(
+                    k for a in answer["artifacts"] for k in a.get("study_keys") or []))))
         crashpoints.reached("journal.after_protected")
         if item_id is None:
             self.spool.discard(a.name for a in arts)  # only the mtime changed: same scan

@@ -355,7 +355,8 @@ class Protector:
             tmp.unlink(missing_ok=True)
             raise
         art = {"mode": mode, "name": name, "sha256": dst.hash.hexdigest(), "size": dst.count,
-               "sop_instance_uid": getattr(info, "sop_instance_uid", None)}
+               "sop_instance_uid": getattr(info, "sop_instance_uid", None),
+               "study_keys": list(getattr(info, "study_keys", ()))}
         return art, sha
 
 

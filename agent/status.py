@@ -125,12 +125,12 @@ class Reporter:
             log.debug("cannot record a thread failure event", exc_info=True)
 
     def event_row(self, kind: str, severity: str = "info", message: str = "",
-                  file_id: str | None = None,
-                  destination: str | None = None) -> tuple[str, float, str]:
+                  file_id: str | None = None, destination: str | None = None,
+                  study_keys: list[str] | None = None) -> tuple[str, float, str]:
         """Log an event and return its outbox row, for a caller that stores it in its own
         journal transaction (so the event exists exactly when the change it reports does)."""
         ev = Event(uuid.uuid4().hex, self.clock(), kind, severity, message[:512], file_id,
-                   destination)
+                   destination, list(study_keys or [])[:4])
         level = {"info": logging.INFO, "warning": logging.WARNING}.get(severity, logging.ERROR)
         log.log(level, "%s%s%s%s", kind, f" [{destination}]" if destination else "",
                 f" file {file_id}" if file_id else "", f": {message}" if message else "")

@@ -56,6 +56,9 @@ class ProtectInfo:
     verified: bool = False
     #: DICOM mode: the policy and profile options that were applied.
     policy: str | None = None
+    #: DICOM mode with a pseudonym secret: keyed hashes (``PseudonymSecret.study_key``) of
+    #: the study's AccessionNumber and StudyInstanceUID, for "did this exam arrive?".
+    study_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -541,6 +541,7 @@ def protect_dicom(
 def _protect(raw: bytes, dst: BinaryIO, parsed: list[str], policy: DicomPolicy,
              draw: Callable[[int], bytes]) -> ProtectInfo:
     ds, source = _read_source(raw)
+    study_keys = _study_keys(ds, policy)
     big_endian = ds.original_encoding[1] is False
     vr = str(ds[PIXEL_DATA].VR)
     layout = _layout(ds, source.length, vr, big_endian)
@@ -574,7 +575,19 @@ def _protect(raw: bytes, dst: BinaryIO, parsed: list[str], policy: DicomPolicy,
         recipients=len(parsed),
         verified=True,
         policy=policy.describe(),
+        study_keys=study_keys,
     )
+
+
+def _study_keys(ds: Dataset, policy: DicomPolicy) -> tuple[str, ...]:
+    """Keyed hashes of the study's AccessionNumber and StudyInstanceUID (none without a
+    secret): what the central may learn of a study."""
+    secret = policy.pseudonym_secret
+    if secret is None:
+        return ()
+    values = (str(ds.get(k, "") or "").strip(" \x00") for k in ("AccessionNumber",
+                                                                "StudyInstanceUID"))
+    return tuple(secret.study_key(v) for v in values if v)
 
 
 def _visible_file(ds: Dataset, policy: DicomPolicy, enciphered: bytes, blob: _Blob,

@@ -328,6 +328,10 @@ def test_protector_applies_the_folders_policy_and_the_sites_secret(
                                                     str(source.get("IssuerOfPatientID", "")))
     codes = {i.CodeValue for i in protected.DeidentificationMethodCodeSequence}
     assert codes == {"113100"}  # the strictest: no option
+    # What the central may learn of the study: keyed hashes only (for the exam lookup).
+    expected = [secret.study_key(str(v)) for v in (source.get("AccessionNumber", ""),
+                                                   source.StudyInstanceUID) if str(v)]
+    assert art["study_keys"] == expected
     assert decrypt((spool / art["name"]).read_bytes(), identity) == scan.read_bytes()
     answer = p.handle({**_request(scan, ["dicom"]), "dicom_policy": "pixels-only"})
     [art] = answer["artifacts"]
