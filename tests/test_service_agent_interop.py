@@ -46,6 +46,10 @@ def test_agent_enrolls_and_uploads_through_its_own_forwarder(tmp_path: Path, cap
         assert written["recipients"] == [RECIPIENT]
         assert central["url"] == server.url and central["agent_id"].startswith("ag_")
         assert central["token"].startswith("sfa_")
+        # The site's pseudonymisation secret travelled from central init to the agent.
+        assert written["pseudonym_secret_file"] == "pseudonym.secret"
+        assert (tmp_path / "pseudonym.secret").read_text().strip() == \
+            init.settings.pseudonym_secret_path.read_text().strip()
         # the enrollment token was single-use
         assert (
             main(
