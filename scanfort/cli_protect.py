@@ -35,6 +35,7 @@ from cipher.errors import (
     VerifyError,
 )
 from cipher.pseudonym import PseudonymSecret
+from scanfort.durable import atomic_output
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -148,29 +149,14 @@ class _Progress:
 
 @contextlib.contextmanager
 def _atomic_output(target: Path) -> Iterator[BinaryIO]:
-    """Write ``target`` through a temporary file in its directory: fsync, rename, fsync dir.
+    """Write ``target`` through a temporary file in its directory: fsync, rename, fsync dir
+    (:func:`scanfort.durable.atomic_output`; a new output gets mode 0600).
 
     On any exception the temporary file is removed and ``target`` is left untouched.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    with atomic_output(target, mode=0o600) as fh:
+        yield fh
 
 
 # --------------------------------------------------------------------------- inputs
