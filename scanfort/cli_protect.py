@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import io
 import json
 import os
 import stat
@@ -388,15 +389,28 @@ def _encrypt_one(
     force: bool,
 ) -> str:
     with _open_regular(path) as src:
-        chosen = _encrypt_mode(path, mode)
-        if chosen == cipher.DICOM_MODE and mode == "auto":
-            reason = cipher.dicom_mode_refusal(src)
-            if reason is not None:  # DICOM that DICOM mode cannot carry: file mode
+        chosen = mode
+        if mode == "auto":
+            chosen = cipher.DICOM_MODE if cipher.is_dicom_with_pixels(src) else cipher.FILE_MODE
+        if chosen == cipher.DICOM_MODE:
+            _guard_target(path, target)
+            out = io.BytesIO()  # DICOM mode works in memory anyway: one parse, then write
+            try:
+                cipher.protect(src, out, recipients, mode=chosen, policy=policy)
+            except (NotDicomError, FormatError) as exc:
+                if mode != "auto":
+                    raise
+                # DICOM that DICOM mode cannot carry: file mode, and say why.
                 chosen = cipher.FILE_MODE
                 target = target.with_name(target.name + AGE_SUFFIX)
                 if target.exists() and not force:
-                    raise OSError(17, f"output exists: {target}")
-                sys.stderr.write(f"scanfort: note: {path}: file mode ({reason})\n")
+                    raise OSError(17, f"output exists: {target}") from None
+                sys.stderr.write(f"scanfort: note: {path}: file mode ({exc})\n")
+                src.seek(0)
+            else:
+                with _atomic_output(target) as dst:
+                    dst.write(out.getbuffer())
+                return chosen
         _guard_target(path, target)
         with _atomic_output(target) as dst:
             cipher.protect(src, dst, recipients, mode=chosen, policy=policy)
