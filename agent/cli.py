@@ -30,9 +30,9 @@ from agent.config import (
 from agent.errors import ConfigError
 from agent.oshost.unit import DEFAULT_USER
 from agent.template import TEMPLATE
-from scanfort import __version__
-from scanfort.durable import atomic_write
-from scanfort.protocol import API_PREFIX, EnrollRequest, EnrollResponse, ProtocolError, to_dict
+from protocol import __version__
+from protocol.durable import atomic_write
+from protocol.wire import API_PREFIX, EnrollRequest, EnrollResponse, ProtocolError, to_dict
 
 
 def _error(message: str, hint: str | None = None) -> int:

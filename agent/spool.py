@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from scanfort.durable import atomic_write, fsync_dir
+from protocol.durable import atomic_write, fsync_dir
 
 MODES = ("file", "dicom")
 _NAME_BYTES = 10

@@ -30,8 +30,8 @@ from agent.config import AgentConfig
 from agent.errors import JournalError
 from agent.journal import Journal
 from agent.spool import Spool
-from scanfort import __version__
-from scanfort.protocol import (
+from protocol import __version__
+from protocol.wire import (
     API_PREFIX,
     MAX_QUARANTINE_ITEMS,
     Command,

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 # One implementation for the central and the gateway (a stdlib leaf), re-exported here.
-from scanfort.credentials import (
+from protocol.credentials import (
     generate_password,
     hash_password,
     new_token,

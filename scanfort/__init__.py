@@ -1,5 +1,7 @@
-"""ScanFort: image-level chaos-cipher protection for imaging workstations."""
+"""ScanFort: image-level chaos-cipher protection for imaging workstations (command-line layer)."""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from protocol import __version__
+
+__all__ = ["__version__"]

@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from scanfort import __version__
+from protocol import __version__
 
 # module → the command words it registers. A run of one command imports only its module
 # (the agent's long-running process stays free of the cipher, numpy and pydicom, which only
@@ -44,13 +44,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     modules = [m for m, words in _COMMAND_MODULES.items() if command in words]
     for name in modules or _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue  # a package that has not landed yet
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

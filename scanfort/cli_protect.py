@@ -36,7 +36,7 @@ from cipher.errors import (
     VerifyError,
 )
 from cipher.pseudonym import PseudonymSecret
-from scanfort.durable import atomic_output
+from protocol.durable import atomic_output
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -151,7 +151,7 @@ class _Progress:
 @contextlib.contextmanager
 def _atomic_output(target: Path) -> Iterator[BinaryIO]:
     """Write ``target`` through a temporary file in its directory: fsync, rename, fsync dir
-    (:func:`scanfort.durable.atomic_output`; a new output gets mode 0600).
+    (:func:`protocol.durable.atomic_output`; a new output gets mode 0600).
 
     On any exception the temporary file is removed and ``target`` is left untouched.
     """

@@ -1,6 +1,6 @@
 """Agent API under ``/api/v1``: enroll, heartbeat, events, protected-object upload.
 
-Bodies are the ``scanfort.protocol`` messages; each is validated against the schema the
+Bodies are the ``protocol.wire`` messages; each is validated against the schema the
 OpenAPI document publishes (``service.schemas``) before use. Every endpoint except enroll
 needs a valid, unrevoked agent token; enroll needs a one-time enrollment token.
 """
@@ -14,7 +14,7 @@ from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from scanfort.protocol import (
+from protocol.wire import (
     API_PREFIX,
     SHA256_RE,
     Ack,

@@ -21,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from scanfort import __version__
+from protocol import __version__
 from service import api, dashboard, dashboard_ops, objects_read, schemas, throttle
 from service.context import AppContext, get_context
 from service.metrics import render_metrics

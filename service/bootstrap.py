@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scanfort.durable import atomic_write
+from protocol.durable import atomic_write
 from service import security
 from service.errors import AlreadyInitializedError
 from service.settings import Settings, default_data_dir, render_config

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from scanfort.protocol import COMMAND_KINDS, Command, CommandResult
+from protocol.wire import COMMAND_KINDS, Command, CommandResult
 from service import security, tables
 from service.store import Store, clean_text
 

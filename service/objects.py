@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from scanfort.durable import fsync_dir
+from protocol.durable import fsync_dir
 from service.errors import ObjectRejected
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from scanfort.protocol import SHA256_RE
+from protocol.wire import SHA256_RE
 from service import readers
 from service.context import Ctx
 from service.store import Store

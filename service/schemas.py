@@ -1,4 +1,4 @@
-"""JSON Schemas of the protocol messages, derived from ``scanfort.protocol``, and a validator.
+"""JSON Schemas of the protocol messages, derived from ``protocol.wire``, and a validator.
 
 The dataclasses in the protocol module are the single definition of the wire format; this
 module walks their fields to produce the OpenAPI component schemas and adds the limits the
@@ -17,7 +17,7 @@ import types
 import typing
 from typing import Any
 
-from scanfort import protocol
+from protocol import wire as protocol
 
 Schema = dict[str, Any]
 

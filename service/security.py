@@ -11,7 +11,7 @@ import hmac
 import secrets
 
 # One implementation for the central and the gateway (a stdlib leaf), re-exported here.
-from scanfort.credentials import (
+from protocol.credentials import (
     generate_password,
     hash_password,
     new_token,

@@ -15,7 +15,7 @@ from typing import Any
 
 import platformdirs
 
-from scanfort.protocol import MAX_OBJECT_BYTES
+from protocol.wire import MAX_OBJECT_BYTES
 from service.errors import ConfigError
 
 if sys.version_info >= (3, 11):

@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from scanfort.protocol import EnrollRequest, Event, Heartbeat, to_dict
+from protocol.wire import EnrollRequest, Event, Heartbeat, to_dict
 from service import security, tables
 from service.errors import NotInitializedError
 

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from cipher.pseudonym import PseudonymSecret
-from scanfort.protocol import Ack, EnrollResponse, HeartbeatAck, ObjectReceipt, to_dict
+from protocol.wire import Ack, EnrollResponse, HeartbeatAck, ObjectReceipt, to_dict
 from service import dashboard, status, tables
 from service.app import create_app
 from service.settings import Settings

@@ -21,7 +21,7 @@ from schemathesis.checks import positive_data_acceptance
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.transport.serialization import Binary
 
-from scanfort.protocol import EnrollRequest
+from protocol.wire import EnrollRequest
 from service.app import create_app
 from service.settings import Settings
 from service.store import Store

@@ -18,7 +18,7 @@ from requests.utils import get_environ_proxies
 from agent.config import CentralConfig, DestinationConfig
 from agent.errors import DeliveryError
 from agent.forward.base import Forwarder, Outgoing, http_error, transport_error
-from scanfort.protocol import API_PREFIX
+from protocol.wire import API_PREFIX
 
 #: Objects up to this size are read into memory and sent in one piece.
 _IN_MEMORY_MAX = 8 << 20

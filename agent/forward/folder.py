@@ -11,7 +11,7 @@ from pathlib import Path
 from agent.config import DestinationConfig
 from agent.errors import DeliveryError
 from agent.forward.base import Forwarder, Outgoing
-from scanfort.durable import fsync_dir
+from protocol.durable import fsync_dir
 
 #: How many names ``scan.bin.age``, ``scan.bin (2).age``, … are tried for one object.
 MAX_NAMES = 1000

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from agent.oshost.errors import ServiceError
-from scanfort.durable import atomic_write
+from protocol.durable import atomic_write
 
 
 @dataclass(frozen=True)
