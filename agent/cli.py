@@ -52,8 +52,13 @@ def _load(args: argparse.Namespace) -> AgentConfig | None:
     except ConfigError as exc:
         for problem in exc.problems:
             sys.stderr.write(f"scanfort: error: {problem}\n")
-        sys.stderr.write(f"scanfort: hint: fix {_config_path(args)} and run scanfort agent "
-                         "check\n")
+        path = _config_path(args)
+        if not path.exists():
+            hint = (f"scanfort agent init writes {path} (or give --config FILE); "
+                    "scanfort agent enroll connects it to the central")
+        else:
+            hint = f"fix {path} and run scanfort agent check"
+        sys.stderr.write(f"scanfort: hint: {hint}\n")
         return None
 
 

@@ -155,5 +155,6 @@ def register(sub: Any, add: Any) -> None:
         q.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
                        help="config file")
         if nargs is not None:
-            q.add_argument("ids", metavar="ID", type=int, nargs=nargs)
+            q.add_argument("ids", metavar="ID", type=int, nargs=nargs,
+                           help="quarantine entry ids (from quarantine list)")
     return None

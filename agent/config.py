@@ -18,6 +18,7 @@ from typing import Any
 import platformdirs
 
 from agent.errors import ConfigError
+from protocol.hints import unknown_key
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -264,7 +265,7 @@ class _Reader:
     def finish(self) -> None:
         for key in self.table:
             if key not in self.used:
-                self.problem(key, "unknown key")
+                self.problem(key, unknown_key(key, self.used))
 
 
 def _url(r: _Reader, key: str, required: bool = False) -> str | None:

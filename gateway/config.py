@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import platformdirs
 
 from gateway.errors import ConfigError
+from protocol.hints import unknown_key
 
 if TYPE_CHECKING:
     from cipher.pseudonym import PseudonymSecret
@@ -188,7 +189,7 @@ def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError([f"{path}: {exc}"]) from exc
         for key, value in raw.items():
             if key not in _TOML_KEYS:
-                problems.append(f"{key}: unknown key")
+                problems.append(f"{key}: {unknown_key(key, _TOML_KEYS)}")
             else:
                 values[key] = value
     for key, value in overrides.items():

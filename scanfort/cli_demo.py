@@ -151,6 +151,16 @@ def _stop(proc: subprocess.Popen[Any] | None) -> None:
         proc.wait()
 
 
+def _command() -> str:
+    """How to type ``scanfort`` so a printed command works as printed: the bare name when
+    it is this installation's on the PATH, else the full path (e.g. ``.venv/bin/scanfort``)."""
+    here = Path(sys.executable).parent / "scanfort"
+    found = shutil.which("scanfort")
+    if not here.exists() or (found and Path(found).resolve() == here.resolve()):
+        return "scanfort"
+    return str(here)
+
+
 def run_demo(root: Path, port: int, once: bool, timeout: float) -> int:
     root = root.resolve()
     for sub in ("inbox", "outbox", "spool", "logs"):
@@ -186,7 +196,7 @@ def run_demo(root: Path, port: int, once: bool, timeout: float) -> int:
             config.write_text(AGENT_CONFIG.format(url=url))
             token = json.loads(_checked("central", "token", "--data-dir", str(central_dir), "--json"))
             _checked("agent", "enroll", "--central", url, "--token", token["enrollment_token"], "--config", str(config))
-        _say("starting the agent (watching demo/inbox)")
+        _say(f"starting the agent (watching {root / 'inbox'})")
         agent = subprocess.Popen(
             [sys.executable, "-m", "scanfort", "agent", "run", "--config", str(config)],
             stdout=open(root / "logs" / "agent.out", "ab"),
@@ -207,14 +217,15 @@ def run_demo(root: Path, port: int, once: bool, timeout: float) -> int:
             time.sleep(0.5)
         else:
             return _fail(f"only {done - before} of {dropped} scans were acknowledged in {timeout:.0f}s",
-                         f"see {root / 'logs'} and scanfort agent status --config {config}")
+                         f"see {root / 'logs'} and {_command()} agent status --config {config}")
         objects = sum(1 for p in (central_dir / "objects").rglob("*") if p.is_file())
         _say(f"{dropped} scans protected and acknowledged; the central store holds {objects} protected objects")
         _say(f"dashboard: {url}/  login: admin / {password}")
-        _say(f"decrypt a copy: scanfort decrypt -i {identity} -o {root / 'restored'} {root / 'outbox'}")
+        _say(f"decrypt a copy: {_command()} decrypt -i {identity} -o {root / 'restored'} "
+             f"{root / 'outbox'}")
         if once:
             return 0
-        _say("running; drop more files into demo/inbox, Ctrl-C to stop")
+        _say(f"running; drop more files into {root / 'inbox'}, Ctrl-C to stop")
         while agent.poll() is None and central.poll() is None:
             time.sleep(1)
         return _fail("a demo process stopped", f"see {root / 'logs'}")

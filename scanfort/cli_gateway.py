@@ -46,24 +46,24 @@ def register(subparsers: Any) -> None:
                       help="DICOMweb root of an archive, e.g. http://pacs:8042/dicom-web")
     init.add_argument("--pseudonym-secret", type=Path, default=None,
                       help="the pseudonymisation secret file (DICOM mode v2), optional")
-    init.add_argument("--admin-user", default="admin")
+    init.add_argument("--admin-user", default="admin", help="name of the first admin user")
     _password_arg(init)
     init.set_defaults(func=_cmd_init)
 
     run = sub.add_parser("run", help="serve DICOMweb, the pages and the viewer (foreground)")
     _common(run)
-    run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=8700)
+    run.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    run.add_argument("--port", type=int, default=8700, help="port to listen on")
     run.add_argument("--viewer", default=None, metavar="DIR", help="OHIF dist/ to serve")
     run.add_argument("--ssl-certfile", default=None, help="serve HTTPS with this certificate")
     run.add_argument("--ssl-keyfile", default=None, help="private key for --ssl-certfile")
-    run.add_argument("--log-level", default="info",
+    run.add_argument("--log-level", default="info", help="server log level",
                      choices=["critical", "error", "warning", "info", "debug"])
     run.set_defaults(func=_cmd_run)
 
     user = sub.add_parser("user", help="add a user or change their password and roles")
     _common(user)
-    user.add_argument("username")
+    user.add_argument("username", help="login name")
     user.add_argument("--role", action="append", default=[], required=True,
                       choices=["reader", "auditor", "admin"], help="repeatable")
     _password_arg(user)
@@ -71,9 +71,9 @@ def register(subparsers: Any) -> None:
 
     token = sub.add_parser("token", help="mint a bearer token for a DICOMweb client")
     _common(token)
-    token.add_argument("username")
-    token.add_argument("--days", type=float, default=90.0)
-    token.add_argument("--note", default="")
+    token.add_argument("username", help="the user the token acts as")
+    token.add_argument("--days", type=float, default=90.0, help="days until the token expires")
+    token.add_argument("--note", default="", help="what the token is for (shown in listings)")
     token.set_defaults(func=_cmd_token)
 
     reindex = sub.add_parser("reindex", help="rebuild the search index from the upstream")
@@ -82,14 +82,16 @@ def register(subparsers: Any) -> None:
 
     export = sub.add_parser("export", help="push a study's decrypted instances (audited)")
     _common(export)
-    export.add_argument("--study", required=True, metavar="UID")
+    export.add_argument("--study", required=True, metavar="UID",
+                        help="the real Study Instance UID to export")
     export.add_argument("--to", required=True, metavar="TARGET",
                         help="dicom://AE@host:port (C-STORE) or an http(s) DICOMweb root")
     export.set_defaults(func=_cmd_export)
 
     audit = sub.add_parser("audit", help="verify the audit chain or export it as CSV")
     _common(audit)
-    audit.add_argument("action", choices=["verify", "csv"])
+    audit.add_argument("action", choices=["verify", "csv"],
+                       help="verify the hash chain, or write it as CSV")
     audit.add_argument("--head", default=None, help="a hash noted earlier that must be in it")
     audit.set_defaults(func=_cmd_audit)
 

@@ -19,7 +19,6 @@ import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
@@ -37,6 +36,7 @@ from cipher.errors import (
 )
 from cipher.pseudonym import PseudonymSecret
 from protocol.durable import atomic_output
+from scanfort.batch import Failure, Skipped, default_jobs, run_batch
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,8 +48,13 @@ __all__ = ["register"]
 AGE_SUFFIX = ".age"
 MODES = ("auto", "file", "dicom")
 
-# One hint per kind of failure, printed once per run after its first error.
+class InputIsOutputError(OSError):
+    """The output path names the input file itself (encrypting into the input's folder)."""
+
+
+# One hint per kind of failure, printed once per run after its first error (first match).
 _HINTS: dict[type[BaseException], str] = {
+    InputIsOutputError: "give an OUTDIR other than the input's folder (-o)",
     NoIdentityMatchError: "decrypt with the identity (-i FILE) of one of the recipients the "
     "file was encrypted to; a damaged recipient stanza looks the same",
     AuthenticationError: "nothing was written for this file; get an intact copy from its source",
@@ -80,72 +85,26 @@ def _error(message: str, hint: str | None = None, stream: TextIO | None = None) 
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError):
-        return (exc.strerror or str(exc)).lower()
+        text = exc.strerror or str(exc)
+        return text[:1].lower() + text[1:]  # "no such file…"; paths keep their case
     return str(exc)
 
 
-@dataclass
-class _Report:
-    """Counts, per-file errors (with each hint once) and the final summary."""
-
-    verb: str
-    ok: int = 0
-    failed: int = 0
-    modes: dict[str, int] = field(default_factory=dict)
-    _hinted: set[type[BaseException]] = field(default_factory=set)
-
-    def success(self, mode: str) -> None:
-        self.ok += 1
-        self.modes[mode] = self.modes.get(mode, 0) + 1
-
-    def failure(self, path: Path, exc: BaseException) -> None:
-        self.failed += 1
-        hint = None
-        for kind, text in _HINTS.items():
-            if isinstance(exc, kind):
-                if kind not in self._hinted:
-                    self._hinted.add(kind)
-                    hint = text
-                break
-        _error(f"{path}: {_describe(exc)}", hint)
-
-    def summary(self, stream: TextIO) -> None:
-        detail = ", ".join(f"{n} {mode} mode" for mode, n in sorted(self.modes.items()))
-        line = f"scanfort: {self.verb} {self.ok} file{'s' if self.ok != 1 else ''}"
-        if detail:
-            line += f" ({detail})"
-        if self.failed:
-            line += f", {self.failed} failed"
-        stream.write(line + "\n")
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.failed else 0
+def _failure(exc: BaseException) -> Failure:
+    """A file's failure as text and the kind of its hint (see :data:`_HINTS`)."""
+    if not isinstance(exc, CipherError | OSError):  # a bug: no traceback, no file content
+        return Failure(f"internal error ({type(exc).__name__})", None)
+    kind = next((k.__name__ for k in _HINTS if isinstance(exc, k)), None)
+    return Failure(_describe(exc), kind)
 
 
-class _Progress:
-    """A one-line progress bar on a terminal's stderr, for runs of several files."""
+_HINT_TEXT = {kind.__name__: text for kind, text in _HINTS.items()}
 
-    WIDTH = 30
 
-    def __init__(self, total: int, stream: TextIO) -> None:
-        self.total = total
-        self.done = 0
-        self.stream = stream
-        self.enabled = total > 1 and stream.isatty()
-
-    def step(self) -> None:
-        self.done += 1
-        if self.enabled:
-            filled = self.WIDTH * self.done // self.total
-            bar = "#" * filled + "." * (self.WIDTH - filled)
-            self.stream.write(f"\r[{bar}] {self.done}/{self.total}")
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\r" + " " * (self.WIDTH + 24) + "\r")
-            self.stream.flush()
+def _run(items: list[tuple[Path, Path]], verb: str, one: Callable[[Path, Path], str],
+         args: argparse.Namespace) -> int:
+    return run_batch(items, verb, one, _failure, _HINT_TEXT, jobs=args.jobs,
+                     quiet=args.quiet, as_json=args.json)
 
 
 @contextlib.contextmanager
@@ -235,8 +194,9 @@ def _plan(items: list[tuple[Path, Path]], outdir: Path, target_of: Callable[[Pat
           force: bool) -> list[tuple[Path, Path]]:
     """Map every input to its output path before anything is written.
 
-    Two inputs that would write one output are a usage error (nothing is written); an
-    output that exists already is replaced only with ``--force``.
+    Two inputs that would write one output are a usage error (nothing is written). An
+    output that exists already is replaced only with ``--force``; otherwise its input is
+    skipped (:func:`_skip_existing`), so a rerun of an interrupted batch does the rest.
     """
     claimed: dict[Path, Path] = {}
     planned: list[tuple[Path, Path]] = []
@@ -250,13 +210,12 @@ def _plan(items: list[tuple[Path, Path]], outdir: Path, target_of: Callable[[Pat
                              "give inputs whose names differ, or one -o per input directory")
         claimed[target] = path
         planned.append((path, target))
-    if not force:
-        existing = [t for _, t in planned if t.exists() or t.is_symlink()]
-        if existing:
-            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-            raise UsageError(f"output exists: {existing[0]}{more}",
-                             "choose an empty OUTDIR, or give --force to replace outputs")
     return planned
+
+
+def _skip_existing(target: Path, force: bool) -> None:
+    if not force and (target.exists() or target.is_symlink()):
+        raise Skipped("output exists", "give --force to replace outputs that exist")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -273,7 +232,7 @@ def _check_outdir(outdir: Path) -> None:
 
 def _guard_target(source: Path, target: Path) -> None:
     if _same_file(source, target):
-        raise OSError(17, f"output would overwrite the input {target}")
+        raise InputIsOutputError(17, f"the output would overwrite the input ({target})")
 
 
 # --------------------------------------------------------------------------- keygen
@@ -389,6 +348,16 @@ def _encrypt_one(
     force: bool,
 ) -> str:
     with _open_regular(path) as src:
+        try:
+            already = cipher.detect_mode(src)
+        except CipherError:
+            already = None
+        if already is not None:
+            raise Skipped(f"already protected ({already} mode)",
+                          "scanfort inspect describes a protected file, scanfort decrypt "
+                          "restores it")
+        _guard_target(path, target)
+        _skip_existing(target, force)
         chosen = mode
         if mode == "auto":
             chosen = cipher.DICOM_MODE if cipher.is_dicom_with_pixels(src) else cipher.FILE_MODE
@@ -403,8 +372,7 @@ def _encrypt_one(
                 # DICOM that DICOM mode cannot carry: file mode, and say why.
                 chosen = cipher.FILE_MODE
                 target = target.with_name(target.name + AGE_SUFFIX)
-                if target.exists() and not force:
-                    raise OSError(17, f"output exists: {target}") from None
+                _skip_existing(target, force)
                 sys.stderr.write(f"scanfort: note: {path}: file mode ({exc})\n")
                 src.seek(0)
             else:
@@ -472,25 +440,8 @@ def _cmd_encrypt(args: argparse.Namespace) -> int:
         planned,
         "encrypted",
         lambda p, target: _encrypt_one(p, target, recipients, args.mode, policy, args.force),
+        args,
     )
-
-
-def _run(items: list[tuple[Path, Path]], verb: str, one: Callable[[Path, Path], str]) -> int:
-    report = _Report(verb)
-    progress = _Progress(len(items), sys.stderr)
-    for path, rel in items:
-        try:
-            report.success(one(path, rel))
-        except (CipherError, OSError) as exc:
-            progress.close()
-            report.failure(path, exc)
-        except Exception as exc:  # a bug must not abort the batch or print a traceback
-            progress.close()
-            report.failure(path, RuntimeError(f"internal error ({type(exc).__name__})"))
-        progress.step()
-    progress.close()
-    report.summary(sys.stderr)
-    return report.exit_code
 
 
 # --------------------------------------------------------------------------- decrypt
@@ -507,10 +458,11 @@ def _decrypt_target(path: Path, rel: Path) -> Path:
     return rel
 
 
-def _decrypt_one(path: Path, target: Path, identities: list[str]) -> str:
+def _decrypt_one(path: Path, target: Path, identities: list[str], force: bool) -> str:
     with _open_regular(path) as src:
         mode = cipher.detect_mode(src)
         _guard_target(path, target)
+        _skip_existing(target, force)
         with _atomic_output(target) as dst:
             cipher.unprotect(src, dst, identities)
     return mode
@@ -526,7 +478,8 @@ def _cmd_decrypt(args: argparse.Namespace) -> int:
     except UsageError as exc:
         _error(str(exc), exc.hint)
         return 2
-    return _run(planned, "decrypted", lambda p, target: _decrypt_one(p, target, identities))
+    return _run(planned, "decrypted",
+                lambda p, target: _decrypt_one(p, target, identities, args.force), args)
 
 
 # --------------------------------------------------------------------------- inspect
@@ -547,28 +500,42 @@ def _format_text(path: str, info: dict[str, Any]) -> str:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {}
-    report = _Report("inspected")
+    hinted: set[str] = set()
+    failed = 0
     for name in args.files:
         try:
             with _open_regular(Path(name)) as src:
                 info = cipher.inspect(src)
-        except (CipherError, OSError) as exc:
-            report.failure(Path(name), exc)
-            continue
         except Exception as exc:  # never a traceback for one odd file
-            report.failure(Path(name), RuntimeError(f"internal error ({type(exc).__name__})"))
+            failed += 1
+            failure = _failure(exc)
+            hint = _HINT_TEXT.get(failure.kind or "") if failure.kind not in hinted else None
+            hinted.add(failure.kind or "")
+            _error(f"{name}: {failure.message}", hint)
             continue
-        report.success(str(info.get("mode")))
         results[name] = info
         if not args.json:
             sys.stdout.write(_format_text(name, info))
     if args.json:
         payload: Any = results[args.files[0]] if len(args.files) == 1 and results else results
         sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    return report.exit_code
+    return 1 if failed else 0
 
 
 # --------------------------------------------------------------------------- registration
+
+
+def _batch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR",
+                   help="directory for the outputs (relative paths of directory inputs kept)")
+    p.add_argument("--force", action="store_true",
+                   help="replace outputs that exist (default: skip their inputs and say so)")
+    p.add_argument("-j", "--jobs", type=int, default=default_jobs(), metavar="N",
+                   help="files processed in parallel (default: %(default)s, the CPUs here)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar: a one-line summary every few seconds instead")
+    p.add_argument("--json", action="store_true",
+                   help="one result per input as JSON on stdout (progress lines on stderr)")
 
 
 def register(subparsers: Any) -> None:
@@ -608,7 +575,8 @@ def register(subparsers: Any) -> None:
         metavar="FILE",
         help="file of recipients, one per line (repeatable)",
     )
-    p.add_argument("--mode", choices=MODES, default="auto", help="default: auto")
+    p.add_argument("--mode", choices=MODES, default="auto",
+                   help="auto: DICOM mode for DICOM files with pixels, file mode for the rest")
     p.add_argument("--policy", choices=("profile", "pixels-only"), default="profile",
                    help="DICOM mode: the PS3.15 profile (default) or Pixel Data only")
     p.add_argument("--profile-options", default="retain-uids,retain-long-full-dates",
@@ -622,9 +590,9 @@ def register(subparsers: Any) -> None:
                    help="the site's pseudonymisation secret (written by scanfort central init)")
     p.add_argument("--agent-config", metavar="FILE",
                    help="take the pseudonym secret named by this agent config")
-    p.add_argument("--force", action="store_true", help="replace outputs that exist")
-    p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
-    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    _batch_options(p)
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="files and directories (walked recursively)")
     p.set_defaults(func=_cmd_encrypt)
 
     p = subparsers.add_parser(
@@ -636,9 +604,9 @@ def register(subparsers: Any) -> None:
         "-i", "--identity", action="append", required=True, metavar="IDENTITY",
         help="identity file (repeatable)",
     )  # fmt: skip
-    p.add_argument("--force", action="store_true", help="replace outputs that exist")
-    p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
-    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    _batch_options(p)
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="files and directories (walked recursively)")
     p.set_defaults(func=_cmd_decrypt)
 
     p = subparsers.add_parser(
@@ -648,5 +616,5 @@ def register(subparsers: Any) -> None:
         "sizes and kept UIDs.",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE", help="protected files")
     p.set_defaults(func=_cmd_inspect)

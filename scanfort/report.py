@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from cipher import analysis, chaos
+from scanfort.progress import Progress, style_for
 
 BUNDLED = ("CT_small.dcm", "MR_small.dcm", "SC_rgb_small_odd.dcm", "SC_rgb_rle_2frame.dcm", "rtdose_1frame.dcm")
 NPCR_TRIALS = 16
@@ -161,11 +162,24 @@ def sbox_report(samples: int = 8) -> dict[str, Any]:
 SPEED_MIN_TIME = 0.1  # seconds of interleaved repeats per case of the per-kernel speed table
 
 
-def build(files: Sequence[str]) -> dict[str, Any]:
+def build(files: Sequence[str], progress: Progress | None = None) -> dict[str, Any]:
+    """The report; ``progress`` counts its steps (each image, the S-boxes, the speed table)."""
     from scanfort import benchmark
 
     loaded, skipped = load_images(files)
-    images = [image_report(label, img) for label, img in loaded]
+    if progress is not None:
+        progress.total = len(loaded) + 2
+    images = []
+    for label, img in loaded:
+        images.append(image_report(label, img))
+        if progress is not None:
+            progress.advance()
+    sboxes = sbox_report()
+    if progress is not None:
+        progress.advance()
+    speed = benchmark.run(SPEED_MIN_TIME, min_runs=3)
+    if progress is not None:
+        progress.advance()
     return {
         "skipped": skipped,
         "cipher": "scanfort chaos v1",
@@ -173,8 +187,8 @@ def build(files: Sequence[str]) -> dict[str, Any]:
         "constant_time": chaos.constant_time(chaos.kernel()),
         "cpu": benchmark.cpu_model(),
         "images": images,
-        "sbox": sbox_report(),
-        "speed": benchmark.run(SPEED_MIN_TIME, min_runs=3),
+        "sbox": sboxes,
+        "speed": speed,
     }
 
 
@@ -230,7 +244,12 @@ def render(report: dict[str, Any]) -> str:
 
 def main(files: Sequence[str], as_json: bool) -> int:
     """Print the report; exit 1 when a given file could not be used (the rest is reported)."""
-    report = build(files)
+    progress = Progress("cipher-report", 3, sys.stderr, unit="steps",
+                        style=style_for(sys.stderr, json=as_json))
+    try:
+        report = build(files, progress)
+    finally:
+        progress.close()
     print(json.dumps(report, indent=1) if as_json else render(report))
     if files and report["skipped"]:
         for msg in report["skipped"]:

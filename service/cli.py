@@ -45,7 +45,7 @@ def register(subparsers: Any) -> None:
 
     init = sub.add_parser("init", help="create the data dir, admin user and first enrollment token")
     _common(init)
-    init.add_argument("--admin-user", default="admin")
+    init.add_argument("--admin-user", default="admin", help="name of the first admin user")
     init.add_argument(
         "--admin-password-file",
         type=Path,
@@ -65,14 +65,17 @@ def register(subparsers: Any) -> None:
 
     run = sub.add_parser("run", help="serve the agent API and dashboard (foreground)")
     _common(run)
-    run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=8600)
+    run.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    run.add_argument("--port", type=int, default=8600, help="port to listen on")
     run.add_argument("--ssl-certfile", default=None, help="serve HTTPS with this certificate (PEM)")
     run.add_argument("--ssl-keyfile", default=None, help="private key for --ssl-certfile")
-    run.add_argument("--stale-after", type=float, default=None, metavar="SECONDS")
-    run.add_argument("--offline-after", type=float, default=None, metavar="SECONDS")
+    run.add_argument("--stale-after", type=float, default=None, metavar="SECONDS",
+                     help="an agent without heartbeat this long is stale (default: central.toml)")
+    run.add_argument("--offline-after", type=float, default=None, metavar="SECONDS",
+                     help="an agent without heartbeat this long is offline (default: central.toml)")
     run.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+        help="server log level"
     )
     run.set_defaults(func=_cmd_run)
 
@@ -85,7 +88,7 @@ def register(subparsers: Any) -> None:
         "--site", default="", help="site / room of the agent that will use it (default: none)"
     )
     token.add_argument("--ttl-hours", type=float, default=None, help="validity (default: settings)")
-    token.add_argument("--json", action="store_true")
+    token.add_argument("--json", action="store_true", help="print the token as JSON")
     token.set_defaults(func=_cmd_token)
 
     reader = sub.add_parser("reader-token", help="mint a token a reading gateway uses to GET objects")
@@ -95,7 +98,7 @@ def register(subparsers: Any) -> None:
 
     revoke = sub.add_parser("revoke", help="revoke an agent's token")
     _common(revoke)
-    revoke.add_argument("agent_id")
+    revoke.add_argument("agent_id", help="the agent's id (ag_…, see the dashboard)")
     revoke.set_defaults(func=_cmd_revoke)
 
     user = sub.add_parser("user", help="dashboard users and roles (admin, operator, viewer)")
@@ -103,7 +106,7 @@ def register(subparsers: Any) -> None:
     user.set_defaults(func=lambda _args: (user.print_help(sys.stderr), 2)[1])
     add = user_sub.add_parser("add", help="add a user (prints a generated password if none given)")
     _common(add)
-    add.add_argument("username")
+    add.add_argument("username", help="login name")
     add.add_argument(
         "--role",
         default="viewer",
@@ -123,11 +126,11 @@ def register(subparsers: Any) -> None:
     listing.set_defaults(func=_cmd_user_list)
     disable = user_sub.add_parser("disable", help="disable a user (ends its sessions)")
     _common(disable)
-    disable.add_argument("username")
+    disable.add_argument("username", help="login name")
     disable.set_defaults(func=_cmd_user_disable)
     passwd = user_sub.add_parser("passwd", help="set a user's password (re-enables a disabled user)")
     _common(passwd)
-    passwd.add_argument("username")
+    passwd.add_argument("username", help="login name")
     passwd.add_argument(
         "--password-file",
         type=Path,
@@ -139,7 +142,7 @@ def register(subparsers: Any) -> None:
         "unlock", help="unlock an account locked after too many failed logins"
     )
     _common(unlock)
-    unlock.add_argument("username")
+    unlock.add_argument("username", help="login name")
     unlock.set_defaults(func=_cmd_user_unlock)
 
 

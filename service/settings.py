@@ -15,6 +15,7 @@ from typing import Any
 
 import platformdirs
 
+from protocol.hints import unknown_key
 from protocol.wire import MAX_OBJECT_BYTES
 from service.errors import ConfigError
 
@@ -161,7 +162,7 @@ def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError([f"{path}: {exc}"]) from exc
         for key, value in raw.items():
             if key not in _TOML_KEYS:
-                problems.append(f"{key}: unknown key")
+                problems.append(f"{key}: {unknown_key(key, _TOML_KEYS)}")
             else:
                 values[key] = value
     for key, value in overrides.items():

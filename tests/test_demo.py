@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from io import BytesIO
@@ -24,6 +25,19 @@ def test_demo_once_protects_and_delivers_samples(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr + done.stdout
     assert "dashboard: http://127.0.0.1:" in done.stdout and "login: admin / " in done.stdout
+    # --dir moves every path the demo prints; the printed commands work as printed
+    printed = [w.rstrip(",.)") for line in done.stdout.splitlines() for w in line.split()
+               if w.startswith("/") and len(w) > 1]
+    assert printed
+    assert [w for w in printed if not Path(w).is_relative_to(root)
+            and Path(w).name != "scanfort"] == []
+    command = next(line.split("decrypt a copy: ", 1)[1] for line in done.stdout.splitlines()
+                   if "decrypt a copy: " in line)
+    restored = subprocess.run(shlex.split(command), capture_output=True, text=True,
+                              timeout=120, check=False)
+    assert restored.returncode == 0, restored.stderr
+    assert sorted(p.name for p in (root / "restored").iterdir()) == sorted(
+        p.name for p in (root / "inbox").iterdir())
     objects = [p for p in (root / "central" / "objects").rglob("*") if p.is_file()]
     inbox = sorted((root / "inbox").iterdir())
     assert len(objects) == len(inbox) >= 5
