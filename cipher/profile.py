@@ -35,6 +35,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import BaseTag
 
 from cipher.pseudonym import PseudonymSecret, study_pseudonym
 
@@ -307,8 +308,23 @@ class _Context:
         self.study_uid = str(ds.get("StudyInstanceUID", "") or "")
         self._uid_salt = randbytes(16)  # without a secret, UIDs map within one object only
         self.words: set[str] = set()
-        for elem in _walk(ds):
-            if elem.VR in {"PN", "LO", "SH"} and policy.action_for(int(elem.tag), elem.VR) in {
+        self._collect_words(ds)
+
+    def _collect_words(self, ds: Dataset) -> None:
+        """The words of every name/text attribute the policy replaces, at any depth.
+
+        Only those attributes (and sequences, to descend) have their values decoded:
+        decoding every element of a dataset costs more than the whole rest of the policy.
+        """
+        for tag in list(ds.keys()):
+            vr = _raw_vr(ds, tag)
+            if vr is not None and vr not in _WORD_VRS and vr != "SQ":
+                continue
+            elem = ds[tag]
+            if elem.VR == "SQ":
+                for item in elem.value or ():
+                    self._collect_words(item)
+            elif elem.VR in _WORD_VRS and self.policy.action_for(int(elem.tag), elem.VR) in {
                     REPLACE, EMPTY, REMOVE, PSEUDONYM}:
                 for value in _values(elem):
                     self.words.update(w for w in re.split(r"[\s^=,]+", value) if len(w) >= 2)
@@ -335,12 +351,22 @@ def _values(elem: DataElement) -> list[str]:
     return [str(value)]
 
 
-def _walk(ds: Dataset) -> Iterable[DataElement]:
-    for elem in ds:
-        yield elem
-        if elem.VR == "SQ" and elem.value:
-            for item in elem.value:
-                yield from _walk(item)
+_WORD_VRS = frozenset({"PN", "LO", "SH"})
+
+
+def _raw_vr(ds: Dataset, tag: BaseTag) -> str | None:
+    """The VR element ``tag`` of ``ds`` has once decoded, read without decoding its value.
+
+    Implicit-VR and UN elements take the dictionary's VR, as decoding does; ``None`` when
+    that is unknown or ambiguous ("US or SS"): the caller then decodes the element.
+    """
+    vr = ds.get_item(tag).VR
+    if vr is None or vr == "UN":
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            return None
+    return None if " or " in vr else str(vr)
 
 
 def _vr_of(elem: DataElement) -> str:
@@ -382,21 +408,28 @@ def _pseudonym(elem: DataElement, item: Dataset, ctx: _Context) -> Any:
 def _apply_to(ds: Dataset, ctx: _Context, result: PolicyResult) -> None:
     policy = ctx.policy
     keep_private = RETAIN_SAFE_PRIVATE in policy.options
-    for elem in list(ds):
-        tag = int(elem.tag)
-        if elem.tag.group == 0x0002:
+    for key in list(ds.keys()):
+        tag = int(key)
+        if key.group == 0x0002:
             continue
-        if elem.tag.is_private:
+        if key.is_private:
             if policy.kind == PIXELS_ONLY:
                 continue
             # A private element stays only under Retain Safe Private, and only when it
             # is a number (a private text or binary value may hold anything).
-            if keep_private and (elem.tag.is_private_creator or _vr_of(elem) in _NUMERIC_VRS):
+            if keep_private and (key.is_private_creator or _vr_of(ds[key]) in _NUMERIC_VRS):
                 continue
-            del ds[elem.tag]
+            del ds[key]
             continue
         if tag == 0x7FE00010 or tag == 0x00080005:
             continue
+        raw_vr = _raw_vr(ds, key)
+        if raw_vr is not None and raw_vr != "SQ" and policy.action_for(tag, raw_vr) == KEEP:
+            raw = ds.get_item(key)
+            if raw.is_raw and raw.VR is None:  # implicit VR: an explicit output needs it
+                ds[key] = raw._replace(VR=raw_vr)
+            continue  # kept as read: its value is never decoded
+        elem = ds[key]
         vr = _vr_of(elem)
         action = policy.action_for(tag, vr)
         if action == KEEP:
