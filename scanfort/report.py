@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from cipher import analysis, chaos
+from cipher import chaos
+from scanfort import analysis
 from scanfort.progress import Progress, style_for
 
 BUNDLED = ("CT_small.dcm", "MR_small.dcm", "SC_rgb_small_odd.dcm", "SC_rgb_rle_2frame.dcm", "rtdose_1frame.dcm")

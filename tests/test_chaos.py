@@ -19,7 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cipher import _reference as ref
-from cipher import analysis, chaos
+from cipher import chaos
+from scanfort import analysis
 from tests.vectors.make_chaos_vectors import ciphertext_bytes, key_nonce, make_input
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -63,31 +64,49 @@ def test_a_missing_agent_config_points_to_agent_init(tmp_path, capsys) -> None:
     assert "scanfort agent init" in err
 
 
+def _load_agent(tmp_path: Path, typo: str) -> None:
+    from agent.config import load_config
+
+    (tmp_path / "agent.toml").write_text(f"{typo} = []\n")
+    load_config(tmp_path / "agent.toml")
+
+
+def _load_central(tmp_path: Path, typo: str) -> None:
+    from service.settings import CONFIG_NAME, load_settings
+
+    (tmp_path / CONFIG_NAME).write_text(f"{typo} = 1\n")
+    load_settings(tmp_path)
+
+
+def _load_gateway(tmp_path: Path, typo: str) -> None:
+    from gateway.config import CONFIG_NAME, load_settings
+
+    (tmp_path / CONFIG_NAME).write_text(f"{typo} = 1\n")
+    load_settings(tmp_path)
+
+
+def _keys(reader: str) -> set[str]:
+    if reader == "central":
+        from service.settings import _TOML_KEYS as central_keys
+
+        return set(central_keys)
+    from gateway.config import _TOML_KEYS as gateway_keys
+
+    return set(gateway_keys)
+
+
 @pytest.mark.parametrize("reader", ["agent", "central", "gateway"])
 def test_unknown_config_keys_suggest_the_closest_one(tmp_path, reader) -> None:
+    from agent.errors import ConfigError as AgentConfigError
+    from gateway.errors import ConfigError as GatewayConfigError
+    from service.errors import ConfigError as CentralConfigError
+
     if reader == "agent":
-        from agent.config import load_config
-        from agent.errors import ConfigError as Error
-
-        path = tmp_path / "agent.toml"
-        path.write_text("folderz = []\n")
-
-        def load() -> object:
-            return load_config(path)
         typo, meant = "folderz", "folders"
     else:
-        if reader == "central":
-            from service.errors import ConfigError as Error
-            from service.settings import _TOML_KEYS, CONFIG_NAME, load_settings
-        else:
-            from gateway.config import _TOML_KEYS, CONFIG_NAME, load_settings
-            from gateway.errors import ConfigError as Error
-        meant = sorted(k for k in _TOML_KEYS if len(k) > 5)[0]
+        meant = sorted(k for k in _keys(reader) if len(k) > 5)[0]
         typo = meant[:-1] + ("x" if meant[-1] != "x" else "y")
-        (tmp_path / CONFIG_NAME).write_text(f"{typo} = 1\n")
-
-        def load() -> object:
-            return load_settings(tmp_path)
-    with pytest.raises(Error) as info:
-        load()
+    load = {"agent": _load_agent, "central": _load_central, "gateway": _load_gateway}[reader]
+    with pytest.raises((AgentConfigError, CentralConfigError, GatewayConfigError)) as info:
+        load(tmp_path, typo)
     assert f"{typo}: unknown key (did you mean {meant!r}?)" in str(info.value)

@@ -33,9 +33,9 @@ def test_demo_once_protects_and_delivers_samples(tmp_path: Path) -> None:
             and Path(w).name != "scanfort"] == []
     command = next(line.split("decrypt a copy: ", 1)[1] for line in done.stdout.splitlines()
                    if "decrypt a copy: " in line)
-    restored = subprocess.run(shlex.split(command), capture_output=True, text=True,
-                              timeout=120, check=False)
-    assert restored.returncode == 0, restored.stderr
+    printed_run = subprocess.run(shlex.split(command), capture_output=True, text=True,
+                                 timeout=120, check=False)
+    assert printed_run.returncode == 0, printed_run.stderr
     assert sorted(p.name for p in (root / "restored").iterdir()) == sorted(
         p.name for p in (root / "inbox").iterdir())
     objects = [p for p in (root / "central" / "objects").rglob("*") if p.is_file()]
