@@ -213,6 +213,13 @@ def _plan(items: list[tuple[Path, Path]], outdir: Path, target_of: Callable[[Pat
     return planned
 
 
+def _say_checking(items: list[tuple[Path, Path]], verb: str) -> None:
+    """Feedback before the first file is done: mapping many inputs to outputs takes a while."""
+    if len(items) > 1:
+        sys.stderr.write(f"scanfort: {verb}: {len(items)} inputs; checking their outputs\n")
+        sys.stderr.flush()
+
+
 def _skip_existing(target: Path, force: bool) -> None:
     if not force and (target.exists() or target.is_symlink()):
         raise Skipped("output exists", "give --force to replace outputs that exist")
@@ -427,6 +434,7 @@ def _cmd_encrypt(args: argparse.Namespace) -> int:
         _check_outdir(outdir)
         policy = _policy(args)
         items = _collect(args.inputs, outdir)
+        _say_checking(items, "encrypt")
         planned = _plan(items, outdir, lambda p, rel: _encrypt_target(
             rel, _encrypt_mode(p, args.mode)), args.force)
     except UsageError as exc:
@@ -474,6 +482,7 @@ def _cmd_decrypt(args: argparse.Namespace) -> int:
         outdir = Path(args.output)
         _check_outdir(outdir)
         items = _collect(args.inputs, outdir)
+        _say_checking(items, "decrypt")
         planned = _plan(items, outdir, _decrypt_target, args.force)
     except UsageError as exc:
         _error(str(exc), exc.hint)

@@ -73,6 +73,9 @@ class Progress:
         self._last_line = self._start
         self._drawn = False
         self._lock = threading.Lock()
+        if self.style == "lines":  # a log shows at once that the work started
+            self.stream.write(f"scanfort: {label}: {total} {unit} to do\n")
+            self.stream.flush()
 
     # ------------------------------------------------------------------ reporting
 

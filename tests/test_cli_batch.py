@@ -37,6 +37,9 @@ def test_style_follows_the_stream_and_the_flags() -> None:
 def test_lines_are_periodic_with_rate_and_time_left() -> None:
     clock, out = _Clock(), io.StringIO()
     progress = Progress("encrypt", 2000, out, style="lines", interval=5.0, clock=clock)
+    assert out.getvalue() == "scanfort: encrypt: 2000 files to do\n"  # at once
+    out.truncate(0)
+    out.seek(0)
     for _ in range(100):  # 100 files in 4 s: no line yet
         clock.now += 0.04
         progress.advance(nbytes=500_000)
