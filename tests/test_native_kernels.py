@@ -90,11 +90,12 @@ def _random_job(rng: np.random.Generator, k: int, rows: int, last: int) -> dict:
 
 
 # (lane bits, rows, lanes in the last row): one- and two-row layouts, ragged last rows,
-# every width below, at and above each vector size (16, 32, 64 bytes), one lane.
+# every width below, at and above each vector size (16, 32, 64 bytes), one lane; (12, 66, …)
+# and (16, 70, …) take the one-sweep decryption with src (sf_core.c, dec_sweep).
 LAYOUTS = [
     (0, 1, 1), (0, 2, 1), (0, 3, 1), (0, 127, 1), (1, 64, 1), (2, 70, 3), (3, 5, 8), (4, 66, 16), (4, 3, 9),
     (5, 65, 17), (5, 4, 32), (6, 1, 64), (6, 1, 1), (6, 2, 63), (6, 70, 1), (7, 64, 100), (8, 65, 255),
-    (10, 3, 513), (12, 66, 4096), (16, 5, 40_000),
+    (10, 3, 513), (12, 66, 4096), (16, 5, 40_000), (16, 70, 12_345),
 ]
 
 

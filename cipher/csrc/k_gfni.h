@@ -12,8 +12,9 @@ typedef struct {
     sf_vec q1, q2, qg, b1, b2, w, b1w;
 } kc;
 
-SF_KERNEL_TARGET static inline void kc_init(kc *k, const sf_consts *c, uint8_t rk)
+SF_KERNEL_TARGET static inline void kc_init(kc *k, const sf_consts *c, uint8_t rk, int decrypt)
 {
+    (void)decrypt;
     k->q1 = vset1_64(c->q1);
     k->q2 = vset1_64(c->q2);
     k->qg = vset1_64(c->qg);

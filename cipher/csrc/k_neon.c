@@ -32,8 +32,9 @@ static const uint8_t inv_shift_rows[16] = {0, 13, 10, 7, 4, 1, 14, 11, 8, 5, 2, 
 SF_KERNEL_TARGET static inline sf_vec ld(const uint8_t *p) { return vld1q_u8(p); }
 SF_KERNEL_TARGET static inline void st(uint8_t *p, sf_vec v) { vst1q_u8(p, v); }
 
-SF_KERNEL_TARGET static inline void kc_init(kc *k, const sf_consts *c, uint8_t rk)
+SF_KERNEL_TARGET static inline void kc_init(kc *k, const sf_consts *c, uint8_t rk, int decrypt)
 {
+    (void)decrypt;
     k->in_lo = vld1q_u8(c->in_lo);
     k->in_hi = vld1q_u8(c->in_hi);
     k->out_lo = vld1q_u8(c->out_lo);

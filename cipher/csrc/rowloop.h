@@ -6,7 +6,7 @@
  *                      GFNI kernels 10–30 % faster with 4 than with 1, the AES-NI ones,
  *                      already bound by their shuffles, the same within noise);
  *   sf_vec, kc         its vector type and its broadcast constants;
- *   kc_init(&k, c, rk), ld(p), st(p, v), enc_block(&k, x, prev, key, cross) and
+ *   kc_init(&k, c, rk, decrypt), ld(p), st(p, v), enc_block(&k, x, prev, key, cross) and
  *   dec_block(&k, c, prev, key, cross): one vector of the round (sf_core.c, pass_consts).
  * Full vectors are read in place (the rows are L >= SF_V bytes long then); the ragged end
  * of a row, and every row of a layout narrower than one vector, goes through buffers, so
@@ -17,14 +17,14 @@
 #define SF_UNROLL 2
 #endif
 
-#define SF_ROW(name, block)                                                                                   \
+#define SF_ROW(name, block, decrypt)                                                                          \
     SF_KERNEL_TARGET static void name(uint8_t *out, const uint8_t *in, const uint8_t *prev, const uint8_t *cross, \
                                       const uint8_t *lane_key, uint8_t rk, ptrdiff_t L, ptrdiff_t d,           \
                                       ptrdiff_t width, const sf_consts *c)                                     \
     {                                                                                                         \
         kc k;                                                                                                 \
         uint8_t tmp[SF_V];                                                                                    \
-        kc_init(&k, c, rk);                                                                                   \
+        kc_init(&k, c, rk, decrypt);                                                                          \
         ptrdiff_t j = 0;                                                                                      \
         for (; j + SF_UNROLL * SF_V <= width && j + d + SF_UNROLL * SF_V <= L; j += SF_UNROLL * SF_V) {       \
             sf_vec r[SF_UNROLL]; /* no wrap-around in these vectors: read cross in place */                   \
@@ -48,5 +48,5 @@
         }                                                                                                     \
     }
 
-SF_ROW(enc_row, enc_block)
-SF_ROW(dec_row, dec_block)
+SF_ROW(enc_row, enc_block, 0)
+SF_ROW(dec_row, dec_block, 1)
