@@ -108,8 +108,10 @@ def _medians(fns: list[Callable[[], object]], min_time: float, min_runs: int) ->
     return [statistics.median(ts) for ts in times]
 
 
-def run(min_time: float = 1.0, min_runs: int = 5) -> list[dict[str, Any]]:
-    """One row per (case, operation, kernel) plus the AES-256-GCM row of each case."""
+def run(min_time: float = 1.0, min_runs: int = 5,
+        step: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """One row per (case, operation, kernel) plus the AES-256-GCM row of each case;
+    ``step`` is called after each case (progress)."""
     rng = np.random.default_rng(0)
     rows: list[dict[str, Any]] = []
     measured = kernels()
@@ -134,6 +136,8 @@ def run(min_time: float = 1.0, min_runs: int = 5) -> list[dict[str, Any]]:
         for (what, k), s in zip(labels, secs, strict=True):
             rows.append({"case": name, "what": what, "kernel": k, "constant_time": chaos.constant_time(k) if k else True,
                          "ms": s * 1e3, "mb_s": mb / s, "vs_aes": aes_s / s})
+        if step is not None:
+            step()
     return rows
 
 
@@ -205,8 +209,16 @@ def render(rows: list[dict[str, Any]], rss: list[dict[str, Any]]) -> str:
 
 
 def main(as_json: bool = False, min_time: float = 1.0) -> int:
-    rows = run(min_time)
-    rss = [r for r in (peak_rss(k) for k in ("default", chaos.REFERENCE)) if r is not None]
+    from scanfort.progress import Progress, style_for
+
+    progress = Progress("bench", len(CASES) + 1, sys.stderr, unit="steps",
+                        style=style_for(sys.stderr, json=as_json))
+    try:
+        rows = run(min_time, step=progress.advance)
+        rss = [r for r in (peak_rss(k) for k in ("default", chaos.REFERENCE)) if r is not None]
+        progress.advance()
+    finally:
+        progress.close()
     doc = {"cpu": cpu_model(), "kernel": chaos.kernel(), "rows": rows, "peak_rss": rss, "targets": targets(rows)}
     print(json.dumps(doc, indent=1) if as_json else render(rows, rss))
     return 0

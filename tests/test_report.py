@@ -51,7 +51,9 @@ def test_report_table_and_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_bench_prints_ratios_against_aes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--json", "--min-time", "0.05"]) == 0
-    doc = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)  # progress never mixes into the JSON
+    assert captured.err.splitlines()[0] == f"scanfort: bench: {len(benchmark.CASES) + 1} steps to do"
     rows = doc["rows"]
     assert doc["kernel"] == chaos.kernel() and doc["cpu"] == benchmark.cpu_model() != ""
     assert all(r["mb_s"] > 0 and r["vs_aes"] > 0 for r in rows)
