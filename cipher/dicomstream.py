@@ -367,6 +367,12 @@ class Opened:
             self.length = None if flags & dicomfile.FLAG_DEFLATED else (
                 self.length + blob.layout.value_length)
 
+    def header(self) -> bytes | None:
+        """The original file up to its Pixel Data value (None when it was deflated)."""
+        if self._blob.source.flags & dicomfile.FLAG_DEFLATED:
+            return None
+        return self._parts[2][:self._blob.source.offset]
+
     def pieces(self) -> Iterator[bytes | memoryview]:
         """The original file, piece by piece (raises AuthenticationError after the last
         piece when its SHA-256 differs)."""

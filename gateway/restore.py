@@ -35,7 +35,8 @@ from cipher.errors import CipherError
 from gateway.errors import RefusedInstance
 
 #: Instances up to this size are restored whole in memory (and may be cached); larger ones
-#: are streamed. Also the most of a large instance held in memory at once.
+#: are streamed. Also the most of a large instance held in memory at once (the default of
+#: the ``stream_above_bytes`` setting).
 STREAM_ABOVE = 32 * 1024 * 1024
 _READ = 1024 * 1024
 
@@ -65,6 +66,8 @@ class Streamed:
     length: int | None  # of the original, when known in advance
     _pieces: Iterator[bytes | memoryview]
     _close: Callable[[], None] = field(default=lambda: None)
+    #: the original up to its Pixel Data value, when known (from the authenticated blob)
+    header: bytes | None = None
 
     def pieces(self) -> Iterator[bytes | memoryview]:
         """The instance's bytes; :class:`RefusedInstance` after the last one when the
@@ -189,8 +192,10 @@ class InstanceCache:
 class Restorer:
     """Turns archive bytes into what a reader may see (or a :class:`RefusedInstance`)."""
 
-    def __init__(self, identities: Sequence[str], cache_bytes: int, max_concurrent: int) -> None:
+    def __init__(self, identities: Sequence[str], cache_bytes: int, max_concurrent: int,
+                 stream_above: int = STREAM_ABOVE) -> None:  # fmt: skip
         self._identities = list(identities)
+        self.stream_above = stream_above
         self.cache = InstanceCache(cache_bytes)
         self._slots = threading.BoundedSemaphore(max_concurrent)
 
@@ -213,7 +218,7 @@ class Restorer:
                 opened = dicomstream.open_v2(head, self._identities, lambda n: io.BytesIO())
                 data = b"".join(opened.pieces())
             except CipherError as exc:
-                raise _refusal(exc, head.sop_uid) from None
+                raise _refusal(exc, head.uids) from None
         study, series, sop = opened.uids if opened.uids[2] else read_uids(data)
         return Restored(data, True, study, series, sop)
 
@@ -229,7 +234,7 @@ class Restorer:
         nothing decrypted is held whole, the enciphered value waits in an unlinked
         temporary file, and a passed-through one is read from ``src`` as it is sent (so it
         must be sent before ``src`` moves on)."""
-        first, complete = _read_upto(src, STREAM_ABOVE)
+        first, complete = _read_upto(src, self.stream_above)
         if complete:
             return first
         rec = _Recorder(first, src)
@@ -250,10 +255,10 @@ class Restorer:
         try:
             opened = dicomstream.open_v2(head, self._identities, _spool)
         except CipherError as exc:
-            raise _refusal(exc, head.sop_uid) from None
+            raise _refusal(exc, head.uids) from None
         study, series, sop = opened.uids
         return Streamed(True, study, series, sop or head.sop_uid, opened.length,
-                        opened.pieces(), opened.close)  # fmt: skip
+                        opened.pieces(), opened.close, opened.header())  # fmt: skip
 
     def _restore_whole(self, raw: bytes) -> Restored:
         # Without ScanFort's markers anywhere in the bytes the instance is not ours: pass it
@@ -268,7 +273,7 @@ class Restorer:
             try:
                 cipher.unprotect(io.BytesIO(raw), out, self._identities)
             except CipherError as exc:
-                raise _refusal(exc, read_uids(raw)[2]) from None
+                raise _refusal(exc, list(read_uids(raw))) from None
         data = out.getvalue()
         study, series, sop = read_uids(data)
         return Restored(data, True, study, series, sop)
@@ -292,11 +297,12 @@ def _spool(size: int) -> BinaryIO:
     return tempfile.TemporaryFile(prefix="scanfort-gw-")
 
 
-def _refusal(exc: CipherError, sop_uid: str) -> RefusedInstance:
+def _refusal(exc: CipherError, uids: list[str]) -> RefusedInstance:
+    """The refusal of an instance the archive labels with ``uids`` (study, series, SOP)."""
     if isinstance(exc, cipher.NoIdentityMatchError):
         reason = "no site identity matches"
     elif isinstance(exc, cipher.FormatError):
         reason = "damaged protected instance"
     else:
         reason = "does not authenticate (tampered or damaged)"
-    return RefusedInstance(sop_uid or "unknown", reason)
+    return RefusedInstance(uids[2] or "unknown", reason, uids[0], uids[1])

@@ -46,7 +46,10 @@ def _answer(request: Request, level: str, study: str = "", series: str = "") -> 
         gw.audit([AuditEvent(p.username, client_of(request), "search", "failed", study, series,
                              detail=str(exc))])  # fmt: skip
         raise HTTPException(exc.status, str(exc)) from None
-    results = qido.search(gw.index.rows(), q, dicomweb_root(request))
+    rows = gw.index.rows()
+    if level == qido.INSTANCE:  # refused instances too, marked UNAVAILABLE (UIDs only)
+        rows += gw.index.refused_rows()
+    results = qido.search(rows, q, dicomweb_root(request))
     gw.audit([AuditEvent(p.username, client_of(request), "search", "ok", study, series,
                          detail=f"{level} level, {len(results)} results")])  # fmt: skip
     if not results:
