@@ -78,7 +78,10 @@ class Index:
         self._on_study = on_study_indexed
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
-        self._rows: dict[str, Row] | None = None  # instance UID → row
+        self._rows: dict[str, Row] | None = None  # instance UID (the archive's) → row
+        # the original UIDs (in the rows, what readers see) → the archive's, where they
+        # differ: a study protected without retain-uids is stored under keyed pseudonyms
+        self._to_archive: dict[str, str] = {}
         # study UID → instances refused (or too large to index) at its last sync
         self._refused: dict[str, int] = {}
         # study UID → rows of its refused instances: UIDs only, InstanceAvailability
@@ -91,12 +94,37 @@ class Index:
 
     def _load(self) -> dict[str, Row]:
         rows: dict[str, Row] = {}
-        for uid, sealed in self._store.index_rows():
+        self._to_archive = {}
+        for uid, study, series, sealed in self._store.index_rows():
             try:
-                rows[uid] = json.loads(self._seal.open(uid, sealed))
+                rows[uid] = row = json.loads(self._seal.open(uid, sealed))
             except (InvalidTag, ValueError):
                 continue  # a row sealed under another identity or damaged: reindexed by sync
+            self._map(row, (study, series, uid))
         return rows
+
+    def _map(self, row: Row, archive: tuple[str, str, str]) -> None:
+        for tag, theirs in zip((STUDY_UID, SERIES_UID, SOP_UID), archive, strict=True):
+            ours = first_value(row, tag)
+            if ours and ours != theirs:
+                self._to_archive[ours] = theirs
+
+    def archive_path(self, study: str, series: str = "", sop: str = "") -> str:
+        """The upstream path of a study, series or instance a reader names by its original
+        UIDs (unchanged where the archive uses the same ones, or where they are unknown)."""
+        with self._lock:
+            if self._rows is None:
+                self._rows = self._load()
+            get = self._to_archive.get
+            path = f"/studies/{get(study, study)}"
+            if series:
+                path += f"/series/{get(series, series)}"
+            if sop:
+                path += f"/instances/{get(sop, sop)}"
+        return path
+
+    def archive_study(self, study: str) -> str:
+        return self.archive_path(study).removeprefix("/studies/")
 
     def rows(self) -> list[Row]:
         with self._lock:
@@ -112,7 +140,7 @@ class Index:
         with self._lock:
             if self._rows is None:
                 self._rows = self._load()
-            return sop_uid in self._rows
+            return sop_uid in self._rows or sop_uid in self._to_archive
 
     def record(self, items: Sequence[Restored | Streamed], *, only_new: bool = False) -> None:
         """Index restored instances (called after retrieves and by the sync); a large one
@@ -132,14 +160,18 @@ class Index:
                 bits = int(ds.get("BitsAllocated", 8) or 8)
                 row[PIXEL_DATA] = {"vr": "OW" if bits > 8 else "OB",
                                    "BulkDataURI": f"{INSTANCE_URL}/bulkdata/{PIXEL_DATA}"}
-            rows[item.sop_uid] = row
+            study, series, sop = item.archive  # rows are stored under the archive's UIDs
+            rows[sop] = row
             plain = json.dumps(row, separators=(",", ":")).encode("utf-8")
-            sealed = self._seal.seal(item.sop_uid, plain)
-            prepared.append((item.sop_uid, item.study_uid, item.series_uid, sealed))
+            sealed = self._seal.seal(sop, plain)
+            prepared.append((sop, study, series, sealed))
         self._store.put_index(prepared)
         with self._lock:
             if self._rows is not None:
                 self._rows.update(rows)
+            for (study, series, sop), row in zip((i.archive for i in items), rows.values(),
+                                                 strict=True):  # fmt: skip
+                self._map(row, (study, series, sop))
 
     def forget(self) -> None:
         """Drop the in-memory rows (after another process changed the table)."""

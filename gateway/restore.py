@@ -53,6 +53,12 @@ class Restored:
     study_uid: str
     series_uid: str
     sop_uid: str
+    #: the UIDs the archive labels it with, when they differ (protected without retain-uids)
+    archive_uids: tuple[str, str, str] | None = None
+
+    @property
+    def archive(self) -> tuple[str, str, str]:
+        return self.archive_uids or (self.study_uid, self.series_uid, self.sop_uid)
 
 
 @dataclass
@@ -68,6 +74,12 @@ class Streamed:
     _close: Callable[[], None] = field(default=lambda: None)
     #: the original up to its Pixel Data value, when known (from the authenticated blob)
     header: bytes | None = None
+    #: the UIDs the archive labels it with, when they differ (protected without retain-uids)
+    archive_uids: tuple[str, str, str] | None = None
+
+    @property
+    def archive(self) -> tuple[str, str, str]:
+        return self.archive_uids or (self.study_uid, self.series_uid, self.sop_uid)
 
     def pieces(self) -> Iterator[bytes | memoryview]:
         """The instance's bytes; :class:`RefusedInstance` after the last one when the
@@ -220,7 +232,9 @@ class Restorer:
             except CipherError as exc:
                 raise _refusal(exc, head.uids) from None
         study, series, sop = opened.uids if opened.uids[2] else read_uids(data)
-        return Restored(data, True, study, series, sop)
+        visible = (head.study_uid, head.series_uid, head.sop_uid)
+        return Restored(data, True, study, series, sop,
+                        None if visible == (study, series, sop) else visible)
 
     def open_stream(self, src: BinaryIO) -> Restored | Streamed:
         """One instance read from ``src``: whole up to :data:`STREAM_ABOVE` bytes (restored
@@ -257,8 +271,10 @@ class Restorer:
         except CipherError as exc:
             raise _refusal(exc, head.uids) from None
         study, series, sop = opened.uids
-        return Streamed(True, study, series, sop or head.sop_uid, opened.length,
-                        opened.pieces(), opened.close, opened.header())  # fmt: skip
+        sop = sop or head.sop_uid
+        visible = (head.study_uid, head.series_uid, head.sop_uid)
+        return Streamed(True, study, series, sop, opened.length, opened.pieces(), opened.close,
+                        opened.header(), None if visible == (study, series, sop) else visible)
 
     def _restore_whole(self, raw: bytes) -> Restored:
         # Without ScanFort's markers anywhere in the bytes the instance is not ours: pass it
@@ -276,7 +292,9 @@ class Restorer:
                 raise _refusal(exc, list(read_uids(raw))) from None
         data = out.getvalue()
         study, series, sop = read_uids(data)
-        return Restored(data, True, study, series, sop)
+        visible = read_uids(raw)
+        return Restored(data, True, study, series, sop,
+                        None if visible == (study, series, sop) else visible)
 
     def cached_or(self, sop_uid: str, fetch: Callable[[], bytes]) -> Restored:
         """The cached instance, or ``fetch()`` restored and cached."""

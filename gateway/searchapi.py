@@ -41,7 +41,7 @@ def _answer(request: Request, level: str, study: str = "", series: str = "") -> 
             for uid in through_pseudonyms:
                 gw.index.sync(only_study=uid)
         else:
-            gw.index.sync(only_study=scoped or None)
+            gw.index.sync(only_study=gw.index.archive_study(scoped) if scoped else None)
     except UpstreamError as exc:
         gw.audit([AuditEvent(p.username, client_of(request), "search", "failed", study, series,
                              detail=str(exc))])  # fmt: skip

@@ -223,14 +223,16 @@ def _chunks(pieces: list[bytes]) -> Iterator[bytes]:
 @router.get("/studies/{study}")
 def retrieve_study(study: str, request: Request) -> Response:
     p = require(request, "reader", study=study)
-    return _stream_instances(get_gateway(request), p, request, f"/studies/{study}", study)
+    gw = get_gateway(request)
+    return _stream_instances(gw, p, request, gw.index.archive_path(study), study)
 
 
 @router.get("/studies/{study}/series/{series}")
 def retrieve_series(study: str, series: str, request: Request) -> Response:
     p = require(request, "reader", study=study, series=series)
-    path = f"/studies/{study}/series/{series}"
-    return _stream_instances(get_gateway(request), p, request, path, study, series)
+    gw = get_gateway(request)
+    path = gw.index.archive_path(study, series)
+    return _stream_instances(gw, p, request, path, study, series)
 
 
 @overload
@@ -251,13 +253,13 @@ def _one(gw: Gateway, p: Principal, request: Request, op: str, study: str, serie
     if hit is not None:
         gw.audit([_served(p, request, op, hit)])
         return hit
-    streams = gw.upstream.iter_streams(f"/studies/{study}/series/{series}/instances/{sop}")
+    streams = gw.upstream.iter_streams(gw.index.archive_path(study, series, sop))
     try:
         stream = next(streams, None)
         if stream is None:
             raise UpstreamNotFound(sop)
         item = gw.restorer.open_stream(stream) if large else gw.restorer.restore(stream.read())
-        if item.sop_uid != sop:
+        if sop not in (item.sop_uid, item.archive[2]):
             if isinstance(item, Streamed):
                 item.close()
             raise RefusedInstance(sop, "the archive sent a different instance")
@@ -355,12 +357,12 @@ def _metadata(request: Request, study: str, series: str | None) -> Response:
     p = require(request, "reader", study=study, series=series or "")
     gw = get_gateway(request)
     try:
-        gw.index.sync(only_study=study)
+        gw.index.sync(only_study=gw.index.archive_study(study))
     except UpstreamError as exc:
         raise _fail_upstream(gw, p, request, "metadata", exc, study, series or "") from None
     rows = gw.index.series_rows(study, series)
     if not rows:
-        path = f"/studies/{study}" + (f"/series/{series}" if series else "")
+        path = gw.index.archive_path(study, series or "")
         return _metadata_stream(gw, p, request, path, study, series or "")
     root = dicomweb_root(request)
     out, events = [], []
