@@ -320,12 +320,16 @@ def scan_head(src: _Readable, *, keep: bool = True,
     Stops after the top-level Pixel Data element's header (its value is the next byte of
     ``src``), at the end of the stream, or, in a file without block ``SCANFORT 1``, at the
     first element of a group after ``stop_after_group`` (the UIDs are known by then).
-    ``keep``: keep the bytes read (for a file passed on unchanged). Raise
+    ``keep``: keep the bytes read (for a file passed on unchanged). An ``io.BytesIO`` read
+    without ``keep`` is read in place (its position does not move). Raise
     :class:`NotDicomError` (no preamble, or a deflated data set, which this reader does
     not inflate), :class:`FormatError` (malformed before the block), or
     :class:`AuthenticationError` (a damaged block).
     """
-    inp = _MemIn(src.getbuffer()) if isinstance(src, io.BytesIO) and not keep else _In(src, keep)
+    if isinstance(src, io.BytesIO) and not keep:  # in memory already: slices, no copies
+        inp: _In = _MemIn(src.getbuffer()[src.tell():])
+    else:
+        inp = _In(src, keep)
     try:
         ts = _meta(inp)
         if ts == _DEFLATED:
