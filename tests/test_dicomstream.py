@@ -22,14 +22,20 @@ from tests import gateway_data as data
 
 PATIENT = data.Patient("PAT-S", "STREAM^SAM", "ACC-S", "20240909")
 IDENTITY, RECIPIENT = keys.generate_identity()
+PYDICOM_FILES = ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm",
+                 "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm")
 SAMPLES: dict[str, Callable[[], bytes]] = {
     "ct": lambda: data.ct_series(PATIENT, 1, rows=64, cols=64)[0],
     "multiframe": lambda: data.multiframe(PATIENT, 5),
     "rgb": lambda: data.rgb_image(PATIENT),
-    **{name: (lambda n=name: data.pydicom_file(n, PATIENT)) for name in (
-        "CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm",
-        "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm")},
 }
+
+
+def _pydicom_sample(name: str) -> Callable[[], bytes]:
+    return lambda: data.pydicom_file(name, PATIENT)
+
+
+SAMPLES.update({name: _pydicom_sample(name) for name in PYDICOM_FILES})
 
 
 class Trickle(io.RawIOBase):
