@@ -279,10 +279,13 @@ def _fragments(value: bytes | memoryview) -> Iterator[tuple[int, int]]:
         index += 1
 
 
-def _units(value: bytes | memoryview, layout: _Layout) -> list[tuple[slice, bytes, int]]:
-    """Every unit of the value: (slice, nonce label, unit type)."""
+def _units(value: bytes | memoryview, layout: _Layout,
+           fragments: Sequence[tuple[int, int]] | None = None) -> list[tuple[slice, bytes, int]]:
+    """Every unit of the value: (slice, nonce label, unit type). ``fragments`` (offset,
+    length) are those of the value when the caller found them already (a stream)."""
     if layout.kind == LAYOUT_FRAGMENTS:
-        return [(slice(o, o + n), LABEL_FRAGMENT, UNIT_U8) for o, n in _fragments(value)]
+        found = _fragments(value) if fragments is None else fragments
+        return [(slice(o, o + n), LABEL_FRAGMENT, UNIT_U8) for o, n in found]
     if layout.kind == LAYOUT_WHOLE:
         return [(slice(0, layout.value_length), LABEL_WHOLE, layout.unit)]
     fl = layout.frame_length
@@ -297,11 +300,19 @@ def _pieces(value: bytes | memoryview, layout: _Layout, key: bytes, nonce: bytes
     """The value transformed, in order: each unit enciphered (source → visible) or
     deciphered (visible → source), and the clear bytes between units (item headers)."""
     view = memoryview(value)
+    yield from _unit_pieces(_units(view, layout), len(view), lambda a, b: view[a:b], key,
+                            nonce, forward)
+
+
+def _unit_pieces(units: Sequence[tuple[slice, bytes, int]], length: int,
+                 get: Callable[[int, int], bytes | memoryview], key: bytes, nonce: bytes,
+                 forward: bool) -> Iterator[bytes | memoryview]:
+    """:func:`_pieces` over a value read through ``get(start, stop)`` (memory or a spool)."""
     counters: dict[bytes, int] = {}
     pos = 0
-    for sl, label, unit in _units(view, layout):
+    for sl, label, unit in units:
         if sl.start > pos:
-            yield view[pos:sl.start]
+            yield get(pos, sl.start)
         index = counters.get(label, 0)
         counters[label] = index + 1
         unit_nonce = _common.derive_nonce(label, nonce, index)
@@ -309,12 +320,15 @@ def _pieces(value: bytes | memoryview, layout: _Layout, key: bytes, nonce: bytes
             _VISIBLE_DTYPE[unit], _SOURCE_DTYPE[unit])
         if (sl.stop - sl.start) % src_dtype.itemsize:
             raise ValueError("unit length is not a multiple of its value size")
-        arr = np.frombuffer(view[sl], src_dtype).astype(src_dtype.newbyteorder("="))
+        # the cipher works on native-order values; no copy when the order already is native
+        arr = np.frombuffer(get(sl.start, sl.stop), src_dtype).astype(
+            src_dtype.newbyteorder("="), copy=False)
         fn = chaos.encrypt if forward else chaos.decrypt
-        yield fn(arr, key, unit_nonce).astype(vis_dtype).tobytes()
+        out = np.ascontiguousarray(fn(arr, key, unit_nonce).astype(vis_dtype, copy=False))
+        yield out.data.cast("B")
         pos = sl.stop
-    if pos < len(view):
-        yield view[pos:]
+    if pos < length:
+        yield get(pos, length)
 
 
 def _transform(value: bytes, layout: _Layout, key: bytes, nonce: bytes, forward: bool) -> bytes:
@@ -460,42 +474,52 @@ def _restore(ds: Dataset, blob: _Blob, dst: BinaryIO | None) -> int:
     enciphered = visible[:n]
     if not hmac.compare_digest(hashlib.sha256(enciphered).digest(), blob.cipher_sha256):
         raise AuthenticationError()
-    prefix, tail, body = blob.parts()
-    digest = hashlib.sha256()
     written = 0
-
-    def emit(data: bytes | memoryview) -> None:
-        nonlocal written
-        digest.update(data)
+    pieces = _pieces(enciphered, blob.layout, blob.key, blob.nonce, forward=False)
+    for data in _original(blob, pieces):
         written += len(data)
         if dst is not None:
             dst.write(data)
+    return written
 
+
+def _original(blob: _Blob, deciphered: Iterator[bytes | memoryview],
+              parts: tuple[bytes, bytes, bytes] | None = None) -> Iterator[bytes | memoryview]:
+    """The original file, in pieces: the skeleton around the ``deciphered`` value (deflated
+    again when the source was), its SHA-256 checked after the last piece. A mismatch raises
+    :class:`AuthenticationError` after the other pieces were produced: a consumer keeps
+    them only when the iteration ends normally. ``parts``: ``blob.parts()`` if known."""
+    prefix, tail, body = parts or blob.parts()
+    digest = hashlib.sha256()
     s = blob.source
-    emit(prefix)
+
+    def out(data: bytes | memoryview) -> bytes | memoryview:
+        digest.update(data)
+        return data
+
+    yield out(prefix)
     if s.flags & FLAG_DEFLATE_STORED:
-        emit(body)
+        yield out(body)
     else:
         comp = (zlib.compressobj(-1 if s.level == _DEFAULT_LEVEL else s.level, zlib.DEFLATED,
                                  -zlib.MAX_WBITS, s.mem_level)
                 if s.flags & FLAG_DEFLATED else None)
 
-        def stream(data: bytes | memoryview) -> None:
-            emit(comp.compress(data) if comp is not None else data)
+        def stream(data: bytes | memoryview) -> bytes | memoryview:
+            return out(comp.compress(data) if comp is not None else data)
 
-        stream(body[:s.offset])
+        yield stream(body[:s.offset])
         try:
-            for piece in _pieces(enciphered, blob.layout, blob.key, blob.nonce, forward=False):
-                stream(piece)
+            for piece in deciphered:
+                yield stream(piece)
         except ValueError:
             raise AuthenticationError() from None
-        stream(body[s.offset:])
+        yield stream(body[s.offset:])
         if comp is not None:
-            emit(comp.flush())
-    emit(tail)
+            yield out(comp.flush())
+    yield out(tail)
     if not hmac.compare_digest(digest.digest(), blob.original_sha256):
         raise AuthenticationError()
-    return written
 
 
 # --------------------------------------------------------------------------- protect

@@ -58,7 +58,8 @@ def create_app(
     store.create_schema()
     upstream = Upstream(settings.upstreams, settings.upstream_timeout_s, MAX_INSTANCE_BYTES,
                         settings.read_central_token())
-    restorer = Restorer(ids, settings.cache_bytes, settings.max_concurrent_restores)
+    restorer = Restorer(ids, settings.cache_bytes, settings.max_concurrent_restores,
+                        settings.stream_above_bytes)
     def indexed(study: str, count: int, refused: list[RefusedInstance]) -> None:
         # the gateway's own decryptions (building the index) are audited like a reader's
         store.append_audit([

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import requests
+import urllib3
 
 from gateway.errors import UpstreamError, UpstreamNotFound
 
@@ -35,19 +36,22 @@ class CentralSource:
         self.timeout_s = timeout_s
         self._session = session
 
-    def _get(self, path: str, params: dict[str, str] | None = None) -> requests.Response:
+    def _get(self, path: str, params: dict[str, str] | None = None,
+             stream: bool = False) -> requests.Response:  # fmt: skip
         try:
             resp = self._session().get(
                 self.base + path, params=params, timeout=(min(5.0, self.timeout_s), self.timeout_s),
-                headers={"Authorization": f"Bearer {self.token}"},
+                headers={"Authorization": f"Bearer {self.token}"}, stream=stream,
             )  # fmt: skip
         except requests.Timeout as exc:
             raise UpstreamError(504, "the central service did not answer in time") from exc
         except requests.RequestException as exc:
             raise UpstreamError(502, "the central service cannot be reached") from exc
         if resp.status_code == 404:
+            resp.close()
             raise UpstreamNotFound(path)
         if resp.status_code >= 400:
+            resp.close()
             raise UpstreamError(502, f"the central service answered {resp.status_code}")
         return resp
 
@@ -82,7 +86,8 @@ class CentralSource:
         return [{"0020000D": _ui(o["study_uid"]), "0020000E": _ui(o["series_uid"]),
                  "00080018": _ui(o["sop_uid"])} for o in objects]  # fmt: skip
 
-    def iter_instances(self, path: str) -> Iterator[bytes]:
+    def iter_streams(self, path: str) -> Iterator[BinaryIO]:
+        """Each object of ``path`` as a stream of its (encrypted) bytes, read as they arrive."""
         match = _PATH_RE.fullmatch(path)
         if not match:
             raise UpstreamNotFound(path)
@@ -90,4 +95,22 @@ class CentralSource:
         if not objects:
             raise UpstreamNotFound(path)
         for o in objects:
-            yield self._get(f"/objects/{o['sha256']}").content
+            resp = self._get(f"/objects/{o['sha256']}", stream=True)
+            try:
+                yield cast(BinaryIO, _Body(resp))
+            finally:
+                resp.close()
+
+
+class _Body:
+    """``read(n)`` of a response body; a failure half-way is an UpstreamError."""
+
+    def __init__(self, resp: requests.Response) -> None:
+        self._raw = resp.raw
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data: bytes = self._raw.read(None if n < 0 else n, decode_content=True)
+        except (requests.RequestException, OSError, urllib3.exceptions.HTTPError) as exc:
+            raise UpstreamError(504, "the central service stopped sending") from exc
+        return data

@@ -62,6 +62,9 @@ class Settings:
     index_sync_interval_s: float = 5.0  # a search re-lists the whole upstream at most this often
     cache_bytes: int = 256 * 1024 * 1024  # decrypted instances kept in memory, never on disk
     max_concurrent_restores: int = 2  # decryptions at once (bounds memory and CPU)
+    #: larger instances are streamed from the archive to the reader (never held whole,
+    #: never cached; their ciphertext waits in an unlinked temporary file)
+    stream_above_bytes: int = 32 * 1024 * 1024
     login_failure_delay_s: float = 1.0  # doubled per recent failure, capped at 8x
     session_lifetime_s: float = 8 * 3600.0
     cookie_secure: bool = False  # set true behind TLS so cookies never travel in clear
@@ -129,7 +132,7 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 problems.append(f"{name}: must be a positive number")
-        for name in ("cache_bytes", "max_concurrent_restores"):
+        for name in ("cache_bytes", "max_concurrent_restores", "stream_above_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 problems.append(f"{name}: must be an integer >= 0")
@@ -206,7 +209,7 @@ def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
                 problems.append(f"{key}: must be a list of strings")
             elif isinstance(v, (list, tuple)):
                 values[key] = tuple(v)
-    for key in ("cache_bytes", "max_concurrent_restores"):
+    for key in ("cache_bytes", "max_concurrent_restores", "stream_above_bytes"):
         if isinstance(values.get(key), float) and values[key].is_integer():
             values[key] = int(values[key])
     if problems:

@@ -41,9 +41,12 @@ class RefusedInstance(GatewayError):
     Refused for that instance only; never served as noise.
     """
 
-    def __init__(self, sop_instance_uid: str, reason: str) -> None:
+    def __init__(self, sop_instance_uid: str, reason: str, study_uid: str = "",
+                 series_uid: str = "") -> None:  # fmt: skip
         self.sop_instance_uid = sop_instance_uid
         self.reason = reason
+        self.study_uid = study_uid  # as the archive labels it, when known
+        self.series_uid = series_uid
         super().__init__(f"instance {sop_instance_uid} refused: {reason}")
 
 

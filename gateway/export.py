@@ -106,7 +106,7 @@ def export_study(gw: Gateway, study: str, target: str, username: str,
     result = ExportResult()
     detail = f"to {match.group(1) + '@' + match.group(2) if match else target}"
     try:
-        for raw in gw.upstream.iter_instances(f"/studies/{study}"):
+        for raw in gw.upstream.iter_instances(gw.index.archive_path(study)):
             try:
                 item = gw.restorer.restore(raw)
             except RefusedInstance as exc:

@@ -10,23 +10,27 @@ RAM, like the decrypted cache), never written anywhere in clear.
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import pydicom
 from cryptography.exceptions import InvalidTag
 from pydicom.dataset import Dataset
 
 from gateway import dicomdata
 from gateway.errors import RefusedInstance, UpstreamNotFound
-from gateway.restore import Restored, Restorer
+from gateway.restore import Restored, Restorer, Streamed
 from gateway.security import IndexSeal
 from gateway.store import Store
 from gateway.upstream import SERIES_UID, SOP_UID, STUDY_UID, Upstream, first_value
 
 NUMBER_OF_STUDY_RELATED_INSTANCES = "00201208"
+PIXEL_DATA = "7FE00010"
+INSTANCE_AVAILABILITY = "00080056"
 
 Row = dict[str, Any]  # tag (8 hex digits) → DICOM JSON attribute
 
@@ -74,8 +78,15 @@ class Index:
         self._on_study = on_study_indexed
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
-        self._rows: dict[str, Row] | None = None  # instance UID → row
-        self._refused: dict[str, int] = {}  # study UID → instances refused at its last sync
+        self._rows: dict[str, Row] | None = None  # instance UID (the archive's) → row
+        # the original UIDs (in the rows, what readers see) → the archive's, where they
+        # differ: a study protected without retain-uids is stored under keyed pseudonyms
+        self._to_archive: dict[str, str] = {}
+        # study UID → instances refused (or too large to index) at its last sync
+        self._refused: dict[str, int] = {}
+        # study UID → rows of its refused instances: UIDs only, InstanceAvailability
+        # UNAVAILABLE, so a viewer lists them and shows the error the retrieve answers
+        self._refused_rows: dict[str, list[Row]] = {}
         self.full_sync_interval_s = full_sync_interval_s
         self._last_full_sync = -1e18
 
@@ -83,12 +94,37 @@ class Index:
 
     def _load(self) -> dict[str, Row]:
         rows: dict[str, Row] = {}
-        for uid, sealed in self._store.index_rows():
+        self._to_archive = {}
+        for uid, study, series, sealed in self._store.index_rows():
             try:
-                rows[uid] = json.loads(self._seal.open(uid, sealed))
+                rows[uid] = row = json.loads(self._seal.open(uid, sealed))
             except (InvalidTag, ValueError):
                 continue  # a row sealed under another identity or damaged: reindexed by sync
+            self._map(row, (study, series, uid))
         return rows
+
+    def _map(self, row: Row, archive: tuple[str, str, str]) -> None:
+        for tag, theirs in zip((STUDY_UID, SERIES_UID, SOP_UID), archive, strict=True):
+            ours = first_value(row, tag)
+            if ours and ours != theirs:
+                self._to_archive[ours] = theirs
+
+    def archive_path(self, study: str, series: str = "", sop: str = "") -> str:
+        """The upstream path of a study, series or instance a reader names by its original
+        UIDs (unchanged where the archive uses the same ones, or where they are unknown)."""
+        with self._lock:
+            if self._rows is None:
+                self._rows = self._load()
+            get = self._to_archive.get
+            path = f"/studies/{get(study, study)}"
+            if series:
+                path += f"/series/{get(series, series)}"
+            if sop:
+                path += f"/instances/{get(sop, sop)}"
+        return path
+
+    def archive_study(self, study: str) -> str:
+        return self.archive_path(study).removeprefix("/studies/")
 
     def rows(self) -> list[Row]:
         with self._lock:
@@ -96,14 +132,19 @@ class Index:
                 self._rows = self._load()
             return list(self._rows.values())
 
+    def refused_rows(self) -> list[Row]:
+        """Instance-level rows of the instances refused at the last sync of their study."""
+        return [row for rows in list(self._refused_rows.values()) for row in rows]
+
     def has(self, sop_uid: str) -> bool:
         with self._lock:
             if self._rows is None:
                 self._rows = self._load()
-            return sop_uid in self._rows
+            return sop_uid in self._rows or sop_uid in self._to_archive
 
-    def record(self, items: list[Restored], *, only_new: bool = False) -> None:
-        """Index restored instances (called after retrieves and by the sync)."""
+    def record(self, items: Sequence[Restored | Streamed], *, only_new: bool = False) -> None:
+        """Index restored instances (called after retrieves and by the sync); a large one
+        by the header of its original (everything but the Pixel Data value)."""
         if only_new:
             items = [i for i in items if not self.has(i.sop_uid)]
         if not items:
@@ -111,15 +152,26 @@ class Index:
         prepared: list[tuple[str, str, str, bytes]] = []
         rows: dict[str, Row] = {}
         for item in items:
-            row = index_row(dicomdata.parse(item.data))
-            rows[item.sop_uid] = row
+            if isinstance(item, Restored):
+                row = index_row(dicomdata.parse(item.data))
+            else:
+                ds = pydicom.dcmread(io.BytesIO(item.header or b""), stop_before_pixels=True)
+                row = index_row(ds)
+                bits = int(ds.get("BitsAllocated", 8) or 8)
+                row[PIXEL_DATA] = {"vr": "OW" if bits > 8 else "OB",
+                                   "BulkDataURI": f"{INSTANCE_URL}/bulkdata/{PIXEL_DATA}"}
+            study, series, sop = item.archive  # rows are stored under the archive's UIDs
+            rows[sop] = row
             plain = json.dumps(row, separators=(",", ":")).encode("utf-8")
-            sealed = self._seal.seal(item.sop_uid, plain)
-            prepared.append((item.sop_uid, item.study_uid, item.series_uid, sealed))
+            sealed = self._seal.seal(sop, plain)
+            prepared.append((sop, study, series, sealed))
         self._store.put_index(prepared)
         with self._lock:
             if self._rows is not None:
                 self._rows.update(rows)
+            for (study, series, sop), row in zip((i.archive for i in items), rows.values(),
+                                                 strict=True):  # fmt: skip
+                self._map(row, (study, series, sop))
 
     def forget(self) -> None:
         """Drop the in-memory rows (after another process changed the table)."""
@@ -194,16 +246,25 @@ class Index:
 
     def index_study(self, study_uid: str) -> None:
         refused: list[RefusedInstance] = []
-        batch: list[Restored] = []
-        count = 0
+        batch: list[Restored | Streamed] = []
+        count = skipped = 0
         try:
-            for raw in self._upstream.iter_instances(f"/studies/{study_uid}"):
+            for stream in self._upstream.iter_streams(f"/studies/{study_uid}"):
                 try:
-                    item = self._restorer.restore(raw)
+                    taken = self._restorer.take(stream)
+                    item = self._restorer.restore(taken) if isinstance(taken, bytes) else taken
                 except RefusedInstance as exc:
                     refused.append(exc)
                     continue
-                self._restorer.cache.put(item)
+                if isinstance(item, Streamed):
+                    # a large instance: its enciphered value matched its digest and its
+                    # header comes from the authenticated blob; it is not deciphered here
+                    item.close()
+                    if item.header is None:
+                        skipped += 1  # a large deflated or passed-through one: not indexed
+                        continue
+                else:
+                    self._restorer.cache.put(item)
                 batch.append(item)
                 count += 1
                 if len(batch) >= 50:
@@ -212,6 +273,17 @@ class Index:
         except UpstreamNotFound:
             pass
         self.record(batch)
-        self._refused[study_uid] = len(refused)
+        self._refused[study_uid] = len(refused) + skipped
+        self._refused_rows[study_uid] = [_unavailable(study_uid, r) for r in refused
+                                         if r.sop_instance_uid != "unknown"]
         if self._on_study is not None:
             self._on_study(study_uid, count, refused)
+
+
+def _unavailable(study_uid: str, refused: RefusedInstance) -> Row:
+    def ui(value: str) -> dict[str, Any]:
+        return {"vr": "UI", "Value": [value]}
+
+    return {STUDY_UID: ui(refused.study_uid or study_uid), SERIES_UID: ui(refused.series_uid),
+            SOP_UID: ui(refused.sop_instance_uid),
+            INSTANCE_AVAILABILITY: {"vr": "CS", "Value": ["UNAVAILABLE"]}}  # fmt: skip

@@ -38,52 +38,125 @@ def _headers(raw: bytes) -> dict[str, str]:
     return out
 
 
+class MultipartReader:
+    """The parts of a multipart body as it arrives, each one a stream (:meth:`next_part`).
+
+    A part's body is read through :meth:`read` before the next part is asked for (what is
+    left of it is skipped then); the reader holds the unread rest of one chunk at a time, so
+    a part of any size streams through in bounded memory.
+    """
+
+    def __init__(self, chunks: Iterable[bytes], boundary: str, max_part: int) -> None:
+        self._chunks = iter(chunks)
+        self._delim = b"\r\n--" + boundary.encode("latin-1")
+        self._max = max_part
+        self._buf = bytearray(b"\r\n")  # so the first delimiter looks like every other one
+        self._pos = 0  # first unread byte
+        self._scan = 0  # no delimiter starts before this offset (past _pos)
+        self._end = -1  # offset of the delimiter closing the current part, once seen
+        self._in_part = False
+        self._part_read = 0
+        self._finished = False
+        self.headers: dict[str, str] = {}
+
+    def _fill(self) -> None:
+        if self._pos > (1 << 20):  # drop what was read (offsets move with it)
+            del self._buf[: self._pos]
+            self._scan -= self._pos
+            if self._end >= 0:
+                self._end -= self._pos
+            self._pos = 0
+        for chunk in self._chunks:
+            if chunk:
+                self._buf += chunk
+                return
+        raise UpstreamError(502, "upstream multipart body ended without its closing boundary")
+
+    def _find_end(self) -> None:
+        """Look for the delimiter that ends the current part (sets ``_end``)."""
+        d = self._delim
+        while self._end < 0:
+            at = self._buf.find(d, max(self._scan, self._pos))
+            if at < 0:
+                self._scan = max(self._pos, len(self._buf) - len(d))
+                return
+            if len(self._buf) < at + len(d) + 2:
+                self._scan = at
+                return
+            if self._buf[at + len(d) : at + len(d) + 2] in (b"--", b"\r\n"):
+                self._end = at
+                self._scan = at
+                return
+            self._scan = at + 1  # "--boundary" followed by more characters: part of a body
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes of the current part's body (all of it for -1); b"" at its end."""
+        if not self._in_part:
+            return b""
+        want = self._max + 1 if n < 0 else n
+        while True:
+            self._find_end()
+            limit = self._end if self._end >= 0 else self._scan
+            if limit - self._pos >= want or self._end >= 0:
+                take = min(want, limit - self._pos)
+                self._part_read += take
+                if self._part_read > self._max:
+                    raise UpstreamError(502, "upstream part larger than the gateway accepts")
+                with memoryview(self._buf) as view:  # one copy, released before a resize
+                    data = bytes(view[self._pos : self._pos + take])
+                self._pos += take
+                return data
+            if self._part_read + limit - self._pos > self._max:
+                raise UpstreamError(502, "upstream part larger than the gateway accepts")
+            self._fill()
+
+    def next_part(self) -> bool:
+        """Move to the next part (skipping the rest of this one); False after the last."""
+        if self._finished:
+            return False
+        while self._in_part or self._end < 0:
+            if self._in_part:
+                while self.read(1 << 20):
+                    pass
+                self._in_part = False
+                continue
+            self._find_end()
+            if self._end < 0:
+                self._fill()
+        d = self._delim
+        after = self._end + len(d)
+        if self._buf[after : after + 2] == b"--":
+            self._finished = True
+            return False
+        # the part's headers end with an empty line (which may follow the delimiter at once)
+        start = after
+        while (head_end := self._buf.find(b"\r\n\r\n", start, start + 65536)) < 0:
+            if len(self._buf) - start > 65536:
+                raise UpstreamError(502, "upstream part headers too long")
+            self._fill()
+        self.headers = _headers(bytes(self._buf[after + 2 : head_end]))
+        self._pos = self._scan = head_end + 4
+        self._end = -1
+        self._in_part = True
+        self._part_read = 0
+        return True
+
+
 def iter_parts(chunks: Iterable[bytes], boundary: str, max_part: int) -> Iterator[Part]:
     """Parts of a multipart body arriving as ``chunks``; a part over ``max_part`` is an error."""
-    delim = b"\r\n--" + boundary.encode("latin-1")
-    buf = bytearray(b"\r\n")  # so the first delimiter looks like every other one
-    started = False
-    scan = 0
-    for chunk in chunks:
-        buf += chunk
-        while True:
-            at = buf.find(delim, scan)
-            if at < 0:
-                scan = max(0, len(buf) - len(delim))
-                if len(buf) > max_part + len(delim) + 4096:
-                    raise UpstreamError(502, "upstream part larger than the gateway accepts")
-                break
-            tail = at + len(delim)
-            if len(buf) < tail + 2:
-                scan = at
-                break
-            after = bytes(buf[tail : tail + 2])
-            if after not in (b"--", b"\r\n"):
-                scan = at + 1  # "--boundary" followed by more characters: part of a body
-                continue
-            if started:
-                head_end = buf.find(b"\r\n\r\n", 0, at)
-                body_start = 0 if head_end < 0 else head_end + 4
-                if at - body_start > max_part:
-                    raise UpstreamError(502, "upstream part larger than the gateway accepts")
-                headers = {} if head_end < 0 else _headers(bytes(buf[:head_end]))
-                yield Part(headers, bytes(buf[body_start:at]))
-            if after == b"--":
-                return
-            started = True
-            del buf[: tail + 2]  # the delimiter and its CRLF
-            scan = 0
-    if started:
-        raise UpstreamError(502, "upstream multipart body ended without its closing boundary")
+    reader = MultipartReader(chunks, boundary, max_part)
+    while reader.next_part():
+        yield Part(reader.headers, reader.read())
 
 
 def new_boundary() -> str:
     return "sfgw-" + secrets.token_hex(12)
 
 
-def part_head(boundary: str, content_type: str, length: int) -> bytes:
-    return (f"--{boundary}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {length}\r\n\r\n").encode("latin-1")  # fmt: skip
+def part_head(boundary: str, content_type: str, length: int | None) -> bytes:
+    """A part's delimiter and headers (no Content-Length when the length is not known)."""
+    size = "" if length is None else f"Content-Length: {length}\r\n"
+    return f"--{boundary}\r\nContent-Type: {content_type}\r\n{size}\r\n".encode("latin-1")
 
 
 def part_pieces(boundary: str, content_type: str, body: bytes) -> tuple[bytes, bytes, bytes]:

@@ -41,12 +41,15 @@ def _answer(request: Request, level: str, study: str = "", series: str = "") -> 
             for uid in through_pseudonyms:
                 gw.index.sync(only_study=uid)
         else:
-            gw.index.sync(only_study=scoped or None)
+            gw.index.sync(only_study=gw.index.archive_study(scoped) if scoped else None)
     except UpstreamError as exc:
         gw.audit([AuditEvent(p.username, client_of(request), "search", "failed", study, series,
                              detail=str(exc))])  # fmt: skip
         raise HTTPException(exc.status, str(exc)) from None
-    results = qido.search(gw.index.rows(), q, dicomweb_root(request))
+    rows = gw.index.rows()
+    if level == qido.INSTANCE:  # refused instances too, marked UNAVAILABLE (UIDs only)
+        rows += gw.index.refused_rows()
+    results = qido.search(rows, q, dicomweb_root(request))
     gw.audit([AuditEvent(p.username, client_of(request), "search", "ok", study, series,
                          detail=f"{level} level, {len(results)} results")])  # fmt: skip
     if not results:

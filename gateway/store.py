@@ -317,12 +317,15 @@ class Store:
             )  # fmt: skip
             conn.execute(stmt)
 
-    def index_rows(self, study_uid: str | None = None) -> list[tuple[str, bytes]]:
-        stmt = sa.select(tables.index_rows.c.instance_uid, tables.index_rows.c.sealed)
+    def index_rows(self, study_uid: str | None = None) -> list[tuple[str, str, str, bytes]]:
+        """``(instance_uid, study_uid, series_uid, sealed)`` rows (the archive's UIDs)."""
+        t = tables.index_rows
+        stmt = sa.select(t.c.instance_uid, t.c.study_uid, t.c.series_uid, t.c.sealed)
         if study_uid is not None:
-            stmt = stmt.where(tables.index_rows.c.study_uid == study_uid)
+            stmt = stmt.where(t.c.study_uid == study_uid)
         with self._read() as conn:
-            return [(r.instance_uid, bytes(r.sealed)) for r in conn.execute(stmt).all()]
+            return [(r.instance_uid, r.study_uid, r.series_uid, bytes(r.sealed))
+                    for r in conn.execute(stmt).all()]  # fmt: skip
 
     def index_counts(self) -> dict[str, int]:
         """Instances indexed per study (what a sync compares against the upstream)."""

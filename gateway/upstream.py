@@ -9,15 +9,15 @@ Sessions are per thread (``requests.Session`` is not documented as thread-safe).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Generator, Iterator
+from typing import Any, BinaryIO, cast
 
 import requests
 
 from gateway.central import PREFIX as CENTRAL_PREFIX
 from gateway.central import CentralSource
 from gateway.errors import UpstreamError, UpstreamNotFound
-from gateway.multipart import boundary_of, iter_parts
+from gateway.multipart import MultipartReader, boundary_of
 
 DICOM_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 _CHUNK = 1024 * 1024
@@ -29,6 +29,14 @@ SOP_UID = "00080018"
 def first_value(item: dict[str, Any], tag: str) -> str:
     values = item.get(tag, {}).get("Value") or [""]
     return str(values[0])
+
+
+def _chunks(resp: requests.Response) -> Iterator[bytes]:
+    """The body as it arrives; a failure half-way is an UpstreamError wherever it is read."""
+    try:
+        yield from resp.iter_content(_CHUNK)
+    except requests.RequestException as exc:
+        raise UpstreamError(504, "the archive stopped sending") from exc
 
 
 class Upstream:
@@ -121,13 +129,14 @@ class Upstream:
 
     # -- WADO ------------------------------------------------------------------------------
 
-    def iter_instances(self, path: str) -> Iterator[bytes]:
-        """The DICOM files of a study, series or instance retrieve, one at a time."""
+    def iter_streams(self, path: str) -> Generator[BinaryIO, None, None]:
+        """The DICOM files of a study, series or instance retrieve, each a stream read
+        from the archive as it arrives; read each before asking for the next one."""
         last: Exception = UpstreamNotFound(path)
         for root in self.roots:
             if root in self.central:
                 try:
-                    yield from self.central[root].iter_instances(path)
+                    yield from self.central[root].iter_streams(path)
                 except UpstreamNotFound as exc:
                     last = exc
                     continue
@@ -139,16 +148,18 @@ class Upstream:
                 continue
             try:
                 boundary = boundary_of(resp.headers.get("Content-Type", ""))
-                chunks = resp.iter_content(_CHUNK)
-                try:
-                    for part in iter_parts(chunks, boundary, self.max_instance_bytes):
-                        yield part.body
-                except requests.RequestException as exc:
-                    raise UpstreamError(504, "the archive stopped sending") from exc
+                reader = MultipartReader(_chunks(resp), boundary, self.max_instance_bytes)
+                while reader.next_part():
+                    yield cast(BinaryIO, reader)
             finally:
                 resp.close()
             return
         raise last
+
+    def iter_instances(self, path: str) -> Iterator[bytes]:
+        """The DICOM files of a study, series or instance retrieve, one at a time."""
+        for stream in self.iter_streams(path):
+            yield stream.read()
 
     def instance(self, study: str, series: str, sop: str) -> bytes:
         for data in self.iter_instances(f"/studies/{study}/series/{series}/instances/{sop}"):

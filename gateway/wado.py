@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future
+from typing import BinaryIO, overload
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
@@ -23,8 +24,8 @@ from gateway.auth import require
 from gateway.context import Gateway, client_of, get_gateway
 from gateway.errors import RefusedInstance, UpstreamError, UpstreamNotFound
 from gateway.index import metadata_of
-from gateway.multipart import closing, new_boundary, part_bytes, part_pieces
-from gateway.restore import Restored
+from gateway.multipart import closing, new_boundary, part_bytes, part_head, part_pieces
+from gateway.restore import Restored, Streamed
 from gateway.store import Principal
 from gateway.upstream import first_value
 
@@ -42,7 +43,7 @@ def _event(p: Principal, request: Request, op: str, outcome: str, study: str = "
     return AuditEvent(p.username, client_of(request), op, outcome, study, series, instance, detail)
 
 
-def _served(p: Principal, request: Request, op: str, item: Restored) -> AuditEvent:
+def _served(p: Principal, request: Request, op: str, item: Restored | Streamed) -> AuditEvent:
     outcome = "ok" if item.protected else "passthrough"
     return _event(p, request, op, outcome, item.study_uid, item.series_uid, item.sop_uid)
 
@@ -68,55 +69,86 @@ def _fail_upstream(gw: Gateway, p: Principal, request: Request, op: str, exc: Ex
 def _stream_instances(
     gw: Gateway, p: Principal, request: Request, path: str, study: str, series: str = ""
 ) -> StreamingResponse:
-    instances = gw.upstream.iter_instances(path)
+    streams = gw.upstream.iter_streams(path)
     try:
-        first = next(instances, None)
+        first = next(streams, None)
+        if first is None:
+            raise HTTPException(404, "no instances")
+        opened = _take(gw, first)
     except (UpstreamError, UpstreamNotFound) as exc:
         raise _fail_upstream(gw, p, request, "retrieve", exc, study, series) from None
-    if first is None:
-        raise HTTPException(404, "no instances")
     boundary = new_boundary()
-    ahead = max(1, gw.settings.max_concurrent_restores)
+    # enough in flight that restores finish while earlier parts are sent, and that they go
+    # out (and are audited) several at a time: one transaction and one write per batch
+    window = max(2 * _BATCH, 4 * gw.settings.max_concurrent_restores)
+    Ready = Restored | Streamed | RefusedInstance
 
-    def restore(raw: bytes) -> Restored | RefusedInstance:
+    def restore(raw: bytes) -> Ready:
         try:
             return gw.restorer.restore(raw)
         except RefusedInstance as exc:
             return exc
 
-    def body() -> Iterator[bytes]:
-        # Up to ``ahead`` instances are restored at once on the shared pool (the cipher
-        # releases the GIL) while this thread reads the next one from the upstream; parts
-        # still leave in the upstream's order. Memory: ``ahead`` + 1 instances.
-        pending: deque[Future[Restored | RefusedInstance]] = deque([gw.pool.submit(restore, first)])
+    def queued(taken: Ready | bytes) -> Future[Ready] | Ready:
+        return gw.pool.submit(restore, taken) if isinstance(taken, bytes) else taken
+
+    def result(entry: Future[Ready] | Ready) -> Ready:
+        return entry.result() if isinstance(entry, Future) else entry
+
+    def body() -> Iterator[bytes | memoryview]:
+        # This thread reads the archive's answer; an instance that came in whole is restored
+        # on the shared pool (the cipher releases the GIL) while the next ones are read, up
+        # to ``ahead`` at once, and parts leave in the archive's order. A large instance
+        # (Streamed) goes out piece by piece once those before it are out, before the
+        # archive's answer is read further.
+        pending: deque[Future[Ready] | Ready] = deque([queued(opened)])
+        sizes: deque[int] = deque([len(opened) if isinstance(opened, bytes) else 0])
         served: list[Restored] = []
         upstream_done = False
+        sent = 0
         try:
             while True:
-                while not upstream_done and len(pending) < ahead + 1:
-                    raw = next(instances, None)
-                    if raw is None:
+                # read ahead: at most ``window`` instances and _AHEAD_BYTES of them in flight
+                while (not upstream_done and len(pending) < window and sum(sizes) < _AHEAD_BYTES
+                       and not isinstance(pending[-1] if pending else None, Streamed)):
+                    stream = next(streams, None)
+                    if stream is None:
                         upstream_done = True
                     else:
-                        pending.append(gw.pool.submit(restore, raw))
+                        taken = _take(gw, stream)
+                        pending.append(queued(taken))
+                        sizes.append(len(taken) if isinstance(taken, bytes) else 0)
                 if not pending:
                     break
-                # every restore already finished goes out together: one audit transaction
-                ready = [pending.popleft().result()]
-                while pending and pending[0].done():
-                    ready.append(pending.popleft().result())
+                # restores already finished go out together (after the first part, at least
+                # _BATCH when that many are on the way): one audit transaction, one write
+                ready = [result(pending.popleft())]
+                sizes.popleft()
+                while (pending and not isinstance(ready[-1], Streamed)
+                       and (not isinstance(pending[0], Future) or pending[0].done()
+                            or (sent and len(ready) < _BATCH))):
+                    ready.append(result(pending.popleft()))
+                    sizes.popleft()
+                sent += len(ready)
                 events: list[AuditEvent] = []
                 parts: list[bytes] = []
+                large: Streamed | None = None
                 for item in ready:
                     if isinstance(item, RefusedInstance):
                         events.append(_refused(p, request, "retrieve", item, study, series))
-                        continue
-                    events.append(_served(p, request, "retrieve", item))
-                    gw.restorer.cache.put(item)
-                    served.append(item)
-                    parts.extend(part_pieces(boundary, "application/dicom", item.data))
+                    elif isinstance(item, Streamed):
+                        events.append(_served(p, request, "retrieve", item))
+                        large = item
+                    else:
+                        events.append(_served(p, request, "retrieve", item))
+                        gw.restorer.cache.put(item)
+                        served.append(item)
+                        parts.extend(part_pieces(boundary, "application/dicom", item.data))
                 gw.audit(events)  # before the bytes leave
                 yield from _chunks(parts)
+                if large is not None and not (yield from _stream_part(
+                        gw, p, request, boundary, large, study, series)):  # fmt: skip
+                    return  # cut short: the missing closing boundary says so
                 if len(served) >= 50:
                     gw.index.record(served, only_new=True)
                     served = []
@@ -124,8 +156,12 @@ def _stream_instances(
             gw.audit([_event(p, request, "retrieve", "failed", study, series, "", str(exc))])
             return  # the missing closing boundary tells the client the stream is incomplete
         finally:
-            for f in pending:
-                f.cancel()
+            for entry in pending:
+                if isinstance(entry, Future):
+                    entry.cancel()
+                elif isinstance(entry, Streamed):
+                    entry.close()
+            streams.close()
         gw.index.record(served, only_new=True)
         yield closing(boundary)
 
@@ -133,7 +169,39 @@ def _stream_instances(
     return StreamingResponse(body(), media_type=ctype)
 
 
+def _take(gw: Gateway, stream: BinaryIO) -> Restored | Streamed | RefusedInstance | bytes:
+    """An instance from the archive: its bytes when it came in whole (restored on the pool),
+    else opened as a stream (sent before the archive's answer is read further)."""
+    try:
+        return gw.restorer.take(stream)
+    except RefusedInstance as exc:
+        return exc
+
+
+def _stream_part(gw: Gateway, p: Principal, request: Request, boundary: str, item: Streamed,
+                 study: str, series: str) -> Generator[bytes | memoryview, None, bool]:  # fmt: skip
+    """One large instance as a part, piece by piece; False when it had to be cut short."""
+    head = part_head(boundary, "application/dicom", item.length)
+    try:
+        yield head
+        yield from item.pieces()
+        yield b"\r\n"
+    except RefusedInstance as exc:
+        gw.audit([_refused(p, request, "retrieve", exc, study, series)])
+        return False
+    except (UpstreamError, UpstreamNotFound) as exc:
+        gw.audit([_event(p, request, "retrieve", "failed", study, series, item.sop_uid,
+                         str(exc))])  # fmt: skip
+        return False
+    finally:
+        item.close()
+    return True
+
+
 _JOIN_BELOW = 4 * 1024 * 1024
+#: Most bytes of whole instances read ahead of the client in one retrieve.
+_AHEAD_BYTES = 64 * 1024 * 1024
+_BATCH = 8
 
 
 def _chunks(pieces: list[bytes]) -> Iterator[bytes]:
@@ -155,25 +223,64 @@ def _chunks(pieces: list[bytes]) -> Iterator[bytes]:
 @router.get("/studies/{study}")
 def retrieve_study(study: str, request: Request) -> Response:
     p = require(request, "reader", study=study)
-    return _stream_instances(get_gateway(request), p, request, f"/studies/{study}", study)
+    gw = get_gateway(request)
+    return _stream_instances(gw, p, request, gw.index.archive_path(study), study)
 
 
 @router.get("/studies/{study}/series/{series}")
 def retrieve_series(study: str, series: str, request: Request) -> Response:
     p = require(request, "reader", study=study, series=series)
-    path = f"/studies/{study}/series/{series}"
-    return _stream_instances(get_gateway(request), p, request, path, study, series)
+    gw = get_gateway(request)
+    path = gw.index.archive_path(study, series)
+    return _stream_instances(gw, p, request, path, study, series)
+
+
+@overload
+def _one(gw: Gateway, p: Principal, request: Request, op: str, study: str, series: str,
+         sop: str) -> Restored: ...  # fmt: skip
+
+
+@overload
+def _one(gw: Gateway, p: Principal, request: Request, op: str, study: str, series: str,
+         sop: str, large: bool) -> Restored | Streamed: ...  # fmt: skip
 
 
 def _one(gw: Gateway, p: Principal, request: Request, op: str, study: str, series: str,
-         sop: str) -> Restored:  # fmt: skip
+         sop: str, large: bool = False) -> Restored | Streamed:  # fmt: skip
+    """One instance (cached, or from the archive); ``large``: one over STREAM_ABOVE comes
+    back as a stream instead of whole."""
+    hit = gw.restorer.cache.get(sop)
+    if hit is not None:
+        gw.audit([_served(p, request, op, hit)])
+        return hit
+    streams = gw.upstream.iter_streams(gw.index.archive_path(study, series, sop))
     try:
-        item = gw.restorer.cached_or(sop, lambda: gw.upstream.instance(study, series, sop))
+        stream = next(streams, None)
+        if stream is None:
+            raise UpstreamNotFound(sop)
+        item = gw.restorer.open_stream(stream) if large else gw.restorer.restore(stream.read())
+        if sop not in (item.sop_uid, item.archive[2]):
+            if isinstance(item, Streamed):
+                item.close()
+            raise RefusedInstance(sop, "the archive sent a different instance")
     except RefusedInstance as exc:
+        streams.close()
         gw.audit([_refused(p, request, op, exc, study, series)])
         raise HTTPException(409, f"instance refused: {exc.reason}") from None
     except (UpstreamError, UpstreamNotFound) as exc:
+        streams.close()
         raise _fail_upstream(gw, p, request, op, exc, study, series, sop) from None
+    if isinstance(item, Restored):
+        streams.close()
+        gw.restorer.cache.put(item)
+    else:  # the upstream answer stays open while a passed-through instance is read from it
+        close = item._close
+
+        def close_all() -> None:
+            close()
+            streams.close()
+
+        item._close = close_all
     gw.audit([_served(p, request, op, item)])
     return item
 
@@ -182,11 +289,25 @@ def _one(gw: Gateway, p: Principal, request: Request, op: str, study: str, serie
 def retrieve_instance(study: str, series: str, sop: str, request: Request) -> Response:
     p = require(request, "reader", study=study, series=series, instance=sop)
     gw = get_gateway(request)
-    item = _one(gw, p, request, "retrieve", study, series, sop)
-    gw.index.record([item], only_new=True)
+    item = _one(gw, p, request, "retrieve", study, series, sop, large=True)
     boundary = new_boundary()
-    pieces = [*part_pieces(boundary, "application/dicom", item.data), closing(boundary)]
     ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    if isinstance(item, Streamed):
+        # a large instance: piece by piece from the temporary ciphertext, never whole
+        head, end = part_head(boundary, "application/dicom", item.length), closing(boundary)
+        headers = {} if item.length is None else {
+            "Content-Length": str(len(head) + item.length + 2 + len(end))}
+
+        def body() -> Iterator[bytes | memoryview]:
+            try:
+                if (yield from _stream_part(gw, p, request, boundary, item, study, series)):
+                    yield end
+            finally:
+                item.close()
+
+        return StreamingResponse(body(), media_type=ctype, headers=headers)
+    gw.index.record([item], only_new=True)
+    pieces = [*part_pieces(boundary, "application/dicom", item.data), closing(boundary)]
     return StreamingResponse(iter(pieces), media_type=ctype,
                              headers={"Content-Length": str(sum(len(p) for p in pieces))})
 
@@ -236,12 +357,12 @@ def _metadata(request: Request, study: str, series: str | None) -> Response:
     p = require(request, "reader", study=study, series=series or "")
     gw = get_gateway(request)
     try:
-        gw.index.sync(only_study=study)
+        gw.index.sync(only_study=gw.index.archive_study(study))
     except UpstreamError as exc:
         raise _fail_upstream(gw, p, request, "metadata", exc, study, series or "") from None
     rows = gw.index.series_rows(study, series)
     if not rows:
-        path = f"/studies/{study}" + (f"/series/{series}" if series else "")
+        path = gw.index.archive_path(study, series or "")
         return _metadata_stream(gw, p, request, path, study, series or "")
     root = dicomweb_root(request)
     out, events = [], []

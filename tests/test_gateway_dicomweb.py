@@ -287,6 +287,13 @@ def test_a_tampered_instance_is_refused_alone_and_audited(site: Site) -> None:
     indexer = [e for e in audit_rows(site) if e.operation == "reindex" and e.study_uid == st]
     assert [(e.outcome, e.instance_uid) for e in indexer] == [("ok", ""), ("refused", sop)]
     assert indexer[0].detail == "4 instances"
+    # QIDO lists it (UIDs only, marked unavailable) so a viewer can show its error
+    listed = client(site).search_for_instances(study_instance_uid=st)
+    by_sop = {i["00080018"]["Value"][0]: i for i in listed}
+    assert by_sop[sop]["00080056"]["Value"] == ["UNAVAILABLE"]
+    assert "00100010" not in by_sop[sop] and "00100020" not in by_sop[sop]
+    assert all("00080056" not in i for u, i in by_sop.items() if u != sop)
+    assert len(by_sop) == 5
 
 
 # --------------------------------------------------------------------------- who may read

@@ -59,6 +59,7 @@ class CentralForwarder(Forwarder):
         self.timeout = urllib3.Timeout(connect=dest.timeout_s, read=dest.timeout_s)
 
     def send(self, obj: Outgoing) -> None:
+        uids = _uid_headers(obj)
         try:
             with open(obj.path, "rb") as fh:
                 # A small object goes out as bytes: one send instead of a Python loop over
@@ -66,7 +67,7 @@ class CentralForwarder(Forwarder):
                 body = fh.read() if obj.size <= _IN_MEMORY_MAX else fh
                 resp = self.pool.request(
                     "PUT", self.base + obj.sha256, body=body, timeout=self.timeout,
-                    headers={**self.headers, "Content-Length": str(obj.size)},
+                    headers={**self.headers, **uids, "Content-Length": str(obj.size)},
                     retries=False, redirect=False)
         except urllib3.exceptions.HTTPError as exc:
             raise transport_error(exc, "central upload") from exc
@@ -81,6 +82,30 @@ class CentralForwarder(Forwarder):
 
     def close(self) -> None:
         self.pool.clear()
+
+
+#: What the central indexes an object by, for reading gateways (``service.readers``).
+UID_HEADERS = {"StudyInstanceUID": "X-Scanfort-Study-UID",
+               "SeriesInstanceUID": "X-Scanfort-Series-UID",
+               "SOPInstanceUID": "X-Scanfort-SOP-UID"}
+
+
+def _uid_headers(obj: Outgoing) -> dict[str, str]:
+    """The UIDs of a DICOM-mode artifact as stored (pseudonymised unless the policy retains
+    UIDs): the ones a reading gateway asks the central for. Read from the artifact's
+    leading elements (its enciphered pixels and blob are not read); none for file mode,
+    whose container shows nothing, nor for an artifact they cannot be read from."""
+    if obj.mode != "dicom":
+        return {}
+    from pydicom import dcmread  # as the C-STORE forwarder does; only for DICOM mode
+
+    try:
+        ds = dcmread(obj.path, stop_before_pixels=True, defer_size=1024,
+                     specific_tags=list(UID_HEADERS))  # fmt: skip
+        values = {h: str(ds.get(k, "") or "").strip(" \x00") for k, h in UID_HEADERS.items()}
+    except Exception:  # the upload itself must not fail over its index entry
+        return {}
+    return values if all(values.values()) else {}
 
 
 def _peer_text(data: bytes | None) -> str | None:

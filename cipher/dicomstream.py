@@ -1,0 +1,528 @@
+"""DICOM mode v2 restore from a stream: the visible file read once, front to back.
+
+A reader that gets instances from an archive's answer as they arrive (the gateway) cannot
+give pydicom the whole file, nor seek in it. This module finds what the restore needs in
+one pass (the File Meta transfer syntax, block ``SCANFORT 1`` in group 0011, the top-level
+``(7FE0,0010) Pixel Data`` element) by walking element headers only, copies the enciphered
+value into a *spool* while hashing it, and deciphers only after that hash matched: the
+steps of ``cipher/SPEC.md`` §2.4 "Reading", done by :mod:`cipher.dicomfile`'s own pieces
+(:func:`~cipher.dicomfile._unit_pieces`, :func:`~cipher.dicomfile._original`). Memory: the
+skeleton and one unit (frame) at a time; the spool holds ciphertext only, so a caller may
+put it in a temporary file.
+
+The original's SHA-256 is compared after its last piece was produced (as for
+:func:`cipher.unprotect`): a consumer must treat the pieces as unusable unless the
+iteration ended normally.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Protocol
+
+from cipher import _common, dicomfile
+from cipher.errors import AuthenticationError, FormatError, NotDicomError, UnsupportedDicomError
+
+__all__ = ["Opened", "VisibleHead", "open_v2", "scan_head"]
+
+
+class _Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+_UNDEFINED = 0xFFFFFFFF
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_EXPLICIT_BE = "1.2.840.10008.1.2.2"
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR",
+                       b"UT", b"SV", b"UV"})
+_ITEM, _ITEM_END, _SEQ_END = 0xE000, 0xE00D, 0xE0DD
+_UID_TAGS = {(0x0020, 0x000D): 0, (0x0020, 0x000E): 1, (0x0008, 0x0018): 2}
+_MAX_VALUE = 4 * dicomfile.MAX_BLOB  # largest element value kept (the sealed blob, a UID)
+_MAX_DEPTH = 32
+_CHUNK = 1 << 20
+#: Bytes of a non-ScanFort file read before the decision (its first groups).
+_NO_BLOCK_AFTER = 0x0020
+
+
+class _Short(Exception):
+    """The stream ended inside an element."""
+
+
+class _In:
+    """Exact reads from a stream, counting them; optionally keeping what was read."""
+
+    def __init__(self, src: _Readable, keep: bool) -> None:
+        self.src = src
+        self.pos = 0
+        self.kept: list[bytes] | None = [] if keep else None
+        self._back = b""
+
+    def _raw(self, n: int) -> bytes:
+        if self._back:
+            data, self._back = self._back[:n], self._back[n:]
+        else:
+            data = self.src.read(n)
+        while len(data) < n:
+            more = self.src.read(n - len(data))
+            if not more:
+                break
+            data += more
+        return data
+
+    def read(self, n: int, *, at_end_ok: bool = False) -> bytes:
+        data = self._raw(n)
+        if len(data) < n and not (at_end_ok and not data):
+            raise _Short()
+        self.pos += len(data)
+        if self.kept is not None:
+            self.kept.append(data)
+        return data
+
+    def unread(self, data: bytes) -> None:
+        self._back = data + self._back
+        self.pos -= len(data)
+        if self.kept is not None:
+            self.kept.pop()
+
+    def skip(self, n: int) -> None:
+        while n > 0:
+            n -= len(self.read(min(n, _CHUNK)))
+
+    def stop_keeping(self) -> None:
+        self.kept = None
+
+
+class _MemIn(_In):
+    """:class:`_In` over bytes already in memory: reads are slices, the value a view."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        super().__init__(io.BytesIO(), False)
+        self._view = memoryview(data)
+
+    def read(self, n: int, *, at_end_ok: bool = False) -> bytes:
+        data = bytes(self._view[self.pos:self.pos + n])
+        if len(data) < n and not (at_end_ok and not data):
+            raise _Short()
+        self.pos += len(data)
+        return data
+
+    def unread(self, data: bytes) -> None:
+        self.pos -= len(data)
+
+    def skip(self, n: int) -> None:
+        if self.pos + n > len(self._view):
+            raise _Short()
+        self.pos += n
+
+    def view(self, n: int) -> memoryview:
+        """The next ``n`` bytes without a copy."""
+        if self.pos + n > len(self._view):
+            raise _Short()
+        self.pos += n
+        return self._view[self.pos - n:self.pos]
+
+
+@dataclass
+class _Syntax:
+    little: bool
+    explicit: bool
+
+    def u16(self, b: bytes, at: int = 0) -> int:
+        return int.from_bytes(b[at:at + 2], "little" if self.little else "big")
+
+    def u32(self, b: bytes, at: int = 0) -> int:
+        return int.from_bytes(b[at:at + 4], "little" if self.little else "big")
+
+
+_LE = (struct.Struct("<HH"), struct.Struct("<HHI"), struct.Struct("<HH2sH"), struct.Struct("<I"))
+_BE = (struct.Struct(">HH"), struct.Struct(">HHI"), struct.Struct(">HH2sH"), struct.Struct(">I"))
+
+
+def _header(inp: _In, syn: _Syntax, *, at_end_ok: bool = False,
+            ) -> tuple[int, int, bytes, int] | None:
+    """(group, element, VR or b"", length) of the next element; None at the stream's end."""
+    raw = inp.read(8, at_end_ok=at_end_ok)
+    if not raw:
+        return None
+    tag, implicit, explicit, u32 = _LE if syn.little else _BE
+    group, elem = tag.unpack_from(raw)
+    if group == 0xFFFE or not syn.explicit:  # items and delimiters never carry a VR
+        return group, elem, b"", implicit.unpack(raw)[2]
+    _, _, vr, length = explicit.unpack(raw)
+    if vr in _LONG_VRS:
+        return group, elem, vr, u32.unpack(inp.read(4))[0]
+    if not vr.isalpha():
+        raise FormatError("not a DICOM data set")
+    return group, elem, vr, length
+
+
+def _skip_items(inp: _In, syn: _Syntax, depth: int) -> None:
+    """Skip the items of an undefined-length value up to its sequence delimiter."""
+    if depth > _MAX_DEPTH:
+        raise FormatError("sequences nested too deep")
+    while True:
+        head = _header(inp, _Syntax(syn.little, False))
+        assert head is not None
+        group, elem, _, length = head
+        if (group, elem) == (0xFFFE, _SEQ_END):
+            return
+        if (group, elem) != (0xFFFE, _ITEM):
+            raise FormatError("a malformed sequence")
+        if length != _UNDEFINED:
+            inp.skip(length)
+        else:
+            _skip_dataset(inp, syn, depth + 1)
+
+
+def _skip_dataset(inp: _In, syn: _Syntax, depth: int) -> None:
+    """Skip the elements of an undefined-length item up to its item delimiter."""
+    while True:
+        head = _header(inp, syn)
+        assert head is not None
+        group, elem, vr, length = head
+        if (group, elem) == (0xFFFE, _ITEM_END):
+            return
+        if length == _UNDEFINED:
+            # an undefined-length UN holds an implicit VR little endian sequence (PS3.5 6.2.2)
+            inner = _Syntax(True, False) if vr == b"UN" else syn
+            _skip_items(inp, inner, depth + 1)
+        else:
+            inp.skip(length)
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("ascii", "replace").strip(" \x00")
+
+
+@dataclass
+class VisibleHead:
+    """What one pass over a DICOM file's leading elements found."""
+
+    syntax: _Syntax
+    uids: list[str] = field(default_factory=lambda: ["", "", ""])  # study, series, SOP
+    marker: str | None = None  # the ``SCANFORT 1`` block's marker; None without the block
+    sealed: bytes = b""  # the block's age file (``xx02`` cut to ``xx03``)
+    pixel_length: int | None = None  # declared length of the top-level Pixel Data, if reached
+    read: bytes = b""  # the bytes read, when kept (not kept past a v2 block)
+    _inp: _In | None = None
+
+    @property
+    def study_uid(self) -> str:
+        return self.uids[0]
+
+    @property
+    def series_uid(self) -> str:
+        return self.uids[1]
+
+    @property
+    def sop_uid(self) -> str:
+        return self.uids[2]
+
+
+def _meta(inp: _In) -> str:
+    """Read preamble and File Meta (explicit VR little endian); return the transfer syntax."""
+    pre = inp.read(132)
+    if pre[128:] != b"DICM":
+        raise NotDicomError("not a DICOM Part 10 file (no DICM preamble)")
+    syn = _Syntax(True, True)
+    ts = ""
+    while True:
+        tag = inp.read(4, at_end_ok=True)
+        if not tag:
+            return ts
+        if syn.u16(tag) != 0x0002:
+            inp.unread(tag)
+            return ts
+        inp.unread(tag)
+        head = _header(inp, syn)
+        assert head is not None
+        _, elem, _, length = head
+        if length == _UNDEFINED or length > _MAX_VALUE:
+            raise NotDicomError("a malformed File Meta group")
+        value = inp.read(length)
+        if elem == 0x0010:
+            ts = _text(value)
+
+
+def _scan(inp: _In, head: VisibleHead, stop_after_group: int | None) -> None:
+    syn = head.syntax
+    block = -1
+    block_values: dict[int, tuple[bytes, bytes]] = {}
+    while True:
+        found = _header(inp, syn, at_end_ok=True)
+        if found is None:
+            break
+        group, elem, vr, length = found
+        if (group, elem) == (0x7FE0, 0x0010):
+            head.pixel_length = length
+            break
+        if block < 0 and stop_after_group is not None and group > stop_after_group:
+            break  # past the groups the decision needs: not ScanFort's
+        wanted = ((group, elem) in _UID_TAGS
+                  or (group == dicomfile.PRIVATE_GROUP and 0x10 <= elem <= 0xFF and block < 0)
+                  or (block >= 0 and group == dicomfile.PRIVATE_GROUP and elem >> 8 == block))
+        if length == _UNDEFINED:
+            if wanted:
+                raise FormatError("an undefined length where a value was expected")
+            _skip_items(inp, _Syntax(True, False) if vr == b"UN" else syn, 0)
+            continue
+        if not wanted:
+            inp.skip(length)
+            continue
+        if length > _MAX_VALUE:
+            raise FormatError("an element too long for its kind")
+        value = inp.read(length)
+        if (group, elem) in _UID_TAGS:
+            head.uids[_UID_TAGS[group, elem]] = _text(value)
+        elif block < 0:
+            if _text(value) == dicomfile.PRIVATE_CREATOR:
+                block = elem
+                head.marker = ""  # the block exists: from here every failure is damage
+        else:
+            block_values[elem & 0xFF] = (vr, value)
+            if elem & 0xFF == dicomfile.ELEM_MARKER:
+                head.marker = _text(value)
+                if head.marker == dicomfile.FORMAT_MARKER:
+                    inp.stop_keeping()  # a v2 restore never needs the visible bytes again
+    if block >= 0:
+        if not head.marker:
+            raise AuthenticationError()
+        if head.marker == dicomfile.FORMAT_MARKER:
+            head.sealed = _sealed(block_values, syn)
+
+
+def _sealed(values: dict[int, tuple[bytes, bytes]], syn: _Syntax) -> bytes:
+    try:
+        sealed = values[dicomfile.ELEM_BLOB][1]
+        vr, raw_length = values[dicomfile.ELEM_BLOB_LENGTH]
+    except KeyError:
+        raise AuthenticationError() from None
+    if len(raw_length) != 4:
+        raise AuthenticationError()
+    # explicit VR: a UL in the data set's byte order; implicit VR: little endian
+    length = syn.u32(raw_length) if vr else int.from_bytes(raw_length, "little")
+    if not len(sealed) - 1 <= length <= len(sealed):
+        raise AuthenticationError()
+    return sealed[:length]
+
+
+def scan_head(src: _Readable, *, keep: bool = True,
+              stop_after_group: int | None = _NO_BLOCK_AFTER) -> VisibleHead:
+    """Read the leading elements of a DICOM Part 10 stream; see :class:`VisibleHead`.
+
+    Stops after the top-level Pixel Data element's header (its value is the next byte of
+    ``src``), at the end of the stream, or, in a file without block ``SCANFORT 1``, at the
+    first element of a group after ``stop_after_group`` (the UIDs are known by then).
+    ``keep``: keep the bytes read (for a file passed on unchanged). An ``io.BytesIO`` read
+    without ``keep`` is read in place (its position does not move). Raise
+    :class:`NotDicomError` (no preamble, or a deflated data set, which this reader does
+    not inflate), :class:`FormatError` (malformed before the block), or
+    :class:`AuthenticationError` (a damaged block).
+    """
+    if isinstance(src, io.BytesIO) and not keep:  # in memory already: slices, no copies
+        inp: _In = _MemIn(src.getbuffer()[src.tell():])
+    else:
+        inp = _In(src, keep)
+    try:
+        ts = _meta(inp)
+        if ts == _DEFLATED:
+            raise UnsupportedDicomError("a deflated data set")
+    except _Short:
+        raise NotDicomError("the stream ends inside the File Meta group") from None
+    head = VisibleHead(_Syntax(ts != _EXPLICIT_BE, ts != _IMPLICIT_LE))
+    head._inp = inp
+    try:
+        _scan(inp, head, stop_after_group)
+    except (_Short, FormatError):
+        if head.marker is not None:  # after the block was found: the one error
+            raise AuthenticationError() from None
+        raise FormatError("a malformed or cut DICOM data set") from None
+    if inp.kept is not None:
+        head.read = b"".join(inp.kept)
+        inp.kept = None
+    return head
+
+
+# --------------------------------------------------------------------------- restore
+
+
+class Opened:
+    """A v2 instance whose blob opened and whose enciphered value matched its digest."""
+
+    def __init__(self, blob: dicomfile._Blob, spool: BinaryIO | memoryview,
+                 fragments: list[tuple[int, int]] | None) -> None:  # fmt: skip
+        self._blob = blob
+        self._spool = spool
+        self._fragments = fragments
+        self._parts = blob.parts()
+        self.uids = _original_uids(blob, self._parts)
+        flags = blob.source.flags
+        prefix, tail, body = self._parts
+        #: the original's length, when known before it is rebuilt (not deflated again)
+        self.length: int | None = len(prefix) + len(body) + len(tail)
+        if not flags & dicomfile.FLAG_DEFLATE_STORED:
+            self.length = None if flags & dicomfile.FLAG_DEFLATED else (
+                self.length + blob.layout.value_length)
+
+    def header(self) -> bytes | None:
+        """The original file up to its Pixel Data value (None when it was deflated)."""
+        if self._blob.source.flags & dicomfile.FLAG_DEFLATED:
+            return None
+        return self._parts[2][:self._blob.source.offset]
+
+    def pieces(self) -> Iterator[bytes | memoryview]:
+        """The original file, piece by piece (raises AuthenticationError after the last
+        piece when its SHA-256 differs)."""
+        blob, spool = self._blob, self._spool
+        n = blob.layout.value_length
+        if isinstance(spool, (io.BytesIO, memoryview)):
+            view = memoryview(spool.getvalue()) if isinstance(spool, io.BytesIO) else spool
+
+            def get(a: int, b: int) -> bytes | memoryview:
+                return view[a:b]
+        else:
+            def get(a: int, b: int) -> bytes | memoryview:
+                spool.seek(a)
+                data = spool.read(b - a)
+                if len(data) != b - a:
+                    raise AuthenticationError()
+                return data
+        units = dicomfile._units(b"", blob.layout, self._fragments or [])
+        deciphered = dicomfile._unit_pieces(units, n, get, blob.key, blob.nonce, False)
+        yield from dicomfile._original(blob, deciphered, self._parts)
+
+    def close(self) -> None:
+        if not isinstance(self._spool, memoryview):
+            self._spool.close()
+
+
+def open_v2(head: VisibleHead, identities: list[str],
+            spool: Callable[[int], BinaryIO]) -> Opened:
+    """Open the blob of a v2 ``head`` and take its Pixel Data from the rest of the stream.
+
+    ``spool(n)`` gives a writable, seekable file for ``n`` bytes of ciphertext (memory or a
+    temporary file). The stream is left just after the Pixel Data value. Raise
+    :class:`NoIdentityMatchError` or :class:`AuthenticationError` (any damage).
+    """
+    if head.marker != dicomfile.FORMAT_MARKER or head._inp is None:
+        raise FormatError("not a scanfort-dicom/2 file")
+    blob = dicomfile._Blob.decode(_common.age_decrypt_bytes(head.sealed, identities))
+    if head.pixel_length is None:
+        raise AuthenticationError()
+    inp, n = head._inp, blob.layout.value_length
+    if isinstance(inp, _MemIn) and head.pixel_length != _UNDEFINED:
+        # the file is in memory already: its value is hashed and deciphered where it lies
+        if head.pixel_length not in (n, n + (n & 1)):
+            raise AuthenticationError()
+        try:
+            value = inp.view(n)
+            inp.skip(head.pixel_length - n)
+        except _Short:
+            raise AuthenticationError() from None
+        if not hmac.compare_digest(hashlib.sha256(value).digest(), blob.cipher_sha256):
+            raise AuthenticationError()
+        return Opened(blob, value, None)
+    out = spool(n)
+    try:
+        digest = hashlib.sha256()
+        fragments: list[tuple[int, int]] | None = None
+        try:
+            if head.pixel_length == _UNDEFINED:
+                fragments = _copy_items(inp, head.syntax, n, out, digest)
+            else:
+                if head.pixel_length not in (n, n + (n & 1)):
+                    raise AuthenticationError()
+                left = n
+                while left:
+                    data = inp.read(min(left, _CHUNK))
+                    digest.update(data)
+                    out.write(data)
+                    left -= len(data)
+                inp.skip(head.pixel_length - n)
+        except _Short:
+            raise AuthenticationError() from None
+        if not hmac.compare_digest(digest.digest(), blob.cipher_sha256):
+            raise AuthenticationError()
+        if blob.layout.kind != dicomfile.LAYOUT_FRAGMENTS:
+            fragments = None
+        elif fragments is None:
+            raise AuthenticationError()
+        return Opened(blob, out, fragments)
+    except BaseException:
+        out.close()
+        raise
+
+
+def _copy_items(inp: _In, syn: _Syntax, n: int, out: BinaryIO,
+                digest: Any) -> list[tuple[int, int]]:  # fmt: skip
+    """Copy an encapsulated value (its items, without the delimiter) of ``n`` bytes; return
+    the (offset, length) of each fragment after the Basic Offset Table."""
+    fragments: list[tuple[int, int]] = []
+    pos, index = 0, 0
+    item_syntax = _Syntax(syn.little, False)
+    while True:
+        raw = inp.read(8)
+        group, elem, length = item_syntax.u16(raw), item_syntax.u16(raw, 2), item_syntax.u32(raw, 4)
+        if (group, elem) == (0xFFFE, _SEQ_END):
+            break
+        if (group, elem) != (0xFFFE, _ITEM) or length == _UNDEFINED or pos + 8 + length > n:
+            raise AuthenticationError()
+        digest.update(raw)
+        out.write(raw)
+        left = length
+        while left:
+            data = inp.read(min(left, _CHUNK))
+            digest.update(data)
+            out.write(data)
+            left -= len(data)
+        if index:
+            fragments.append((pos + 8, length))
+        pos += 8 + length
+        index += 1
+    if pos != n:
+        raise AuthenticationError()
+    return fragments
+
+
+class _Inflating:
+    """``read(n)`` of a raw deflate stream's inflated bytes (a stored skeleton)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._d = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._data = data
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        out = b""
+        while len(out) < n and (self._pos < len(self._data) or self._d.unconsumed_tail):
+            src = self._d.unconsumed_tail or self._data[self._pos:self._pos + _CHUNK]
+            if not self._d.unconsumed_tail:
+                self._pos += len(src)
+            out += self._d.decompress(src, n - len(out))
+        return out
+
+
+def _original_uids(blob: dicomfile._Blob, parts: tuple[bytes, bytes, bytes],
+                   ) -> tuple[str, str, str]:
+    """Study, series and SOP Instance UIDs of the original, read from the skeleton."""
+    prefix, _, body = parts
+    s = blob.source
+    try:
+        if not s.flags & dicomfile.FLAG_DEFLATED:
+            head = scan_head(io.BytesIO(body), keep=False)  # in memory: no copy
+        else:
+            _meta(_In(io.BytesIO(prefix), False))
+            head = VisibleHead(_Syntax(True, True))
+            inp = (_In(_Inflating(body), False) if s.flags & dicomfile.FLAG_DEFLATE_STORED
+                   else _MemIn(body))  # fmt: skip
+            _scan(inp, head, _NO_BLOCK_AFTER)
+    except (_Short, FormatError, NotDicomError):
+        return "", "", ""
+    return head.study_uid, head.series_uid, head.sop_uid
