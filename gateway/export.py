@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pydicom
@@ -91,9 +92,12 @@ class _Stow:
         self.session.close()
 
 
-def export_study(gw: Gateway, study: str, target: str, username: str,
-                 client: str = "cli") -> ExportResult:  # fmt: skip
-    """Send every instance of ``study`` the gateway can restore to ``target``."""
+def export_study(gw: Gateway, study: str, target: str, username: str, client: str = "cli",
+                 on_instance: Callable[[str], None] | None = None) -> ExportResult:
+    """Send every instance of ``study`` the gateway can restore to ``target``.
+
+    ``on_instance`` is told each instance's outcome (``sent``, ``refused``, ``failed``).
+    """
     match = _DICOM_RE.fullmatch(target)
     sender: _CStore | _Stow
     if match:
@@ -113,12 +117,16 @@ def export_study(gw: Gateway, study: str, target: str, username: str,
                 result.refused += 1
                 gw.audit([AuditEvent(username, client, "export", "refused", study, "",
                                      exc.sop_instance_uid, exc.reason)])  # fmt: skip
+                if on_instance is not None:
+                    on_instance("refused")
                 continue
             ok = sender.send(item.data)
             result.sent += ok
             result.failed += not ok
             gw.audit([AuditEvent(username, client, "export", "ok" if ok else "failed", study,
                                  item.series_uid, item.sop_uid, detail)])  # fmt: skip
+            if on_instance is not None:
+                on_instance("sent" if ok else "failed")
     finally:
         sender.close()
     return result

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from scanfort.progress import Progress
+
 PASSWORD_ENV = "SCANFORT_GATEWAY_PASSWORD"
 
 
@@ -262,13 +264,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
         gw = create_app(_settings(args)).state.gateway
     except GatewayError as exc:
         return _fail(str(exc), "run `scanfort gateway init` first")
+    progress = Progress("gateway export", None, sys.stderr, unit="instances")
+
+    def counted(outcome: str) -> None:
+        progress.advance(failed=outcome != "sent")
+
     try:
-        result = export_study(gw, args.study, args.to, f"cli:{getpass.getuser()}")
+        result = export_study(gw, args.study, args.to, f"cli:{getpass.getuser()}",
+                              on_instance=counted)
     except UpstreamNotFound:
         return _fail(f"no study {args.study} in the archive")
     except GatewayError as exc:
         return _fail(str(exc), "check --to and the upstreams in gateway.toml")
     finally:
+        progress.close()
         gw.store.close()
     print(f"sent {result.sent}, refused {result.refused}, failed {result.failed}")
     return 0 if not (result.refused or result.failed) else 1

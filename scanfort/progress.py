@@ -49,11 +49,15 @@ def _size(nbytes: int) -> str:
 
 
 class Progress:
-    """Progress of ``total`` items of work labelled ``label`` (thread-safe)."""
+    """Progress of ``total`` items of work labelled ``label`` (thread-safe).
+
+    ``total=None``: the amount is not known in advance (a study streamed from an archive);
+    counts and rates are shown, no percentage or time left.
+    """
 
     WIDTH = 24
 
-    def __init__(self, label: str, total: int, stream: TextIO | None = None, *,
+    def __init__(self, label: str, total: int | None, stream: TextIO | None = None, *,
                  style: str | None = None, unit: str = "files", interval: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.label = label
@@ -63,7 +67,7 @@ class Progress:
         chosen = style or style_for(self.stream)
         if chosen not in STYLES:
             raise ValueError(f"unknown progress style {chosen!r}")
-        self.style = "off" if total <= 1 else chosen
+        self.style = "off" if total is not None and total <= 1 else chosen
         self.interval = interval
         self.clock = clock
         self.done = 0
@@ -74,7 +78,8 @@ class Progress:
         self._drawn = False
         self._lock = threading.Lock()
         if self.style == "lines":  # a log shows at once that the work started
-            self.stream.write(f"scanfort: {label}: {total} {unit} to do\n")
+            amount = f"{total} {unit}" if total is not None else unit
+            self.stream.write(f"scanfort: {label}: {amount} to do\n")
             self.stream.flush()
 
     # ------------------------------------------------------------------ reporting
@@ -89,7 +94,8 @@ class Progress:
                 self._draw()
             elif self.style == "lines":
                 now = self.clock()
-                if now - self._last_line >= self.interval and self.done < self.total:
+                if now - self._last_line >= self.interval and (
+                        self.total is None or self.done < self.total):
                     self._last_line = now
                     self.stream.write(f"scanfort: {self.label}: {self.summary(now)}\n")
                     self.stream.flush()
@@ -115,19 +121,27 @@ class Progress:
         now = self.clock() if now is None else now
         elapsed = max(now - self._start, 1e-9)
         rate = self.done / elapsed
-        parts = [f"{self.done}/{self.total} {self.unit} ({100 * self.done // max(self.total, 1)} %)"]
+        if self.total is None:
+            parts = [f"{self.done} {self.unit}"]
+        else:
+            percent = 100 * self.done // max(self.total, 1)
+            parts = [f"{self.done}/{self.total} {self.unit} ({percent} %)"]
         if self.nbytes:
             parts.append(_size(self.nbytes))
         if self.failed:
             parts.append(f"{self.failed} failed")
         parts.append(f"{rate:.1f} {self.unit}/s")
-        if 0 < self.done < self.total and rate > 0:
+        if self.total is not None and 0 < self.done < self.total and rate > 0:
             parts.append(f"about {_duration((self.total - self.done) / rate)} left")
         return ", ".join(parts)
 
     def _draw(self) -> None:
-        filled = self.WIDTH * self.done // max(self.total, 1)
-        bar = "#" * filled + "." * (self.WIDTH - filled)
+        if self.total is None:
+            spot = self.done % self.WIDTH
+            bar = "." * spot + "#" + "." * (self.WIDTH - spot - 1)
+        else:
+            filled = self.WIDTH * self.done // max(self.total, 1)
+            bar = "#" * filled + "." * (self.WIDTH - filled)
         self.stream.write(f"\r\x1b[2K[{bar}] {self.summary()}")
         self.stream.flush()
         self._drawn = True

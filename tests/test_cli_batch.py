@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,16 @@ def test_cli_parallel_encrypt_json_and_protected_inputs_skipped(tmp_path, capsys
     assert run("decrypt", "-q", "-j", "2", "-i", str(key), "-o", str(restored), str(out)) == 0
     for i in range(12):
         assert (restored / f"r{i:02d}.bin").read_bytes() == bytes([i]) * (1000 + i)
+
+
+def test_unknown_totals_count_without_percent_or_eta() -> None:
+    clock, out = _Clock(), io.StringIO()
+    progress = Progress("gateway export", None, out, style="lines", unit="instances",
+                        interval=1.0, clock=clock)
+    assert out.getvalue() == "scanfort: gateway export: instances to do\n"
+    for _ in range(30):
+        clock.now += 0.1
+        progress.advance()
+    line = out.getvalue().splitlines()[-1]
+    assert re.fullmatch(r"scanfort: gateway export: \d+ instances, [\d.]+ instances/s", line)
+    assert "%" not in line and "left" not in line

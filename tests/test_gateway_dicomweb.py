@@ -419,9 +419,12 @@ def test_export_pushes_decrypted_instances_by_c_store_and_audits_them(
     study = data.uids(site.ct[0])[0]
     gw = site.server.app.state.gateway
     with peers.start_storescp(tmp_path / "scp") as scp:
-        result = export_study(gw, study, f"dicom://{scp.aet}@127.0.0.1:{scp.port}", "cli:test")
+        outcomes: list[str] = []
+        result = export_study(gw, study, f"dicom://{scp.aet}@127.0.0.1:{scp.port}", "cli:test",
+                              on_instance=outcomes.append)
         files = scp.wait_for(4)
     assert (result.sent, result.refused, result.failed) == (4, 1, 0)
+    assert sorted(outcomes) == ["refused"] + ["sent"] * 4  # what the CLI's progress counts
     received = {str(d.SOPInstanceUID): d for d in (pydicom.dcmread(f) for f in files)}
     for original in site.ct:
         ds = received[data.sop_uid(original)]
