@@ -152,6 +152,31 @@ def make_engine(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
 
 
+def _heartbeat_update() -> sa.Update:
+    """The per-heartbeat UPDATE, built once: the hot path skips statement construction."""
+    a = tables.agents
+    columns = ("host", "os", "version", "last_seen_at", "uptime_s", "spool_depth",
+               "spool_bytes", "oldest_item_age_s", "intake_paused", "paused_destinations",
+               "last_error", "spool_trend_since", "spool_trend_depth", "status_json", "name")  # fmt: skip
+    values: dict[str, Any] = {c: sa.bindparam(f"b_{c}") for c in columns}
+    values["heartbeats"] = a.c.heartbeats + 1
+    return a.update().where(a.c.agent_id == sa.bindparam("b_agent_id")).values(**values)
+
+
+_HEARTBEAT_UPDATE = _heartbeat_update()
+_AUTH_AGENT = sa.select(
+    tables.agents.c.agent_id,
+    tables.agents.c.spool_depth,
+    tables.agents.c.spool_trend_since,
+    tables.agents.c.spool_trend_depth,
+    tables.agents.c.commands_pending,
+    tables.agents.c.last_seen_at,
+).where(
+    tables.agents.c.token_hash == sa.bindparam("b_token_hash"),
+    tables.agents.c.revoked_at.is_(None),
+)
+
+
 class Store:
     """All database access of the central service."""
 
@@ -429,18 +454,8 @@ class Store:
         return agent_id, agent_token
 
     def authenticate_agent(self, token: str) -> AgentAuth | None:
-        a = tables.agents
         with self._read() as conn:
-            row = conn.execute(
-                sa.select(
-                    a.c.agent_id,
-                    a.c.spool_depth,
-                    a.c.spool_trend_since,
-                    a.c.spool_trend_depth,
-                    a.c.commands_pending,
-                    a.c.last_seen_at,
-                ).where(a.c.token_hash == security.token_hash(token), a.c.revoked_at.is_(None))
-            ).first()
+            row = conn.execute(_AUTH_AGENT, {"b_token_hash": security.token_hash(token)}).first()
         if row is None:
             return None
         return AgentAuth(row[0], row[1], row[2], row[3], bool(row[4]), row[5])
@@ -479,29 +494,27 @@ class Store:
         if errors:
             _, name, message = max(errors, key=lambda e: e[0])
             last_error = clean_text(f"{name}: {message}", 1100)
-        a = tables.agents
         with self._write() as conn:
             conn.execute(
-                a.update()
-                .where(a.c.agent_id == auth.agent_id)
-                .values(
-                    host=clean_text(hb.host, 256),
-                    os=clean_text(hb.os, 256),
-                    version=clean_text(hb.version, 256),
-                    last_seen_at=now,
-                    heartbeats=a.c.heartbeats + 1,
-                    uptime_s=_float(hb.uptime_s),
-                    spool_depth=depth,
-                    spool_bytes=_int(hb.spool_bytes),
-                    oldest_item_age_s=_float(hb.oldest_item_age_s),
-                    intake_paused=hb.intake_paused is True,
-                    paused_destinations=",".join(paused),
-                    last_error=last_error,
-                    spool_trend_since=since,
-                    spool_trend_depth=start,
-                    status_json=json.dumps(to_dict(hb), ensure_ascii=True),
-                    name=clean_text(hb.name, 128) or None,
-                )
+                _HEARTBEAT_UPDATE,
+                {
+                    "b_agent_id": auth.agent_id,
+                    "b_host": clean_text(hb.host, 256),
+                    "b_os": clean_text(hb.os, 256),
+                    "b_version": clean_text(hb.version, 256),
+                    "b_last_seen_at": now,
+                    "b_uptime_s": _float(hb.uptime_s),
+                    "b_spool_depth": depth,
+                    "b_spool_bytes": _int(hb.spool_bytes),
+                    "b_oldest_item_age_s": _float(hb.oldest_item_age_s),
+                    "b_intake_paused": hb.intake_paused is True,
+                    "b_paused_destinations": ",".join(paused),
+                    "b_last_error": last_error,
+                    "b_spool_trend_since": since,
+                    "b_spool_trend_depth": start,
+                    "b_status_json": json.dumps(to_dict(hb), ensure_ascii=True),
+                    "b_name": clean_text(hb.name, 128) or None,
+                },
             )
             bucket = int(now // tables.SAMPLE_PERIOD_S)
             last = auth.last_seen_at
