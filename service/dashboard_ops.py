@@ -149,6 +149,7 @@ async def lookup_submit(request: Request, ctx: Ctx) -> Response:
             "protected": protected,
             "acknowledged": acknowledged,
             "agents": agents,
+            "exams": lookup.summarize(sightings),
         }
 
     if not query.strip(" \x00"):

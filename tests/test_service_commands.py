@@ -138,6 +138,58 @@ def test_exam_lookup_finds_who_protected_it_and_which_destinations_acknowledged(
     assert accession not in dumped and study_uid not in dumped and keys[0] in dumped
 
 
+def _clock(t: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def test_exam_lookup_shows_each_protecting_agent_and_per_destination_acknowledgements(
+    client, store, settings
+):
+    """Two agents protected files of one exam; their `forwarded` events (one per acknowledged
+    delivery, with destination and the item's study_keys) say which destination has what."""
+    secret = PseudonymSecret.generate()
+    settings.pseudonym_secret_path.parent.mkdir(parents=True, exist_ok=True)
+    settings.pseudonym_secret_path.write_text(secret.encode(), encoding="ascii")
+    accession, study_uid = "ACC-7", "1.2.826.0.1.3680043.8.498.77"
+    keys = [secret.study_key(accession), secret.study_key(study_uid)]
+    ct = enroll_with(client, store, "CT 2", "", "vm")
+    mr = enroll_with(client, store, "MR 1", "", "vm")
+    f1, f2, f3 = "a" * 16, "b" * 16, "c" * 16
+    t0 = 1_800_000_000.0
+    post_events(client, ct, [
+        ev("protected", t0, file_id=f1, study_keys=keys),
+        ev("protected", t0 + 5, file_id=f2, study_keys=keys),
+        ev("forwarded", t0 + 20, file_id=f1, destination="pacs", study_keys=keys),
+        ev("forwarded", t0 + 30, file_id=f2, destination="pacs", study_keys=keys),
+        ev("forwarded", t0 + 40, file_id=f1, destination="central", study_keys=keys),
+    ])  # fmt: skip
+    post_events(client, mr, [ev("protected", t0 + 100, file_id=f3, study_keys=keys[1:])])
+    # another exam's delivery by MR does not show up under this one
+    post_events(client, mr, [ev("forwarded", t0 + 50, file_id="d" * 16, destination="pacs",
+                                study_keys=[secret.study_key("ANOTHER")])])  # fmt: skip
+    csrf = login_as(client, "admin", PASSWORD)
+    r = client.post("/lookup", data={"csrf": csrf, "q": accession})
+    assert r.status_code == 200
+    result = r.text.split('id="lookup-result"')[1]
+    blocks = result.split('<div class="exam" data-agent-id="')[1:]
+    assert [b.split('"')[0] for b in blocks] == [ct["agent_id"]]  # MR's files had only the UID
+    ct_block = blocks[0]
+    assert f"Protected by <b>CT 2</b> at {_clock(t0)} (2 files, the last at {_clock(t0 + 5)})" in ct_block
+    pacs = ct_block.split('data-destination="pacs"')[1].split("</tr>")[0]
+    central = ct_block.split('data-destination="central"')[1].split("</tr>")[0]
+    assert 'data-complete="yes"' in pacs and "<td>2 of 2</td>" in pacs
+    assert _clock(t0 + 20) in pacs and _clock(t0 + 30) in pacs and "complete" in pacs
+    assert 'data-complete="no"' in central and "<td>1 of 2</td>" in central and "partial" in central
+
+    r = client.post("/lookup", data={"csrf": csrf, "q": study_uid})
+    blocks = r.text.split('id="lookup-result"')[1].split('<div class="exam" data-agent-id="')[1:]
+    assert [b.split('"')[0] for b in blocks] == [ct["agent_id"], mr["agent_id"]]
+    assert "Protected by <b>MR 1</b>" in blocks[1]
+    assert "No destination has acknowledged it yet." in blocks[1]
+
+
 def test_exam_lookup_without_a_secret_says_so(client, store):
     csrf = login_as(client, "admin", PASSWORD)
     r = client.post("/lookup", data={"csrf": csrf, "q": "ACC1"})
