@@ -194,7 +194,9 @@ async def heartbeat(request: Request, ctx: Ctx) -> Response:
     def record(auth: AgentAuth, hb: Heartbeat) -> HeartbeatAck:
         server_time = ctx.store.record_heartbeat(auth, hb)
         commands.record_report(ctx.store, auth.agent_id, hb.command_acks, hb.command_results)
-        pending = commands.pending_for(ctx.store, auth.agent_id, auth.commands_pending)
+        pending = commands.pending_for(
+            ctx.store, auth.agent_id, auth.commands_pending, ctx.settings.command_ttl_s
+        )
         return HeartbeatAck(ok=True, server_time=float(server_time), commands=pending)
 
     error, ack = await run_in_threadpool(

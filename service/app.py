@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocol import __version__
-from service import api, dashboard, dashboard_ops, objects_read, schemas, throttle
+from service import api, commands, dashboard, dashboard_ops, objects_read, schemas, throttle
 from service.context import AppContext, get_context
 from service.metrics import render_metrics
 from service.objects import ObjectBackend, open_backend
@@ -196,6 +196,7 @@ async def _prune_forever(ctx: AppContext) -> None:
             await run_in_threadpool(
                 throttle.prune, ctx.store, ctx.settings.login_window_s, retention_s
             )
+            await run_in_threadpool(commands.expire_overdue, ctx.store, ctx.settings.command_ttl_s)
         except Exception:  # pruning is housekeeping; the next round retries
             log.warning("pruning old events failed", exc_info=True)
         await asyncio.sleep(_PRUNE_PERIOD_S)

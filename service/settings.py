@@ -129,6 +129,7 @@ class Settings:
     refresh_interval_s: float = 10.0  # dashboard auto-refresh
     enrollment_token_ttl_s: float = 7 * 24 * 3600.0
     event_retention_days: float = 30.0
+    command_ttl_s: float = 24 * 3600.0  # a command no heartbeat acknowledged by then expires
     cookie_secure: bool = False  # set true behind TLS so cookies never travel in clear
     metrics_token: str = ""  # non-empty: /metrics needs "Authorization: Bearer <token>"
     objects: ObjectsSettings = field(default_factory=ObjectsSettings)
@@ -172,6 +173,7 @@ class Settings:
             "refresh_interval_s",
             "enrollment_token_ttl_s",
             "event_retention_days",
+            "command_ttl_s",
             "login_window_s",
             "login_lockout_after",
             "login_address_limit",

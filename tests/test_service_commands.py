@@ -76,6 +76,65 @@ def test_quarantine_retry_reaches_the_agent_and_its_result_comes_back(client, st
     assert len(audit) == 2 and command_id in audit[0].detail
 
 
+def test_commands_never_acknowledged_expire_and_are_audited(client, store, settings, clock):
+    a = enroll_with(client, store, "CT 2", "Room 2", "vm")
+    beat(client, a, quarantine=[QUARANTINED])
+    csrf = login_as(client, "admin", PASSWORD)
+    form = {"csrf": csrf, "agent_id": a["agent_id"], "item_id": ITEM, "destination": "pacs"}
+    for kind in ("retry", "release"):
+        r = client.post("/quarantine/command", data={**form, "kind": kind}, follow_redirects=False)
+        assert r.status_code == 303
+    retry, release = sorted(commands.list_commands(store, a["agent_id"]),
+                            key=lambda c: c.kind != "retry")  # fmt: skip
+    # the agent acknowledges the retry only; the release stays pending
+    clock.now += 60
+    beat(client, a, quarantine=[QUARANTINED], command_acks=[retry.command_id])
+    assert settings.command_ttl_s == 24 * 3600  # the default
+    clock.now += settings.command_ttl_s - 120  # not yet overdue
+    assert commands.expire_overdue(store, settings.command_ttl_s) == []
+    clock.now += 121
+    csrf = login_as(client, "admin", PASSWORD)  # the first session has timed out meanwhile
+    form["csrf"] = csrf
+    page = client.get("/quarantine").text  # the page sweeps overdue commands
+    assert f'data-command-id="{release.command_id}" data-state="expired"' in page
+    assert f'data-command-id="{retry.command_id}" data-state="acknowledged"' in page
+    assert "not acknowledged by the agent within 24 h" in page
+    # never handed out again, and a second sweep (another process) changes nothing
+    assert beat(client, a, quarantine=[QUARANTINED])["commands"] == []
+    assert commands.expire_overdue(store, settings.command_ttl_s) == []
+    expired = [r for r in users.audit_log(store) if r.action == "command.expired"]
+    assert len(expired) == 1 and expired[0].username == "system"
+    assert release.command_id in expired[0].detail and expired[0].target == a["agent_id"]
+    audit_page = client.get("/audit").text
+    assert 'data-action="command.expired"' in audit_page and release.command_id in audit_page
+    # a late acknowledgement does not revive it; the operator can issue it again
+    beat(client, a, quarantine=[QUARANTINED], command_acks=[release.command_id])
+    states = {c.command_id: c.state for c in commands.list_commands(store, a["agent_id"])}
+    assert states[release.command_id] == commands.EXPIRED
+    r = client.post("/quarantine/command", data={**form, "kind": "release"}, follow_redirects=False)
+    assert r.status_code == 303
+    fresh = beat(client, a, quarantine=[QUARANTINED])["commands"]
+    assert [c["kind"] for c in fresh] == ["release"] and fresh[0]["command_id"] != release.command_id
+
+
+def test_expiry_in_a_heartbeat_applies_a_configured_ttl(client, store, settings, clock):
+    a = enroll_with(client, store, "CT 3", "", "vm")
+    beat(client, a, quarantine=[QUARANTINED])
+    command_id = commands.enqueue(store, a["agent_id"], "retry", ITEM, "pacs", by="admin")
+    clock.now += 11
+    assert commands.pending_for(store, a["agent_id"], True, ttl_s=10.0) == []
+    assert commands.list_commands(store, a["agent_id"])[0].state == commands.EXPIRED
+    assert any(command_id in r.detail for r in users.audit_log(store))
+    (settings.data_dir).mkdir(parents=True, exist_ok=True)
+    (settings.data_dir / "central.toml").write_text("command_ttl_s = 0\n")
+    import pytest
+
+    from service.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="command_ttl_s"):
+        load_settings(settings.data_dir)
+
+
 def test_heartbeat_schema_rejects_malformed_command_fields(client, store):
     a = enroll_with(client, store, "", "", "vm")
     for bad in (
