@@ -51,6 +51,9 @@ def _float(value: float | int | None) -> float | None:
 
 
 
+IDLE_PING_AFTER_S = 5.0
+
+
 def make_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
         database = sa.engine.make_url(url).database
@@ -75,7 +78,28 @@ def make_engine(url: str) -> sa.Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
-    return sa.create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+    engine = sa.create_engine(url, pool_size=8, max_overflow=8)
+
+    # Pessimistic disconnect handling, but only for connections idle a while: a ping on
+    # every checkout cost a round trip per transaction (0.8 ms CPU of a heartbeat's 3.7 ms
+    # on PostgreSQL). A connection in steady use is not pinged; one idle for
+    # IDLE_PING_AFTER_S is, and a dead one is replaced before the request uses it.
+    @sa.event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["sf_checkin"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("sf_checkin", 0.0) <= IDLE_PING_AFTER_S:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:  # any failure: let the pool open a fresh connection
+            raise sa.exc.DisconnectionError() from exc
+        if not alive:
+            raise sa.exc.DisconnectionError()
+
+    return engine
 
 
 class StoreBase:
