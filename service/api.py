@@ -28,7 +28,7 @@ from protocol.wire import (
 )
 from service import commands, readers
 from service.context import AppContext, Ctx
-from service.errors import ObjectRejected
+from service.errors import ObjectRejected, ObjectStoreUnavailable
 from service.objects_read import reported_uids
 from service.schemas import SchemaError, parse_body
 from service.store import AgentAuth
@@ -194,7 +194,9 @@ async def heartbeat(request: Request, ctx: Ctx) -> Response:
     def record(auth: AgentAuth, hb: Heartbeat) -> HeartbeatAck:
         server_time = ctx.store.record_heartbeat(auth, hb)
         commands.record_report(ctx.store, auth.agent_id, hb.command_acks, hb.command_results)
-        pending = commands.pending_for(ctx.store, auth.agent_id, auth.commands_pending)
+        pending = commands.pending_for(
+            ctx.store, auth.agent_id, auth.commands_pending, ctx.settings.command_ttl_s
+        )
         return HeartbeatAck(ok=True, server_time=float(server_time), commands=pending)
 
     error, ack = await run_in_threadpool(
@@ -252,6 +254,7 @@ _SHA_PARAM = Path(
         **_AUTH_ERRORS,
         413: _error("object larger than the configured limit"),
         422: _error("malformed sha256 or content does not match it"),
+        503: _error("object store unreachable: nothing was stored, retry later"),
     },
     openapi_extra={
         "requestBody": {
@@ -277,6 +280,9 @@ async def put_object(request: Request, ctx: Ctx, sha256: Annotated[str, _SHA_PAR
         size, created = await ctx.objects.put(sha256, request.stream(), limit)
     except ObjectRejected as exc:
         return _problem(exc.status, exc.reason)
+    except ObjectStoreUnavailable as exc:
+        ctx.counters.inc("object_store_unavailable")
+        return store_unavailable(exc)
     await run_in_threadpool(ctx.store.record_object, sha256, size, auth.agent_id)
     uids = reported_uids(request, sha256)
     if uids is not None:
@@ -295,6 +301,7 @@ async def put_object(request: Request, ctx: Ctx, sha256: Annotated[str, _SHA_PAR
         200: {"description": "stored"},
         401: {"description": "missing, unknown or revoked token"},
         404: {"description": "not stored"},
+        503: {"description": "object store unreachable, retry later"},
     },
     openapi_extra={"security": [{"bearer": []}]},
 )
@@ -302,6 +309,22 @@ async def head_object(request: Request, ctx: Ctx, sha256: Annotated[str, _SHA_PA
     auth = await _authenticate(request, ctx)
     if auth is None:
         return Response(status_code=401, headers={"WWW-Authenticate": "Bearer"})
-    if not SHA256_RE.match(sha256) or not ctx.objects.exists(sha256):
+    if not SHA256_RE.match(sha256):
         return Response(status_code=404)
-    return Response(status_code=200, headers={"Content-Length": str(ctx.objects.size(sha256))})
+    try:
+        size = await run_in_threadpool(ctx.objects.size, sha256)
+    except ObjectStoreUnavailable:
+        ctx.counters.inc("object_store_unavailable")
+        return Response(status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+    if size is None:
+        return Response(status_code=404)
+    return Response(status_code=200, headers={"Content-Length": str(size)})
+
+
+#: what a 503 from the object store tells the agent to wait before it retries
+RETRY_AFTER_S = 30
+
+
+def store_unavailable(exc: ObjectStoreUnavailable) -> JSONResponse:
+    """503 + Retry-After: the agent keeps its copy and retries (nothing was stored)."""
+    return _problem(503, str(exc), {"Retry-After": str(RETRY_AFTER_S)})

@@ -22,10 +22,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocol import __version__
-from service import api, dashboard, dashboard_ops, objects_read, schemas, throttle
+from service import api, commands, dashboard, dashboard_ops, objects_read, schemas, throttle
 from service.context import AppContext, get_context
 from service.metrics import render_metrics
-from service.objects import ObjectStore
+from service.objects import ObjectBackend, open_backend
 from service.security import tokens_equal
 from service.settings import Settings
 from service.store import Store
@@ -44,11 +44,12 @@ def create_app(
     *,
     clock: Callable[[], float] = time.time,
     store: Store | None = None,
+    objects: ObjectBackend | None = None,
 ) -> FastAPI:
     """Build the application for ``settings`` (database tables are created if missing)."""
     store = store or Store(settings.database_url, clock=clock)
     store.create_schema()
-    objects = ObjectStore(settings.objects_dir)
+    objects = objects or open_backend(settings)
     ctx = AppContext(settings=settings, store=store, objects=objects, clock=clock)
 
     @contextlib.asynccontextmanager
@@ -195,6 +196,7 @@ async def _prune_forever(ctx: AppContext) -> None:
             await run_in_threadpool(
                 throttle.prune, ctx.store, ctx.settings.login_window_s, retention_s
             )
+            await run_in_threadpool(commands.expire_overdue, ctx.store, ctx.settings.command_ttl_s)
         except Exception:  # pruning is housekeeping; the next round retries
             log.warning("pruning old events failed", exc_info=True)
         await asyncio.sleep(_PRUNE_PERIOD_S)

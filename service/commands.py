@@ -8,7 +8,13 @@ carried a command out, its outcome in ``command_results``. States::
 
     pending ──(id in command_acks)──► acknowledged ──(command_results)──► succeeded | failed
 
-A result for a command still pending counts as its acknowledgement too.
+A result for a command still pending counts as its acknowledgement too. A command no
+heartbeat acknowledged within ``command_ttl_s`` (``central.toml``, default 24 h) becomes
+``expired`` (:func:`expire_overdue`): it is never handed out again, shows as expired on the
+quarantine page and leaves a ``command.expired`` line in the audit log (by ``system``).
+Exactly one central process expires a given command (a conditional ``UPDATE``)::
+
+    pending ──(no acknowledgement within command_ttl_s)──► expired
 """
 
 from __future__ import annotations
@@ -18,13 +24,15 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from protocol.wire import COMMAND_KINDS, Command, CommandResult
-from service import security, tables
+from service import security, tables, users
 from service.store import Store, clean_text
 
 PENDING = "pending"
 ACKNOWLEDGED = "acknowledged"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
+EXPIRED = "expired"
+SYSTEM_USER = "system"  # the audit log's author of housekeeping actions
 
 
 class CommandError(ValueError):
@@ -119,14 +127,19 @@ def record_report(
             )
 
 
-def pending_for(store: Store, agent_id: str, flagged: bool = True) -> list[Command]:
+def pending_for(
+    store: Store, agent_id: str, flagged: bool = True, ttl_s: float | None = None
+) -> list[Command]:
     """Commands to hand to the agent in this heartbeat response (oldest first).
 
     ``flagged`` is the agent row's ``commands_pending`` as read at authentication: when
-    false nothing was queued since the last check, and the query is skipped.
+    false nothing was queued since the last check, and the query is skipped. With ``ttl_s``
+    this agent's overdue commands are expired first (and so never handed out).
     """
     if not flagged:
         return []
+    if ttl_s is not None:
+        expire_overdue(store, ttl_s, agent_id)
     c = tables.commands
     with store._read() as conn:
         rows = conn.execute(
@@ -161,3 +174,28 @@ def list_commands(store: Store, agent_id: str | None = None, limit: int = 100) -
     with store._read() as conn:
         rows = conn.execute(query.order_by(c.c.created_at.desc()).limit(limit)).all()
     return [CommandRow(*r) for r in rows]
+
+
+def expire_overdue(store: Store, ttl_s: float, agent_id: str | None = None) -> list[str]:
+    """Expire pending commands older than ``ttl_s`` (of ``agent_id`` or all); their ids.
+
+    The ``UPDATE … WHERE state = 'pending'`` decides: when two processes sweep at once,
+    each command is expired, and audited, by exactly one of them.
+    """
+    c = tables.commands
+    now = store._clock()
+    stmt = (
+        c.update()
+        .where(c.c.state == PENDING, c.c.created_at < now - ttl_s)
+        .values(state=EXPIRED, finished_at=now,
+                result=f"not acknowledged by the agent within {ttl_s / 3600:g} h")
+        .returning(c.c.command_id, c.c.agent_id, c.c.kind, c.c.item_id, c.c.destination)
+    )  # fmt: skip
+    if agent_id is not None:
+        stmt = stmt.where(c.c.agent_id == agent_id)
+    with store._write() as conn:
+        rows = conn.execute(stmt).all()
+    for command_id, agent, kind, item_id, destination in rows:
+        users.audit(store, SYSTEM_USER, "command.expired", agent,
+                    f"command={command_id} kind={kind} item={item_id} destination={destination}")  # fmt: skip
+    return [r[0] for r in rows]

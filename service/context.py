@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.objects import ObjectStore
+from service.objects import ObjectBackend
 from service.settings import Settings
 from service.store import Store
 
@@ -36,7 +36,7 @@ class Counters:
 class AppContext:
     settings: Settings
     store: Store
-    objects: ObjectStore
+    objects: ObjectBackend
     clock: Callable[[], float] = time.time
     counters: Counters = field(default_factory=Counters)
 

@@ -57,6 +57,7 @@ async def events_page(request: Request, ctx: Ctx) -> Response:
 
 
 def _quarantine_context(ctx: AppContext) -> dict[str, Any]:
+    commands.expire_overdue(ctx.store, ctx.settings.command_ttl_s)
     agents = ctx.store.list_agents(with_status=True)
     return {
         "entries": fleet.quarantine_entries(agents),
@@ -149,6 +150,7 @@ async def lookup_submit(request: Request, ctx: Ctx) -> Response:
             "protected": protected,
             "acknowledged": acknowledged,
             "agents": agents,
+            "exams": lookup.summarize(sightings),
         }
 
     if not query.strip(" \x00"):
@@ -242,5 +244,9 @@ async def audit_page(request: Request, ctx: Ctx) -> Response:
     session = await _page_session(request, ctx, "admin")
     if isinstance(session, Response):
         return session
-    rows = await run_in_threadpool(users.audit_log, ctx.store)
+    def load() -> list[users.AuditRow]:
+        commands.expire_overdue(ctx.store, ctx.settings.command_ttl_s)
+        return users.audit_log(ctx.store)
+
+    rows = await run_in_threadpool(load)
     return _render(request, "audit.html", {"session": session, "rows": rows})

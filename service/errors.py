@@ -30,3 +30,18 @@ class ObjectRejected(ServiceError):
         self.status = status
         self.reason = reason
         super().__init__(reason)
+
+
+class ObjectStoreUnavailable(ServiceError):
+    """The object store (an S3 endpoint, a disk) cannot be reached right now: retry later.
+
+    The message names the failure class only, never a credential or a request signature.
+    """
+
+
+class ObjectCorrupt(ServiceError):
+    """A stored object's bytes no longer hash to its name (bit rot, tampering, truncation)."""
+
+    def __init__(self, sha256: str) -> None:
+        self.sha256 = sha256
+        super().__init__(f"stored object {sha256[:12]}… failed its SHA-256 check")

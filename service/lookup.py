@@ -78,3 +78,54 @@ def find(store: Store, keyed: str, limit: int = 200) -> list[Sighting]:
             .limit(limit)
         ).all()
     return [Sighting(*r) for r in rows]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one destination acknowledged of an exam protected by one agent."""
+
+    destination: str
+    files: int  # distinct protected files it acknowledged
+    first_at: float
+    last_at: float
+    complete: bool  # every file the agent reported protecting was acknowledged here
+
+
+@dataclass(frozen=True)
+class ExamAtAgent:
+    """One agent's part of a looked-up exam: when it protected it and where it went."""
+
+    agent_id: str
+    files: int  # distinct files protected (0 if the protect events were pruned)
+    first_protected_at: float | None
+    last_protected_at: float | None
+    deliveries: tuple[Delivery, ...]
+
+
+def summarize(sightings: list[Sighting]) -> list[ExamAtAgent]:
+    """Group sightings per agent, then per acknowledging destination (file counts, times)."""
+    by_agent: dict[str, list[Sighting]] = {}
+    for s in sightings:
+        by_agent.setdefault(s.agent_id, []).append(s)
+    out = []
+    for agent_id, seen in by_agent.items():
+        protected = [s for s in seen if s.kind == "protected"]
+        protected_files = {s.file_id or f"event-{i}" for i, s in enumerate(protected)}
+        acks: dict[str, list[Sighting]] = {}
+        for s in seen:
+            if s.kind == "forwarded" and s.destination:
+                acks.setdefault(s.destination, []).append(s)
+        deliveries = []
+        for destination, got in sorted(acks.items()):
+            files = {s.file_id or f"event-{i}" for i, s in enumerate(got)}
+            deliveries.append(Delivery(
+                destination, len(files), min(s.at for s in got), max(s.at for s in got),
+                complete=bool(protected_files) and protected_files <= files,
+            ))  # fmt: skip
+        out.append(ExamAtAgent(
+            agent_id, len(protected_files),
+            min((s.at for s in protected), default=None),
+            max((s.at for s in protected), default=None), tuple(deliveries),
+        ))  # fmt: skip
+    out.sort(key=lambda e: e.first_protected_at if e.first_protected_at is not None else 0.0)
+    return out

@@ -130,6 +130,8 @@ def render_metrics(ctx: AppContext) -> str:
         ("object_bytes_stored", "Bytes newly stored by this process."),
         ("auth_failures", "Agent API requests rejected for a bad token."),
         ("login_failures", "Failed dashboard logins."),
+        ("object_store_unavailable", "Object store requests answered 503 (store unreachable)."),
+        ("objects_corrupt", "Object reads refused because the bytes failed their SHA-256."),
     ):
         name = f"scanfort_{key}_total"
         family(name, "counter", help_text)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from protocol.wire import SHA256_RE
 from service import readers
 from service.context import Ctx
+from service.errors import ObjectCorrupt, ObjectStoreUnavailable
 from service.store import Store
 
+log = logging.getLogger("scanfort.central.objects")
 router = APIRouter(prefix="/api/v1/reader", tags=["objects (read side)"])
 _UID_HEADERS = ("x-scanfort-study-uid", "x-scanfort-series-uid", "x-scanfort-sop-uid")
 
@@ -66,11 +70,26 @@ async def list_objects(
             responses={200: {"description": "the object", "content": {
                            "application/octet-stream": {"schema": {"type": "string",
                                                                    "format": "binary"}}}},
-                       404: {"description": "not stored"}, **_READ_ERRORS},
+                       404: {"description": "not stored"},
+                       500: {"description": "the stored bytes failed their SHA-256 check"},
+                       503: {"description": "object store unreachable, retry later"},
+                       **_READ_ERRORS},
             openapi_extra={"security": [{"bearer": []}]})  # fmt: skip
 async def get_object(request: Request, ctx: Ctx, sha256: str) -> Response:
     if not await _reader(request, ctx.store):
         return _unauthorized()
-    if not SHA256_RE.match(sha256) or not ctx.objects.exists(sha256):
+    if not SHA256_RE.match(sha256):
         return JSONResponse({"detail": "no such object"}, status_code=404)
-    return FileResponse(ctx.objects.path_for(sha256), media_type="application/octet-stream")
+    try:
+        stored = await run_in_threadpool(ctx.objects.open_verified, sha256)
+    except ObjectCorrupt as exc:
+        ctx.counters.inc("objects_corrupt")
+        log.error("object store: %s", exc)  # the hash only: it names no patient
+        return JSONResponse({"detail": str(exc)}, status_code=500)
+    except ObjectStoreUnavailable as exc:
+        ctx.counters.inc("object_store_unavailable")
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "30"})
+    if stored is None:
+        return JSONResponse({"detail": "no such object"}, status_code=404)
+    return FileResponse(stored.path, media_type="application/octet-stream",
+                        background=BackgroundTask(stored.cleanup))  # fmt: skip

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,69 @@ def normalize_db_url(url: str) -> str:
     return url
 
 
+OBJECT_BACKENDS = ("filesystem", "s3")
+_MIN_PART = 5 * 1024**2  # S3's smallest part (all but the last)
+
+
+@dataclass(frozen=True)
+class ObjectsSettings:
+    """``[objects]`` in ``central.toml``: where protected objects are stored.
+
+    ``backend = "filesystem"`` (default): ``<data dir>/objects``. ``backend = "s3"``: a bucket
+    of an S3-compatible store; credentials from ``access_key_id``/``secret_access_key``, from
+    ``credentials_file`` (a TOML file with those two keys, relative to the data dir; keep it
+    mode 0600), or else boto3's own chain (environment, instance role).
+    """
+
+    backend: str = "filesystem"
+    endpoint: str = ""  # empty: AWS's own endpoint for the region
+    bucket: str = ""
+    region: str = ""
+    prefix: str = ""  # key prefix inside the bucket, e.g. "scanfort/"
+    addressing_style: str = "path"  # "path" | "virtual" | "auto"
+    access_key_id: str = ""
+    secret_access_key: str = field(default="", repr=False)
+    credentials_file: str = ""
+    multipart_threshold_bytes: int = 64 * 1024**2
+    part_size_bytes: int = 16 * 1024**2
+    connect_timeout_s: float = 3.0
+    read_timeout_s: float = 60.0
+
+    def problems(self) -> list[str]:
+        found: list[str] = []
+        if self.backend not in OBJECT_BACKENDS:
+            found.append(f"objects.backend: must be one of {', '.join(OBJECT_BACKENDS)}")
+        for name in ("endpoint", "bucket", "region", "prefix", "access_key_id",
+                     "secret_access_key", "credentials_file", "addressing_style"):  # fmt: skip
+            if not isinstance(getattr(self, name), str):
+                found.append(f"objects.{name}: must be a string")
+        if found:
+            return found
+        if self.backend == "s3":
+            if not self.bucket:
+                found.append("objects.bucket: required when backend = \"s3\"")
+            if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
+                found.append("objects.endpoint: must be an http:// or https:// URL")
+            if bool(self.access_key_id) != bool(self.secret_access_key):
+                found.append("objects.secret_access_key: give both keys or neither")
+            if self.credentials_file and self.access_key_id:
+                found.append("objects.credentials_file: give keys in the file or inline, not both")
+        if self.addressing_style not in ("path", "virtual", "auto"):
+            found.append("objects.addressing_style: must be path, virtual or auto")
+        for name in ("multipart_threshold_bytes", "part_size_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < _MIN_PART:
+                found.append(f"objects.{name}: must be an integer >= {_MIN_PART}")
+        for name in ("connect_timeout_s", "read_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                found.append(f"objects.{name}: must be a positive number")
+        return found
+
+
+_OBJECTS_KEYS = {f.name for f in dataclasses.fields(ObjectsSettings)}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the central service needs; passed explicitly, never global."""
@@ -67,8 +130,10 @@ class Settings:
     refresh_interval_s: float = 10.0  # dashboard auto-refresh
     enrollment_token_ttl_s: float = 7 * 24 * 3600.0
     event_retention_days: float = 30.0
+    command_ttl_s: float = 24 * 3600.0  # a command no heartbeat acknowledged by then expires
     cookie_secure: bool = False  # set true behind TLS so cookies never travel in clear
     metrics_token: str = ""  # non-empty: /metrics needs "Authorization: Bearer <token>"
+    objects: ObjectsSettings = field(default_factory=ObjectsSettings)
 
     @property
     def database_url(self) -> str:
@@ -109,6 +174,7 @@ class Settings:
             "refresh_interval_s",
             "enrollment_token_ttl_s",
             "event_retention_days",
+            "command_ttl_s",
             "login_window_s",
             "login_lockout_after",
             "login_address_limit",
@@ -136,6 +202,10 @@ class Settings:
             problems.append("metrics_token: must be a string of at most 256 characters")
         if not isinstance(self.cookie_secure, bool):
             problems.append("cookie_secure: must be true or false")
+        if isinstance(self.objects, ObjectsSettings):
+            problems.extend(self.objects.problems())
+        else:
+            problems.append("objects: must be a table")
         url = self.database_url
         if not (url.startswith("sqlite") or url.startswith("postgresql")):
             problems.append("db_url: only sqlite:/// and postgresql:// URLs are supported")
@@ -175,6 +245,14 @@ def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
     if "recipients" in values:
         recips = values["recipients"]
         values["recipients"] = tuple(recips) if isinstance(recips, (list, tuple)) else recips
+    if isinstance(values.get("objects"), dict):
+        table = values["objects"]
+        unknown = sorted(set(table) - _OBJECTS_KEYS)
+        if unknown:
+            raise ConfigError([f"objects.{k}: unknown key" for k in unknown])
+        values["objects"] = ObjectsSettings(**table)
+    elif "objects" in values and not isinstance(values["objects"], ObjectsSettings):
+        raise ConfigError(["objects: must be a table ([objects])"])
     for key in ("max_object_bytes",):
         if isinstance(values.get(key), float) and values[key].is_integer():
             values[key] = int(values[key])
@@ -205,7 +283,19 @@ def render_config(settings: Settings) -> str:
         "# db_url empty = SQLite in this directory; postgresql://user@host/db for larger sites.",
     ]
     for f in dataclasses.fields(Settings):
-        if f.name == "data_dir":
+        if f.name in ("data_dir", "objects"):
             continue
         lines.append(f"{f.name} = {_toml_value(getattr(settings, f.name))}")
+    lines += [
+        "",
+        "# Object store: backend = \"filesystem\" (<data dir>/objects) or \"s3\" (boto3; endpoint,",
+        "# bucket, region; credentials inline, in credentials_file (TOML with access_key_id and",
+        "# secret_access_key, mode 0600), or from the environment / instance role).",
+        "[objects]",
+    ]
+    for f in dataclasses.fields(ObjectsSettings):
+        value = getattr(settings.objects, f.name)
+        if f.name == "secret_access_key" and not value:
+            continue
+        lines.append(f"{f.name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"

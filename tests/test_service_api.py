@@ -640,3 +640,29 @@ def test_two_central_processes_share_one_postgresql(postgres_server, tmp_path):
         for proc in procs:
             proc.wait(15)
         store.close()
+
+
+@pytest.mark.peer
+def test_a_dropped_postgresql_connection_is_replaced_before_use(postgres_server, monkeypatch):
+    """Connections idle past IDLE_PING_AFTER_S are pinged at checkout; dead ones replaced."""
+    from service import store_base
+
+    url = _new_pg_database(postgres_server)
+    store = Store(Settings(data_dir=Path("/nonexistent"), db_url=url).database_url)
+    try:
+        store.create_schema()
+        store.ping()
+        admin = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"),
+                                 isolation_level="AUTOCOMMIT")  # fmt: skip
+        with admin.connect() as conn:
+            killed = conn.exec_driver_sql(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).scalar()
+        admin.dispose()
+        assert killed and killed >= 1  # the store's pooled connection is gone
+        monkeypatch.setattr(store_base, "IDLE_PING_AFTER_S", 0.0)
+        store.ping()  # pinged at checkout, replaced, then used: no error reaches the caller
+        assert store.list_agents() == []
+    finally:
+        store.close()

@@ -76,6 +76,65 @@ def test_quarantine_retry_reaches_the_agent_and_its_result_comes_back(client, st
     assert len(audit) == 2 and command_id in audit[0].detail
 
 
+def test_commands_never_acknowledged_expire_and_are_audited(client, store, settings, clock):
+    a = enroll_with(client, store, "CT 2", "Room 2", "vm")
+    beat(client, a, quarantine=[QUARANTINED])
+    csrf = login_as(client, "admin", PASSWORD)
+    form = {"csrf": csrf, "agent_id": a["agent_id"], "item_id": ITEM, "destination": "pacs"}
+    for kind in ("retry", "release"):
+        r = client.post("/quarantine/command", data={**form, "kind": kind}, follow_redirects=False)
+        assert r.status_code == 303
+    retry, release = sorted(commands.list_commands(store, a["agent_id"]),
+                            key=lambda c: c.kind != "retry")  # fmt: skip
+    # the agent acknowledges the retry only; the release stays pending
+    clock.now += 60
+    beat(client, a, quarantine=[QUARANTINED], command_acks=[retry.command_id])
+    assert settings.command_ttl_s == 24 * 3600  # the default
+    clock.now += settings.command_ttl_s - 120  # not yet overdue
+    assert commands.expire_overdue(store, settings.command_ttl_s) == []
+    clock.now += 121
+    csrf = login_as(client, "admin", PASSWORD)  # the first session has timed out meanwhile
+    form["csrf"] = csrf
+    page = client.get("/quarantine").text  # the page sweeps overdue commands
+    assert f'data-command-id="{release.command_id}" data-state="expired"' in page
+    assert f'data-command-id="{retry.command_id}" data-state="acknowledged"' in page
+    assert "not acknowledged by the agent within 24 h" in page
+    # never handed out again, and a second sweep (another process) changes nothing
+    assert beat(client, a, quarantine=[QUARANTINED])["commands"] == []
+    assert commands.expire_overdue(store, settings.command_ttl_s) == []
+    expired = [r for r in users.audit_log(store) if r.action == "command.expired"]
+    assert len(expired) == 1 and expired[0].username == "system"
+    assert release.command_id in expired[0].detail and expired[0].target == a["agent_id"]
+    audit_page = client.get("/audit").text
+    assert 'data-action="command.expired"' in audit_page and release.command_id in audit_page
+    # a late acknowledgement does not revive it; the operator can issue it again
+    beat(client, a, quarantine=[QUARANTINED], command_acks=[release.command_id])
+    states = {c.command_id: c.state for c in commands.list_commands(store, a["agent_id"])}
+    assert states[release.command_id] == commands.EXPIRED
+    r = client.post("/quarantine/command", data={**form, "kind": "release"}, follow_redirects=False)
+    assert r.status_code == 303
+    fresh = beat(client, a, quarantine=[QUARANTINED])["commands"]
+    assert [c["kind"] for c in fresh] == ["release"] and fresh[0]["command_id"] != release.command_id
+
+
+def test_expiry_in_a_heartbeat_applies_a_configured_ttl(client, store, settings, clock):
+    a = enroll_with(client, store, "CT 3", "", "vm")
+    beat(client, a, quarantine=[QUARANTINED])
+    command_id = commands.enqueue(store, a["agent_id"], "retry", ITEM, "pacs", by="admin")
+    clock.now += 11
+    assert commands.pending_for(store, a["agent_id"], True, ttl_s=10.0) == []
+    assert commands.list_commands(store, a["agent_id"])[0].state == commands.EXPIRED
+    assert any(command_id in r.detail for r in users.audit_log(store))
+    (settings.data_dir).mkdir(parents=True, exist_ok=True)
+    (settings.data_dir / "central.toml").write_text("command_ttl_s = 0\n")
+    import pytest
+
+    from service.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="command_ttl_s"):
+        load_settings(settings.data_dir)
+
+
 def test_heartbeat_schema_rejects_malformed_command_fields(client, store):
     a = enroll_with(client, store, "", "", "vm")
     for bad in (
@@ -136,6 +195,58 @@ def test_exam_lookup_finds_who_protected_it_and_which_destinations_acknowledged(
     dumped = "\n".join(str(row) for row in store.engine.connect().exec_driver_sql(
         "SELECT * FROM sf_study_events").all())
     assert accession not in dumped and study_uid not in dumped and keys[0] in dumped
+
+
+def _clock(t: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def test_exam_lookup_shows_each_protecting_agent_and_per_destination_acknowledgements(
+    client, store, settings
+):
+    """Two agents protected files of one exam; their `forwarded` events (one per acknowledged
+    delivery, with destination and the item's study_keys) say which destination has what."""
+    secret = PseudonymSecret.generate()
+    settings.pseudonym_secret_path.parent.mkdir(parents=True, exist_ok=True)
+    settings.pseudonym_secret_path.write_text(secret.encode(), encoding="ascii")
+    accession, study_uid = "ACC-7", "1.2.826.0.1.3680043.8.498.77"
+    keys = [secret.study_key(accession), secret.study_key(study_uid)]
+    ct = enroll_with(client, store, "CT 2", "", "vm")
+    mr = enroll_with(client, store, "MR 1", "", "vm")
+    f1, f2, f3 = "a" * 16, "b" * 16, "c" * 16
+    t0 = 1_800_000_000.0
+    post_events(client, ct, [
+        ev("protected", t0, file_id=f1, study_keys=keys),
+        ev("protected", t0 + 5, file_id=f2, study_keys=keys),
+        ev("forwarded", t0 + 20, file_id=f1, destination="pacs", study_keys=keys),
+        ev("forwarded", t0 + 30, file_id=f2, destination="pacs", study_keys=keys),
+        ev("forwarded", t0 + 40, file_id=f1, destination="central", study_keys=keys),
+    ])  # fmt: skip
+    post_events(client, mr, [ev("protected", t0 + 100, file_id=f3, study_keys=keys[1:])])
+    # another exam's delivery by MR does not show up under this one
+    post_events(client, mr, [ev("forwarded", t0 + 50, file_id="d" * 16, destination="pacs",
+                                study_keys=[secret.study_key("ANOTHER")])])  # fmt: skip
+    csrf = login_as(client, "admin", PASSWORD)
+    r = client.post("/lookup", data={"csrf": csrf, "q": accession})
+    assert r.status_code == 200
+    result = r.text.split('id="lookup-result"')[1]
+    blocks = result.split('<div class="exam" data-agent-id="')[1:]
+    assert [b.split('"')[0] for b in blocks] == [ct["agent_id"]]  # MR's files had only the UID
+    ct_block = blocks[0]
+    assert f"Protected by <b>CT 2</b> at {_clock(t0)} (2 files, the last at {_clock(t0 + 5)})" in ct_block
+    pacs = ct_block.split('data-destination="pacs"')[1].split("</tr>")[0]
+    central = ct_block.split('data-destination="central"')[1].split("</tr>")[0]
+    assert 'data-complete="yes"' in pacs and "<td>2 of 2</td>" in pacs
+    assert _clock(t0 + 20) in pacs and _clock(t0 + 30) in pacs and "complete" in pacs
+    assert 'data-complete="no"' in central and "<td>1 of 2</td>" in central and "partial" in central
+
+    r = client.post("/lookup", data={"csrf": csrf, "q": study_uid})
+    blocks = r.text.split('id="lookup-result"')[1].split('<div class="exam" data-agent-id="')[1:]
+    assert [b.split('"')[0] for b in blocks] == [ct["agent_id"], mr["agent_id"]]
+    assert "Protected by <b>MR 1</b>" in blocks[1]
+    assert "No destination has acknowledged it yet." in blocks[1]
 
 
 def test_exam_lookup_without_a_secret_says_so(client, store):

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from service import dashboard, throttle
 from service.context import AppContext
-from service.objects import ObjectStore
+from service.objects_fs import ObjectStore
 from service.store import Store
 from tests import test_service_api as _api
 from tests.test_service_api import PASSWORD
