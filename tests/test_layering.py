@@ -55,3 +55,4 @@ def test_protocol_is_standard_library_only() -> None:
             for name in names:
                 top = name.split(".")[0]
                 assert top == "protocol" or top in sys.stdlib_module_names, (path, name)
+
