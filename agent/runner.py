@@ -116,6 +116,8 @@ class Agent:
         with self._lock:
             if path in self.inflight:
                 return False
+        if delay <= 0 and path in self.settler:
+            return False  # e.g. another event of a file being written
         try:
             st = os.lstat(path)
             if stat.S_ISLNK(st.st_mode):
