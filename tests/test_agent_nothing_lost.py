@@ -345,7 +345,7 @@ def test_a_sender_survives_a_journal_error_and_it_shows(tmp_path: Path, site_key
                 raise sqlite3.OperationalError("database or disk is full")
             return real(dest, acked)
 
-        agent.journal.deliveries_done = full  # type: ignore[method-assign]
+        agent.journal.deliveries_done = full
         drop(config.folders[0].path / "a.raw", b"a" * 1000)
         wait_until(lambda: agent.journal.state_counts().get("done") == 1)
         assert agent.senders["share"].alive() and agent.senders["share"].failures == 3
