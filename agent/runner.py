@@ -16,7 +16,6 @@ import logging
 import os
 import queue
 import stat
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -49,11 +48,6 @@ CRASH_WAIT_S = 2.0  # a loop that raised waits this long before it goes on
 STOP_REPORT_S = 5.0  # the final heartbeat and the outbox flush get at most this long
 #: Protect threads per worker process: one records a file while the other feeds the worker.
 PROTECT_THREADS_PER_WORKER = 2
-#: The parent's GIL switch interval. Its threads mostly wait on pipes, sockets and the
-#: journal; Python's default (5 ms) lets a thread in a Python loop (a sender composing a
-#: request) hold the GIL that long while a protect thread whose worker has answered waits
-#: for it, and the worker idles meanwhile: in a burst the workers starved.
-SWITCH_INTERVAL_S = 0.0005
 
 
 class Agent:
@@ -455,7 +449,6 @@ def run(
     finished or parked in the journal, from where the next start resumes it.
     """
     handler = setup_logging(config, foreground=False)
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
     agent = Agent(config)
     try:
         agent.start()
