@@ -297,8 +297,12 @@ class Watcher:
     def _start(self, i: int) -> None:
         folder = self.folders[i]
         observer: BaseObserver = PollingObserver(timeout=2) if folder.polling else Observer()
-        observer.schedule(_Handler(folder, self.sink), str(folder.path),
-                          recursive=folder.recursive, event_filter=EVENTS)
+        handler = _Handler(folder, self.sink)
+        try:
+            observer.schedule(handler, str(folder.path), recursive=folder.recursive,
+                              event_filter=EVENTS)
+        except TypeError:  # a watchdog without event filters: every event, filtered here
+            observer.schedule(handler, str(folder.path), recursive=folder.recursive)
         observer.daemon = True
         observer.start()
         self.observers[i] = observer
