@@ -38,6 +38,10 @@ DEFAULT_DICOM_OPTIONS = ("retain-uids", "retain-long-full-dates")
 #: First word of a pseudonym secret file (``cipher.pseudonym.SECRET_MARKER``).
 SECRET_MARKER = "scanfort-pseudonym-secret/1"
 MODES = ("file", "dicom", "auto")
+#: The chaos cipher's C kernels (``cipher.chaos``; a test keeps the lists equal). The
+#: default is the fastest this CPU runs; ``cipher_kernel`` pins one in the protect workers.
+CIPHER_KERNELS = ("gfni-avx512", "gfni-avx2", "vaes-avx2", "aesni-avx2", "aesni-sse",
+                  "neon-aes", "table")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
 
@@ -136,6 +140,9 @@ class AgentConfig:
     pseudonym_secret_file: Path | None = None
     #: A label for the central's dashboard ("CT room 2"); the central's own label wins.
     name: str | None = None
+    #: The chaos kernel the protect workers run (one of CIPHER_KERNELS), or None for the
+    #: fastest this CPU runs; a worker refuses to start if its CPU cannot run it.
+    cipher_kernel: str | None = None
     source: Path | None = None  # the file this was loaded from
 
     @property
@@ -448,6 +455,8 @@ def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None
         log_dir=top.path("log_dir", default_log_dir()) or default_log_dir(),
         pseudonym_secret_file=_secret_file(top),
         name=(top.get("name", str) or "")[:128] or None,
+        cipher_kernel=(top.choice("cipher_kernel", CIPHER_KERNELS, CIPHER_KERNELS[0])
+                       if "cipher_kernel" in data else None),
         source=source,
     )
     top.finish()

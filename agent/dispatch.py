@@ -21,11 +21,16 @@ from agent import crashpoints
 from agent.config import AgentConfig, DestinationConfig
 from agent.errors import DeliveryError
 from agent.forward import Forwarder, Outgoing, make_forwarder
-from agent.journal import Delivery, Journal
+from agent.journal import DueObject, Journal
 from agent.status import Reporter
 
 log = logging.getLogger(__name__)
 MAX_IDLE_WAIT = 5.0
+#: A thread claims up to this many due deliveries at once (more if its forwarder sends
+#: batches), sends them and records their acknowledgements in one journal transaction:
+#: in a burst that is one claim query and one commit per CLAIM_BATCH objects, not per
+#: object. Only what is already due is claimed, so a lone file is never held back.
+CLAIM_BATCH = 8
 #: After an unexpected exception (the journal's volume full, a bug) a thread waits this long.
 CRASH_WAIT = 2.0
 
@@ -97,7 +102,7 @@ class DestinationSender:
     def alive(self) -> bool:
         return all(t.is_alive() for t in self.threads)
 
-    def _claim(self, limit: int, forwarder: Forwarder) -> list[Delivery]:
+    def _claim(self, limit: int, forwarder: Forwarder) -> list[DueObject]:
         idle = False
         with self._cond:
             while not self._stop.is_set():
@@ -105,7 +110,7 @@ class DestinationSender:
                 if now >= self._paused_until:
                     # While paused, a single probe at a time goes out.
                     n = 1 if self.reporter.destinations[self.dest.name].paused else limit
-                    batch = self.journal.due(self.dest.name, now, n, self._claimed)
+                    batch = self.journal.due_objects(self.dest.name, now, n, self._claimed)
                     if batch:
                         self._claimed.update(d.item_id for d in batch)
                         return batch
@@ -147,7 +152,7 @@ class DestinationSender:
                         self._pause(str(exc))
                         self._stop.wait(self._paused_until - self.clock())
                         continue
-                batch = self._claim(forwarder.batch_size, forwarder)
+                batch = self._claim(max(forwarder.batch_size, CLAIM_BATCH), forwarder)
                 if not batch:
                     continue
                 try:
@@ -159,21 +164,21 @@ class DestinationSender:
             if forwarder is not None:
                 forwarder.close()
 
-    def _send(self, forwarder: Forwarder, batch: list[Delivery]) -> None:
+    def _send(self, forwarder: Forwarder, batch: list[DueObject]) -> None:
         objs: list[Outgoing] = []
+        keys: dict[int, tuple[str, ...]] = {}
         for d in batch:
-            item = self.journal.item(d.item_id)
-            art = self.journal.artifacts(d.item_id).get(d.mode)
-            if art is None or item.state != "protected":
+            if d.name is None or d.sha256 is None or d.size is None or d.state != "protected":
                 continue  # finalized or quarantined meanwhile
-            folder = self.config.folder(item.folder)
+            folder = self.config.folder(d.folder)
             try:
-                relpath = (os.path.relpath(item.path, folder.path) if folder is not None
-                           else os.path.basename(item.path))
+                relpath = (os.path.relpath(d.path, folder.path) if folder is not None
+                           else os.path.basename(d.path))
             except ValueError:
-                relpath = item.file_id
-            objs.append(Outgoing(d.item_id, item.file_id, self.config.spool_dir / art.name,
-                                 art.sha256, art.size, art.mode, relpath, art.sop_instance_uid))
+                relpath = d.file_id
+            objs.append(Outgoing(d.item_id, d.file_id, self.config.spool_dir / d.name,
+                                 d.sha256, d.size, d.mode, relpath, d.sop_instance_uid))
+            keys[d.item_id] = d.study_keys
         if not objs:
             return
         crashpoints.reached("send.before")
@@ -182,14 +187,23 @@ class DestinationSender:
         except Exception as exc:  # a forwarder bug must not kill the sender thread
             log.exception("destination %s: unexpected error", self.dest.name)
             results = [DeliveryError(f"internal: {type(exc).__name__}") for _ in objs]
-        if any(r is None for r in results):
+        acked = [obj for obj, err in zip(objs, results, strict=True) if err is None]
+        if acked:
             crashpoints.reached("send.after_ack")
+            self.reporter.delivery_ok(self.dest.name)
+            self._pause_attempts = 0
+            # The acknowledgements and their ``forwarded`` events (with the exam's keyed
+            # study hashes, so the central can tell which destinations took an exam) in
+            # one transaction: an event exists exactly when its delivery is done.
+            resolved = self.journal.deliveries_done(self.dest.name, [
+                (obj.item_id, self.reporter.event_row(
+                    "forwarded", file_id=obj.file_id, destination=self.dest.name,
+                    study_keys=list(keys[obj.item_id]), log_it=False))
+                for obj in acked])
+            for item_id in resolved:
+                self.on_resolved(item_id)
         for obj, err in zip(objs, results, strict=True):
             if err is None:
-                self.reporter.delivery_ok(self.dest.name)
-                self._pause_attempts = 0
-                if self.journal.delivery_done(obj.item_id, self.dest.name):
-                    self.on_resolved(obj.item_id)
                 continue
             self.reporter.delivery_failed(self.dest.name, str(err), auth=err.auth)
             if err.permanent:

@@ -46,9 +46,19 @@ from agent import crashpoints
 from agent.errors import JournalError
 from agent.records import ITEM_COLS as _ITEM_COLS
 from agent.records import SCHEMA as _SCHEMA
-from agent.records import SCHEMA_VERSION, Artifact, Delivery, DeliveryState, Item
+from agent.records import (
+    SCHEMA_VERSION,
+    Artifact,
+    Delivery,
+    DeliveryState,
+    DueObject,
+    Item,
+)
 
-__all__ = ["Artifact", "Delivery", "DeliveryState", "Item", "Journal", "same_version"]
+__all__ = ["Artifact", "Delivery", "DeliveryState", "DueObject", "Item", "Journal",
+           "same_version"]
+#: An outbox row: (event id, time, JSON body), see ``Reporter.event_row``.
+EventRow = tuple[str, float, str]
 
 OUTBOX_LIMIT = 10_000
 OUTBOX_TRIM_EVERY = 64
@@ -96,12 +106,16 @@ class Journal:
     def _migrate(self) -> None:
         """Journals of earlier versions: ``discovered`` items are resumed (``requeued``);
         integer folder indexes are not trusted (the config may have been reordered since)
-        and are replaced by keys in :meth:`rekey_folders`."""
+        and are replaced by keys in :meth:`rekey_folders`; items get their study keys
+        column (empty for what was recorded before)."""
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
         if version >= SCHEMA_VERSION:
             return
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(items)")}
+            if "study_keys" not in columns:
+                self._db.execute("ALTER TABLE items ADD COLUMN study_keys TEXT")
             self._db.execute("UPDATE items SET state='requeued' WHERE state='discovered'")
             self._db.execute("UPDATE items SET folder='?' || folder WHERE typeof(folder)<>'text'")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -223,7 +237,7 @@ class Journal:
 
     def add_quarantined(self, path: str, size: int, mtime_ns: int, folder: str,
                         reason: str, settled_at: float | None = None,
-                        event: tuple[str, float, str] | None = None) -> Item:
+                        event: EventRow | None = None) -> Item:
         """Record a version that can never be protected as ``quarantined`` (plaintext kept)."""
         now = self.clock()
         settled = settled_at or now
@@ -256,6 +270,16 @@ class Journal:
             raise JournalError(f"no item {item_id}")
         return Item(*row)
 
+    def items_of(self, item_ids: Sequence[int]) -> list[Item]:
+        """The items with these ids (in id order; unknown ids are left out)."""
+        if not item_ids:
+            return []
+        marks = ",".join("?" * len(item_ids))
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_ITEM_COLS} FROM items WHERE id IN ({marks}) "
+                                    "ORDER BY id", list(item_ids)).fetchall()
+        return [Item(*r) for r in rows]
+
     def items_in(self, state: str) -> list[Item]:
         with self._lock:
             rows = self._db.execute(f"SELECT {_ITEM_COLS} FROM items WHERE state=? ORDER BY id",
@@ -265,7 +289,8 @@ class Journal:
     def record_protected(self, existing: int | None, path: str, size: int, mtime_ns: int,
                          folder: str, settled_at: float | None, sha256: str,
                          artifacts: list[Artifact], deliveries: Sequence[tuple[str, ...]],
-                         event: tuple[str, float, str] | None = None) -> int | None:
+                         event: EventRow | None = None,
+                         study_keys: Sequence[str] = ()) -> int | None:
         """Record a protected file version in one transaction; return its item id.
 
         The item (``existing``, or a new one), its spool ``artifacts`` (their ``item_id``
@@ -275,6 +300,7 @@ class Journal:
         recorded as ``duplicate`` instead and None is returned: nothing is sent twice.
         """
         now = self.clock()
+        keys = " ".join(study_keys) or None
         with self._tx() as db:
             dup = db.execute(
                 "SELECT 1 FROM items WHERE path=? AND sha256=? AND id<>? AND state IN "
@@ -283,33 +309,36 @@ class Journal:
             if existing is None:
                 cur = db.execute(
                     "INSERT INTO items(path, size, mtime_ns, sha256, folder, file_id, state, "
-                    "discovered_at, settled_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    "discovered_at, settled_at, updated_at, study_keys) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (path, size, mtime_ns, sha256, folder, self.file_id(path), state, now,
-                     settled_at or now, now))
-                self._bump(db, "seen")
+                     settled_at or now, now, keys))
                 item_id = int(cur.lastrowid or 0)
             else:
-                db.execute("UPDATE items SET state=?, sha256=?, reason=NULL, updated_at=? "
-                           "WHERE id=?", (state, sha256, now, existing))
+                db.execute("UPDATE items SET state=?, sha256=?, reason=NULL, updated_at=?, "
+                           "study_keys=? WHERE id=?", (state, sha256, now, keys, existing))
                 item_id = existing
             if dup is not None:
+                if existing is None:
+                    self._bump(db, "seen")
                 return None
             db.executemany("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?,?)",
                            [(item_id, a.mode, a.name, a.sha256, a.size, a.sop_instance_uid)
                             for a in artifacts])
-            db.execute("DELETE FROM deliveries WHERE item_id=?", (item_id,))
+            if existing is not None:  # a new item has none yet
+                db.execute("DELETE FROM deliveries WHERE item_id=?", (item_id,))
             db.executemany("INSERT INTO deliveries(item_id, dest, mode, state, last_error, "
                            "next_at) VALUES (?,?,?,?,?,0)",
                            [(item_id, d[0], d[1], d[2], d[3] if len(d) > 3 else None)
                             for d in deliveries])
-            self._bump(db, "protected")
+            self._bump_many(db, ("seen", "protected") if existing is None else ("protected",))
             if event is not None:
                 self._outbox_insert(db, *event)
         return item_id
 
     def set_state(self, item_id: int, state: str, reason: str | None = None,
                   counter: str | None = None,
-                  event: tuple[str, float, str] | None = None) -> None:
+                  event: EventRow | None = None) -> None:
         """Move an item to ``state``. Leaving the in-flight states drops its artifacts and
         pending deliveries, except for ``quarantined`` and ``held`` items, whose copies
         wait in the spool for a retry."""
@@ -344,6 +373,14 @@ class Journal:
                                     (item_id,)).fetchall()
         return {r[1]: Artifact(*r) for r in rows}
 
+    def artifact_names_of(self, item_ids: Sequence[int]) -> list[str]:
+        if not item_ids:
+            return []
+        marks = ",".join("?" * len(item_ids))
+        with self._lock:
+            return [str(r[0]) for r in self._db.execute(
+                f"SELECT name FROM artifacts WHERE item_id IN ({marks})", list(item_ids))]
+
     def artifact_names(self) -> set[str]:
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT name FROM artifacts")}
@@ -357,6 +394,21 @@ class Journal:
                 (dest, now, limit + len(exclude))).fetchall()
         return [Delivery(*r) for r in rows if r[0] not in exclude][:limit]
 
+    def due_objects(self, dest: str, now: float, limit: int,
+                    exclude: set[int]) -> list[DueObject]:
+        """Like :meth:`due`, with the item and artifact fields sending needs."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT d.item_id, d.dest, d.mode, d.attempts, i.path, i.folder, i.file_id, "
+                "i.state, a.name, a.sha256, a.size, a.sop_instance_uid, i.study_keys "
+                "FROM deliveries d JOIN items i ON i.id = d.item_id LEFT JOIN artifacts a "
+                "ON a.item_id = d.item_id AND a.mode = d.mode WHERE d.dest=? AND "
+                "d.state='pending' AND d.next_at<=? ORDER BY d.next_at, d.item_id LIMIT ?",
+                (dest, now, limit + len(exclude))).fetchall()
+        return [DueObject(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
+                          r[11], tuple((r[12] or "").split()))
+                for r in rows if r[0] not in exclude][:limit]
+
     def next_due_at(self, dest: str) -> float | None:
         with self._lock:
             row = self._db.execute("SELECT MIN(next_at) FROM deliveries WHERE dest=? AND "
@@ -365,18 +417,36 @@ class Journal:
 
     def delivery_done(self, item_id: int, dest: str) -> bool:
         """Mark acknowledged; return True when no delivery of the item is pending."""
+        return bool(self.deliveries_done(dest, [(item_id, None)]))
+
+    def deliveries_done(self, dest: str,
+                        acked: Sequence[tuple[int, EventRow | None]]) -> list[int]:
+        """Mark these items' deliveries to ``dest`` acknowledged, each with its
+        ``forwarded`` event, in one transaction; return the items with no delivery
+        pending any more (in order)."""
+        now = self.clock()
+        ids = [item_id for item_id, _ in acked]
         with self._tx() as db:
-            db.execute("UPDATE deliveries SET state='done', done_at=?, last_error=NULL "
-                       "WHERE item_id=? AND dest=? AND state='pending'",
-                       (self.clock(), item_id, dest))
-            self._bump(db, "forwarded")
-            left = db.execute("SELECT COUNT(*) FROM deliveries WHERE item_id=? AND "
-                              "state='pending'", (item_id,)).fetchone()[0]
+            changed = 0
+            for item_id, event in acked:
+                cur = db.execute("UPDATE deliveries SET state='done', done_at=?, "
+                                 "last_error=NULL WHERE item_id=? AND dest=? AND "
+                                 "state='pending'", (now, item_id, dest))
+                if cur.rowcount == 1:  # not already done (a resend): reported once
+                    changed += 1
+                    if event is not None:
+                        self._outbox_insert(db, *event)
+            if changed:
+                self._bump(db, "forwarded", changed)
+            marks = ",".join("?" * len(ids))
+            pending = {r[0] for r in db.execute(
+                f"SELECT DISTINCT item_id FROM deliveries WHERE item_id IN ({marks}) "
+                "AND state='pending'", ids)}
         crashpoints.reached("journal.after_delivery")
-        return int(left) == 0
+        return [i for i in dict.fromkeys(ids) if i not in pending]
 
     def delivery_quarantine(self, item_id: int, dest: str, reason: str,
-                            event: tuple[str, float, str] | None = None) -> bool:
+                            event: EventRow | None = None) -> bool:
         """This destination refused the object for good: park this delivery (the others
         go on); return True when no delivery of the item is pending any more."""
         with self._tx() as db:
@@ -396,6 +466,20 @@ class Journal:
                                     "deliveries WHERE item_id=? ORDER BY dest",
                                     (item_id,)).fetchall()
         return [DeliveryState(*r) for r in rows]
+
+    def delivery_states_of(self, item_ids: Sequence[int]) -> dict[int, list[DeliveryState]]:
+        """:meth:`delivery_states` of several items in one query."""
+        out: dict[int, list[DeliveryState]] = {i: [] for i in item_ids}
+        if not item_ids:
+            return out
+        marks = ",".join("?" * len(item_ids))
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT item_id, dest, mode, state, attempts, last_error FROM deliveries "
+                f"WHERE item_id IN ({marks}) ORDER BY item_id, dest", list(item_ids)).fetchall()
+        for r in rows:
+            out[int(r[0])].append(DeliveryState(*r[1:]))
+        return out
 
     # -- the operator's requests (scanfort agent quarantine) ------------------------------
     def quarantined(self) -> list[Item]:
@@ -486,6 +570,11 @@ class Journal:
     def _bump(db: sqlite3.Connection, name: str, by: int = 1) -> None:
         db.execute("INSERT INTO counters(name, value) VALUES (?, ?) ON CONFLICT(name) "
                    "DO UPDATE SET value=value+excluded.value", (name, by))
+
+    @staticmethod
+    def _bump_many(db: sqlite3.Connection, names: Sequence[str]) -> None:
+        db.executemany("INSERT INTO counters(name, value) VALUES (?, 1) ON CONFLICT(name) "
+                       "DO UPDATE SET value=value+1", [(n,) for n in names])
 
     def bump(self, name: str, by: int = 1) -> None:
         with self._tx() as db:

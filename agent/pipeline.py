@@ -160,14 +160,15 @@ class Pipeline:
                 deliveries.append((name, "-", "skipped"))
         file_id = self.journal.file_id(s.path)
         message = "flagged: " + ", ".join(flags) if flags else ""
+        study_keys = list(dict.fromkeys(
+            str(k) for a in answer["artifacts"] for k in a.get("study_keys") or []))[:4]
         crashpoints.reached("journal.before_protected")
         item_id = self.journal.record_protected(
             existing.id if existing else None, s.path, s.size, s.mtime_ns, folder.key,
             s.settled_at or None, str(answer["sha256"]), arts, deliveries,
-            event=self.reporter.event_row(
-                "protected", message=message, file_id=file_id,
-                study_keys=list(dict.fromkeys(
-                    k for a in answer["artifacts"] for k in a.get("study_keys") or []))))
+            event=self.reporter.event_row("protected", message=message, file_id=file_id,
+                                          study_keys=study_keys),
+            study_keys=study_keys)
         crashpoints.reached("journal.after_protected")
         if item_id is None:
             self.spool.discard(a.name for a in arts)  # only the mtime changed: same scan
@@ -227,9 +228,10 @@ class Pipeline:
         plaintext already gone are skipped).
         """
         ready: list[tuple[Item, FolderConfig]] = []
-        for item in (self.journal.item(i) for i in item_ids):
-            if item.state not in ("protected", "releasing"):
-                continue
+        items = [it for it in self.journal.items_of(item_ids)
+                 if it.state in ("protected", "releasing")]
+        all_states = self.journal.delivery_states_of([it.id for it in items])
+        for item in items:
             folder = self.config.folder(item.folder)
             if folder is None:
                 if item.state == "protected":  # (``held`` always returns to ``protected``)
@@ -237,7 +239,7 @@ class Pipeline:
                                            "config; nothing is touched until it is back")
                     log.warning("item of %s held: its folder left the config", item.file_id)
                 continue
-            states = self.journal.delivery_states(item.id)
+            states = all_states[item.id]
             if item.state == "protected":
                 if any(d.state == "pending" for d in states):
                     continue
@@ -259,7 +261,7 @@ class Pipeline:
             self._after_ack(item, folder)
         if touch:
             crashpoints.reached("finalize.after_after_ack")
-        names = [a.name for it, _ in ready for a in self.journal.artifacts(it.id).values()]
+        names = self.journal.artifact_names_of([it.id for it, _ in ready])
         self.journal.set_done([it.id for it, _ in ready])
         self.spool.discard(names)
         for item, _ in ready:

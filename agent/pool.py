@@ -64,9 +64,9 @@ class ProtectWorker:
     """
 
     def __init__(self, recipients: list[str], spool_dir: Path,
-                 argv: list[str] | None = None) -> None:
+                 argv: list[str] | None = None, kernel: str | None = None) -> None:
         self.setup = {"recipients": recipients, "spool_dir": str(spool_dir),
-                      "parent_pid": os.getpid()}
+                      "parent_pid": os.getpid(), "kernel": kernel}
         self.argv = argv or worker_argv()
         self.spool = Spool(spool_dir)
         self._child: _Child | None = None
@@ -75,6 +75,7 @@ class ProtectWorker:
         self.last_used = time.monotonic()
         self.killed = 0
         self.started = 0
+        self.kernel: str | None = None  # the chaos kernel the child said it runs
 
     @property
     def pid(self) -> int | None:
@@ -97,8 +98,11 @@ class ProtectWorker:
             hello = None
         if hello is None or hello.get("status") != "ready":
             self._reap(child)
-            raise WorkerStartFailed("protect worker did not start")
+            why = hello.get("reason") if hello else None
+            raise WorkerStartFailed("protect worker did not start"
+                                    + (f": {why}" if why else ""))
         self.started += 1
+        self.kernel = str(hello.get("kernel") or "") or None
         return child
 
     def call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -183,8 +187,8 @@ class WorkerPool:
     """
 
     def __init__(self, n: int, recipients: list[str], spool_dir: Path,
-                 argv: list[str] | None = None) -> None:
-        self.workers = [ProtectWorker(recipients, spool_dir, argv) for _ in range(n)]
+                 argv: list[str] | None = None, kernel: str | None = None) -> None:
+        self.workers = [ProtectWorker(recipients, spool_dir, argv, kernel) for _ in range(n)]
         self._free: queue.Queue[ProtectWorker] = queue.Queue()
         for w in self.workers:
             self._free.put(w)
@@ -200,8 +204,9 @@ class WorkerPool:
     def status(self) -> dict[str, Any]:
         """For ``status.json`` and ``agent status``: how the workers fare."""
         pids = [w.pid for w in self.workers if w.pid is not None]
+        kernels = sorted({w.kernel for w in self.workers if w.kernel})
         return {"processes": len(self.workers), "running": len(pids), "pids": pids,
-                "started": self.started, "killed": self.killed}
+                "started": self.started, "killed": self.killed, "kernels": kernels}
 
     def retire_idle(self, now: float, idle_s: float) -> int:
         return sum(w.retire_if_idle(now, idle_s) for w in self.workers)

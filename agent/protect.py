@@ -177,9 +177,13 @@ class Protector:
     """What one child does for one file; also usable in-process (tests, tools)."""
 
     def __init__(self, recipients: list[str], spool_dir: Path,
-                 parent_pid: int | None = None) -> None:
+                 parent_pid: int | None = None, kernel: str | None = None) -> None:
         import cipher  # the child's heavy imports happen here, not in the parent
 
+        if kernel:
+            from cipher import chaos
+
+            chaos.use_kernel(kernel)  # ValueError: this CPU cannot run it
         self._cipher = cipher
         self.recipients = recipients
         self.spool = Spool(spool_dir)
@@ -374,9 +378,15 @@ def main() -> int:
     setup = read_frame(stdin)
     if setup is None:
         return 0
-    protector = Protector([str(r) for r in setup["recipients"]], Path(setup["spool_dir"]),
-                          int(setup["parent_pid"]))
-    write_frame(stdout, {"status": "ready", "pid": os.getpid()})
+    try:
+        protector = Protector([str(r) for r in setup["recipients"]], Path(setup["spool_dir"]),
+                              int(setup["parent_pid"]), setup.get("kernel"))
+    except ValueError as exc:  # the configured cipher kernel: the parent reports why
+        write_frame(stdout, {"status": "error", "reason": str(exc)})
+        return 1
+    from cipher import chaos
+
+    write_frame(stdout, {"status": "ready", "pid": os.getpid(), "kernel": chaos.kernel()})
     while (req := read_frame(stdin)) is not None:
         try:
             answer = protector.handle(req)

@@ -10,7 +10,8 @@ CREATE TABLE IF NOT EXISTS items (
     path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
     sha256 TEXT, folder TEXT NOT NULL, file_id TEXT NOT NULL,
     state TEXT NOT NULL, reason TEXT,
-    discovered_at REAL NOT NULL, settled_at REAL, updated_at REAL NOT NULL
+    discovered_at REAL NOT NULL, settled_at REAL, updated_at REAL NOT NULL,
+    study_keys TEXT
 );
 CREATE INDEX IF NOT EXISTS items_version ON items(path, size, mtime_ns);
 CREATE INDEX IF NOT EXISTS items_state ON items(state);
@@ -33,7 +34,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_at ON outbox(at);
 """
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,25 @@ class Delivery:
     dest: str
     mode: str
     attempts: int
+
+
+@dataclass(frozen=True)
+class DueObject:
+    """A pending delivery with what sending it needs (one query per claim, not three)."""
+
+    item_id: int
+    dest: str
+    mode: str
+    attempts: int
+    path: str  # the source (for a folder destination's relative name)
+    folder: str
+    file_id: str
+    state: str  # the item's
+    name: str | None  # the spool artifact of ``mode`` (None: dropped meanwhile)
+    sha256: str | None
+    size: int | None
+    sop_instance_uid: str | None
+    study_keys: tuple[str, ...] = ()  # the item's keyed study hashes (DICOM mode)
 
 
 @dataclass(frozen=True)

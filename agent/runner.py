@@ -78,7 +78,7 @@ class Agent:
                                  timeout_base_s=protect_timeout_s, spool=self.spool)
         self.worker_idle_s = worker_idle_s
         self.pool = WorkerPool(config.workers, list(config.recipients), config.spool_dir,
-                               worker_argv)
+                               worker_argv, kernel=config.cipher_kernel)
         self.settler = Settler(config.settle_s, clock=clock, wall_clock=wall_clock)
         self.watcher = Watcher(config.folders, self.offer)
         # the slow full pass: every directory listed again once per FULL_PASS_S
@@ -116,6 +116,8 @@ class Agent:
         with self._lock:
             if path in self.inflight:
                 return False
+        if delay <= 0 and path in self.settler:
+            return False  # e.g. another event of a file being written
         try:
             st = os.lstat(path)
             if stat.S_ISLNK(st.st_mode):

@@ -37,8 +37,6 @@ from protocol.wire import (
     Command,
     CommandResult,
     DestinationStatus,
-    Event,
-    EventBatch,
     Heartbeat,
     QuarantineItem,
     to_dict,
@@ -126,15 +124,23 @@ class Reporter:
 
     def event_row(self, kind: str, severity: str = "info", message: str = "",
                   file_id: str | None = None, destination: str | None = None,
-                  study_keys: list[str] | None = None) -> tuple[str, float, str]:
-        """Log an event and return its outbox row, for a caller that stores it in its own
-        journal transaction (so the event exists exactly when the change it reports does)."""
-        ev = Event(uuid.uuid4().hex, self.clock(), kind, severity, message[:512], file_id,
-                   destination, list(study_keys or [])[:4])
+                  study_keys: list[str] | None = None,
+                  log_it: bool = True) -> tuple[str, float, str]:
+        """Log an event (unless ``log_it`` is False: one per delivery would double the
+        log) and return its outbox row, for a caller that stores it in its own journal
+        transaction (so the event exists exactly when the change it reports does)."""
+        event_id, at = uuid.uuid4().hex, self.clock()
+        # The fields of protocol.wire.Event, in its order (a test keeps them equal),
+        # without building the dataclass and copying it back into a dict per event.
+        body = json.dumps({"event_id": event_id, "at": at, "kind": kind, "severity": severity,
+                           "message": message[:512], "file_id": file_id,
+                           "destination": destination,
+                           "study_keys": list(study_keys or [])[:4]})
         level = {"info": logging.INFO, "warning": logging.WARNING}.get(severity, logging.ERROR)
-        log.log(level, "%s%s%s%s", kind, f" [{destination}]" if destination else "",
-                f" file {file_id}" if file_id else "", f": {message}" if message else "")
-        return ev.event_id, ev.at, json.dumps(to_dict(ev))
+        if log_it and log.isEnabledFor(level):
+            log.log(level, "%s%s%s%s", kind, f" [{destination}]" if destination else "",
+                    f" file {file_id}" if file_id else "", f": {message}" if message else "")
+        return event_id, at, body
 
     def delivery_ok(self, dest: str) -> None:
         with self._lock:
@@ -287,9 +293,12 @@ class Reporter:
                                              if r.command_id not in sent]
                 self._carry_out(_commands_of(answer))
             while pending := self.journal.outbox_peek(EVENT_BATCH):
-                events = [Event(**json.loads(body)) for _, body in pending]
-                batch = EventBatch(central.agent_id or "unenrolled", events)
-                self._post(f"{base}/events", to_dict(batch))
+                # The outbox holds each event's JSON already (see event_row): the batch
+                # (protocol.wire.EventBatch) is put together from them as text.
+                agent_id = json.dumps(central.agent_id or "unenrolled")
+                body = (f'{{"agent_id": {agent_id}, "events": ['
+                        + ", ".join(b for _, b in pending) + "]}")
+                self._post(f"{base}/events", raw=body.encode())
                 self.journal.outbox_remove([eid for eid, _ in pending])
         except _Unreachable as exc:
             if self.central_ok is not False:
@@ -301,9 +310,14 @@ class Reporter:
         self.central_ok = True
         return True
 
-    def _post(self, url: str, body: dict[str, object]) -> Any:
+    def _post(self, url: str, body: dict[str, object] | None = None,
+              raw: bytes | None = None) -> Any:
         try:
-            resp = self.session.post(url, json=body, timeout=self._timeout)
+            if raw is not None:
+                resp = self.session.post(url, data=raw, timeout=self._timeout,
+                                         headers={"Content-Type": "application/json"})
+            else:
+                resp = self.session.post(url, json=body, timeout=self._timeout)
         except requests.RequestException as exc:
             raise _Unreachable(type(exc).__name__) from exc
         if resp.status_code >= 300:

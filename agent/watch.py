@@ -18,7 +18,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
@@ -27,6 +34,11 @@ from agent.config import FolderConfig
 
 log = logging.getLogger(__name__)
 IGNORED_SUFFIXES = (".partial", ".tmp")
+#: The events that can announce a new or rewritten scan. Narrowing the inotify mask to
+#: these keeps out the open/close-without-write and delete events that the agent's own
+#: reads and ``after_ack`` deletes would otherwise raise (five per file in a burst), each
+#: a trip through watchdog's threads in the agent process.
+EVENTS = [FileCreatedEvent, FileMovedEvent, FileModifiedEvent, FileClosedEvent]
 
 
 def wanted(folder: FolderConfig, path: str) -> bool:
@@ -285,8 +297,12 @@ class Watcher:
     def _start(self, i: int) -> None:
         folder = self.folders[i]
         observer: BaseObserver = PollingObserver(timeout=2) if folder.polling else Observer()
-        observer.schedule(_Handler(folder, self.sink), str(folder.path),
-                          recursive=folder.recursive)
+        handler = _Handler(folder, self.sink)
+        try:
+            observer.schedule(handler, str(folder.path), recursive=folder.recursive,
+                              event_filter=EVENTS)
+        except TypeError:  # a watchdog without event filters: every event, filtered here
+            observer.schedule(handler, str(folder.path), recursive=folder.recursive)
         observer.daemon = True
         observer.start()
         self.observers[i] = observer

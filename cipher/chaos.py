@@ -14,7 +14,9 @@ Only ``encrypt``/``decrypt``/``sbox`` are the cipher's API; ``kernel``, ``kernel
 ``encrypt``/``decrypt`` run the process's kernel, chosen once at first use: the first of
 the extension's kernels for this CPU (fastest first) that reproduces a known answer; the
 reference, with one warning, where the extension is not built. Tests and benchmarks pass
-a kernel explicitly (``_encrypt_with``). Nothing here reads the environment.
+a kernel explicitly (``_encrypt_with``); a process that must run another one (the agent's
+protect workers, told by their parent) pins it with :func:`use_kernel`. Nothing here reads
+the environment.
 """
 
 from __future__ import annotations
@@ -80,9 +82,14 @@ def _passes_known_answer(name: str) -> bool:
     return ok and bool(np.array_equal(_decrypt_with(ct, _KAT_KEY, _KAT_NONCE, name), plain))
 
 
+_pinned: str | None = None  # set by use_kernel
+
+
 @lru_cache(maxsize=1)
 def kernel() -> str:
     """The kernel :func:`encrypt` and :func:`decrypt` run in this process (chosen once)."""
+    if _pinned is not None:
+        return _pinned
     if _native is None:
         warnings.warn(NO_EXTENSION_WARNING, RuntimeWarning, stacklevel=3)
         return REFERENCE
@@ -91,6 +98,20 @@ def kernel() -> str:
             return name
     warnings.warn(KNOWN_ANSWER_WARNING, RuntimeWarning, stacklevel=3)  # a broken build
     return REFERENCE
+
+
+def use_kernel(name: str) -> None:
+    """Make ``name`` the kernel of :func:`encrypt` and :func:`decrypt` in this process
+    instead of the fastest (e.g. to measure what a CPU without GFNI runs). Raise
+    :class:`ValueError` unless this CPU runs it and it reproduces the known answer."""
+    global _pinned
+    if name not in kernels():
+        raise ValueError(f"chaos kernel {name!r} is not available on this CPU "
+                         f"(available: {', '.join(kernels())})")
+    if name != REFERENCE and not _passes_known_answer(name):
+        raise ValueError(f"chaos kernel {name!r} does not reproduce the known answer")
+    _pinned = name
+    kernel.cache_clear()
 
 
 # --------------------------------------------------------------------------- buffers

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from io import BytesIO
 from pathlib import Path
 
 import cipher
@@ -154,3 +155,42 @@ def test_rewritten_file_is_processed_again_and_touch_is_not(tmp_path: Path, site
     # the first copy is never replaced by the second version
     assert decrypt((outbox / "a.raw.age").read_bytes(), identity) == b"first" * 100
     assert decrypt((outbox / "a (2).raw.age").read_bytes(), identity) == b"second" * 100
+
+
+def test_each_acknowledgement_is_a_forwarded_event_with_the_exams_study_keys(
+        tmp_path: Path, site_keys) -> None:
+    """Issue 14's exam lookup: the central learns which destinations acknowledged an exam
+    from ``forwarded`` events carrying the same keyed study hashes as ``protected``."""
+    import pydicom
+
+    from cipher.pseudonym import PseudonymSecret
+
+    identity, recipient = site_keys
+    secret = PseudonymSecret.generate()
+    (tmp_path / "pseudonym.secret").write_text(secret.encode())
+    outbox = tmp_path / "outbox"
+    with Receiver() as rx:
+        config = write_config(
+            tmp_path, [recipient], {"central": {"kind": "central", "mode": "dicom"},
+                                    "share": {"kind": "folder", "path": str(outbox)}},
+            central={"url": rx.url, "token": TOKEN, "agent_id": "a1", "heartbeat_seconds": 1},
+            pseudonym_secret_file=str(tmp_path / "pseudonym.secret"))
+        inbox = config.folders[0].path
+        scans = {f"ct{i}.dcm": ct_slice(seed=40 + i) for i in range(2)}
+        with running(config) as agent:
+            for name, data in scans.items():
+                drop(inbox / name, data)
+            wait_until(lambda: agent.journal.state_counts().get("done") == 2)
+            wait_until(lambda: sum(e["kind"] == "forwarded" for e in rx.events) == 4)
+            fids = {agent.journal.file_id(str(inbox / n)): n for n in scans}
+    protected = {e["file_id"]: e for e in rx.events if e["kind"] == "protected"}
+    forwarded = [e for e in rx.events if e["kind"] == "forwarded"]
+    assert sorted((fids[e["file_id"]], e["destination"]) for e in forwarded) == sorted(
+        (n, d) for n in scans for d in ("central", "share"))
+    for e in forwarded:
+        ds = pydicom.dcmread(BytesIO(scans[fids[e["file_id"]]]))
+        keys = [secret.study_key(str(v)) for v in (ds.get("AccessionNumber", ""),
+                                                   ds.StudyInstanceUID) if str(v)]
+        assert e["study_keys"] == keys == protected[e["file_id"]]["study_keys"]
+        assert e["severity"] == "info" and e["message"] == ""
+    assert sorted(decrypt(o, identity) for o in rx.objects.values()) == sorted(scans.values())

@@ -158,3 +158,43 @@ def test_a_journal_of_folder_indexes_is_rekeyed_by_path_never_by_position(tmp_pa
     assert [(j.item(i).folder, j.item(i).state) for i in (1, 2, 3)] == \
         [("/b", "protected"), ("/a", "requeued"), ("", "protected")]
     assert j.rekey_folders(lambda p: "/x") == 0  # once
+
+
+def test_acknowledgements_and_their_forwarded_events_commit_together_once(
+        tmp_path: Path) -> None:
+    """The sender's batch: each delivery done with its event in one transaction; a resent
+    acknowledgement adds no second event; a failed commit leaves neither."""
+    j = Journal(tmp_path / "j.sqlite3")
+    keys = ["ab" * 32, "cd" * 32]
+    recorded = [j.record_protected(None, f"/in/{n}.dcm", 10, 5, "/in", None, f"{n:02d}" * 32,
+                                   [Artifact(0, "dicom", f"{n}.dicom", "ee" * 32, 20, "1.2")],
+                                   [("pacs", "dicom", "pending"),
+                                    ("share", "dicom", "pending")],
+                                   study_keys=keys if n == 1 else ())
+                for n in (1, 2)]
+    ids = [i for i in recorded if i is not None]
+    assert len(ids) == 2
+    due = j.due_objects("pacs", 0.0, 10, set())
+    assert [(d.item_id, d.name, d.state, d.study_keys) for d in due] == [
+        (ids[0], "1.dicom", "protected", tuple(keys)), (ids[1], "2.dicom", "protected", ())]
+    assert j.deliveries_done("pacs", [(i, (f"ev{i}", 1.0, "{}")) for i in ids]) == []
+    assert j.deliveries_done("share", [(ids[0], ("evs", 1.0, "{}"))]) == [ids[0]]
+    assert j.deliveries_done("pacs", [(ids[0], ("again", 1.0, "{}"))]) == [ids[0]]  # resent
+    assert sorted(e for e, _ in j.outbox_peek(10)) == sorted([f"ev{ids[0]}", f"ev{ids[1]}",
+                                                              "evs"])
+    assert j.counters()["forwarded"] == 3
+
+    class Boom(Exception):
+        pass
+
+    real = j._outbox_insert
+
+    def failing(*args):
+        real(*args)
+        raise Boom()
+
+    j._outbox_insert = failing  # type: ignore[method-assign]
+    with pytest.raises(Boom):
+        j.deliveries_done("share", [(ids[1], ("lost", 1.0, "{}"))])
+    j._outbox_insert = real  # type: ignore[method-assign]
+    assert j.pending_count("share") == 1 and "lost" not in {e for e, _ in j.outbox_peek(10)}

@@ -326,8 +326,9 @@ def test_library_warnings_reach_the_log_without_their_values(tmp_path: Path, sit
 
 def test_a_sender_survives_a_journal_error_and_it_shows(tmp_path: Path, site_keys,
                                                         capsys) -> None:
-    """``database or disk is full`` in ``delivery_done`` used to end both sender threads
-    for good; now the thread goes on, the delivery completes, status and heartbeat say so."""
+    """``database or disk is full`` in recording a delivery done used to end both sender
+    threads for good; now the thread goes on, the delivery completes, status and heartbeat
+    say so."""
     import sqlite3
 
     identity, recipient = site_keys
@@ -335,16 +336,16 @@ def test_a_sender_survives_a_journal_error_and_it_shows(tmp_path: Path, site_key
     config = write_config(tmp_path, [recipient], {"share": {"kind": "folder", "path": str(outbox)}})
     assert config.source is not None
     with running(config) as agent:
-        real = agent.journal.delivery_done
+        real = agent.journal.deliveries_done
         failures = [3]
 
-        def full(item_id: int, dest: str) -> bool:
+        def full(dest: str, acked):
             if failures[0] > 0:
                 failures[0] -= 1
                 raise sqlite3.OperationalError("database or disk is full")
-            return real(item_id, dest)
+            return real(dest, acked)
 
-        agent.journal.delivery_done = full
+        agent.journal.deliveries_done = full
         drop(config.folders[0].path / "a.raw", b"a" * 1000)
         wait_until(lambda: agent.journal.state_counts().get("done") == 1)
         assert agent.senders["share"].alive() and agent.senders["share"].failures == 3

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.pool import ProtectWorker, WorkerLost, WorkerPool
+from agent.pool import ProtectWorker, WorkerLost, WorkerPool, WorkerStartFailed
 from agent.protect import Protector, plan_modes, read_frame, write_frame
 from tests.helpers import ct_slice, decrypt, wait_until
 
@@ -340,3 +340,37 @@ def test_protector_applies_the_folders_policy_and_the_sites_secret(
     answer = p.handle({**_request(scan, ["dicom"]),
                        "pseudonym_secret_file": str(tmp_path / "gone")})
     assert answer["status"] == "failed" and answer["permanent"] is False
+
+
+def test_the_configured_cipher_kernel_runs_in_the_workers(tmp_path: Path, site_keys) -> None:
+    """``cipher_kernel`` (the benchmark runs a CPU without GFNI's kernel this way): the
+    worker pins it, says so, and refuses to start with one its CPU cannot run."""
+    from agent.config import CIPHER_KERNELS
+    from agent.errors import ConfigError
+    from cipher import chaos
+    from tests.helpers import write_config
+
+    _, recipient = site_keys
+    dests = {"share": {"kind": "folder", "path": str(tmp_path / "out")}}
+    assert write_config(tmp_path, [recipient], dests).cipher_kernel is None  # the fastest
+    assert write_config(tmp_path, [recipient], dests,
+                        cipher_kernel="aesni-sse").cipher_kernel == "aesni-sse"
+    with pytest.raises(ConfigError, match="cipher_kernel: must be one of"):
+        write_config(tmp_path, [recipient], dests, cipher_kernel="fast")
+    assert set(chaos._native.BUILT) <= set(CIPHER_KERNELS)  # the agent knows every name
+    slow = chaos.kernels()[-2]  # the slowest C kernel this CPU runs ("table")
+    pool = WorkerPool(1, [recipient], tmp_path / "spool", kernel=slow)
+    scan = tmp_path / "scan.bin"
+    scan.write_bytes(os.urandom(3000))
+    try:
+        assert pool.call(_request(scan, ["file"]), 30)["status"] == "protected"
+        assert pool.status()["kernels"] == [slow]
+    finally:
+        pool.close()
+    missing = next(k for k in CIPHER_KERNELS if k not in chaos.kernels())  # x86: neon-aes
+    pool = WorkerPool(1, [recipient], tmp_path / "spool", kernel=missing)
+    try:
+        with pytest.raises(WorkerStartFailed, match=f"{missing}.*not available on this CPU"):
+            pool.call(_request(scan, ["file"]), 30)
+    finally:
+        pool.close()
