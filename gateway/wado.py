@@ -205,7 +205,7 @@ def _stream_part(gw: Gateway, p: Principal, request: Request, boundary: str, ite
 _JOIN_BELOW = 64 * 1024
 #: Most bytes of whole instances read ahead of the client in one retrieve.
 _AHEAD_BYTES = 64 * 1024 * 1024
-_BATCH = 8
+_BATCH = 16
 
 
 def _merged(pieces: Sequence[Piece]) -> list[Piece]:
