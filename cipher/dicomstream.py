@@ -102,16 +102,41 @@ class _In:
 class _MemIn(_In):
     """:class:`_In` over bytes already in memory: reads are slices, the value a view."""
 
-    def __init__(self, data: bytes | memoryview) -> None:
+    def __init__(self, data: bytes | memoryview, pos: int = 0) -> None:
         super().__init__(io.BytesIO(), False)
+        self._data = data
         self._view = memoryview(data)
+        self.pos = pos
 
     def read(self, n: int, *, at_end_ok: bool = False) -> bytes:
-        data = bytes(self._view[self.pos:self.pos + n])
+        data = self._data[self.pos:self.pos + n]
         if len(data) < n and not (at_end_ok and not data):
             raise _Short()
         self.pos += len(data)
-        return data
+        return data if isinstance(data, bytes) else bytes(data)
+
+    def header(self, syn: _Syntax, at_end_ok: bool) -> tuple[int, int, bytes, int] | None:
+        """:func:`_header` read in place (the loop every scan spends its time in)."""
+        data, pos = self._data, self.pos
+        if pos + 8 > len(data):
+            if at_end_ok and pos == len(data):
+                return None
+            raise _Short()
+        tag, implicit, explicit, u32 = _LE if syn.little else _BE
+        group, elem = tag.unpack_from(data, pos)
+        if group == 0xFFFE or not syn.explicit:
+            self.pos = pos + 8
+            return group, elem, b"", implicit.unpack_from(data, pos)[2]
+        _, _, vr, length = explicit.unpack_from(data, pos)
+        if vr in _LONG_VRS:
+            if pos + 12 > len(data):
+                raise _Short()
+            self.pos = pos + 12
+            return group, elem, vr, u32.unpack_from(data, pos + 8)[0]
+        if not vr.isalpha():
+            raise FormatError("not a DICOM data set")
+        self.pos = pos + 8
+        return group, elem, vr, length
 
     def unread(self, data: bytes) -> None:
         self.pos -= len(data)
@@ -148,6 +173,8 @@ _BE = (struct.Struct(">HH"), struct.Struct(">HHI"), struct.Struct(">HH2sH"), str
 def _header(inp: _In, syn: _Syntax, *, at_end_ok: bool = False,
             ) -> tuple[int, int, bytes, int] | None:
     """(group, element, VR or b"", length) of the next element; None at the stream's end."""
+    if type(inp) is _MemIn:
+        return inp.header(syn, at_end_ok)
     raw = inp.read(8, at_end_ok=at_end_ok)
     if not raw:
         return None
@@ -327,7 +354,7 @@ def scan_head(src: _Readable, *, keep: bool = True,
     :class:`AuthenticationError` (a damaged block).
     """
     if isinstance(src, io.BytesIO) and not keep:  # in memory already: slices, no copies
-        inp: _In = _MemIn(src.getbuffer()[src.tell():])
+        inp: _In = _MemIn(src.getvalue(), src.tell())  # (getbuffer() would copy it)
     else:
         inp = _In(src, keep)
     try:

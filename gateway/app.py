@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Request, Response
 from starlette.middleware.cors import CORSMiddleware
@@ -71,7 +72,10 @@ def create_app(
     index = Index(store, IndexSeal(ids), upstream, restorer, indexed,
                   full_sync_interval_s=settings.index_sync_interval_s)
     secret = pseudonyms if pseudonyms is not None else settings.read_pseudonym_secret()
-    gw = Gateway(settings, store, upstream, restorer, index, clock, sleep, secret)
+    # as many restore threads as restores may run at once: a thread more would only wait
+    # for a slot (a wake-up and a context switch per instance for nothing)
+    pool = ThreadPoolExecutor(settings.max_concurrent_restores, thread_name_prefix="gw-restore")
+    gw = Gateway(settings, store, upstream, restorer, index, clock, sleep, secret, pool)
     if settings.syslog_address:
         store.on_audit = SyslogSender(settings.syslog_address).send
     app = FastAPI(title="ScanFort reading gateway", docs_url=None, redoc_url=None,

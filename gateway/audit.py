@@ -16,7 +16,7 @@ import json
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from gateway.errors import AuditChainError
 
@@ -64,11 +64,19 @@ class AuditEntry:
 
 
 def entry_hash(prev_hash: str, seq: int, at: float, event: AuditEvent, process: str) -> str:
+    # the fields spelled out (not dataclasses.asdict, which deep-copies): same JSON
     body = {
         "seq": seq,
         "at": repr(float(at)),
         "process": process,
-        **asdict(event),
+        "username": event.username,
+        "client": event.client,
+        "operation": event.operation,
+        "outcome": event.outcome,
+        "study_uid": event.study_uid,
+        "series_uid": event.series_uid,
+        "instance_uid": event.instance_uid,
+        "detail": event.detail,
     }
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256((prev_hash + "\n" + canonical).encode("ascii")).hexdigest()

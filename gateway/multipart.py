@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from gateway.errors import UpstreamError
@@ -44,10 +44,18 @@ class MultipartReader:
     A part's body is read through :meth:`read` before the next part is asked for (what is
     left of it is skipped then); the reader holds the unread rest of one chunk at a time, so
     a part of any size streams through in bounded memory.
+
+    ``readinto``: the body's source read into a buffer (``readinto(view) -> count``, 0 at
+    its end), when there is one. A part whose ``Content-Length`` header gives its size is
+    then read whole straight into its own buffer (no scan for the delimiter, no copy
+    through the chunks), and the delimiter is checked where that length says it is; when
+    it is not there, the part is read by scanning as any other.
     """
 
-    def __init__(self, chunks: Iterable[bytes], boundary: str, max_part: int) -> None:
+    def __init__(self, chunks: Iterable[bytes], boundary: str, max_part: int,
+                 readinto: Callable[[memoryview], int] | None = None) -> None:  # fmt: skip
         self._chunks = iter(chunks)
+        self._readinto = readinto
         self._delim = b"\r\n--" + boundary.encode("latin-1")
         self._max = max_part
         self._buf = bytearray(b"\r\n")  # so the first delimiter looks like every other one
@@ -57,6 +65,7 @@ class MultipartReader:
         self._in_part = False
         self._part_read = 0
         self._finished = False
+        self._sized: int | None = None  # the current part's Content-Length, until used
         self.headers: dict[str, str] = {}
 
     def _fill(self) -> None:
@@ -66,11 +75,53 @@ class MultipartReader:
             if self._end >= 0:
                 self._end -= self._pos
             self._pos = 0
-        for chunk in self._chunks:
-            if chunk:
-                self._buf += chunk
+        if self._readinto is not None:
+            chunk = bytearray(_FILL)
+            with memoryview(chunk) as view:
+                n = self._readinto(view)
+            if n:
+                self._buf += chunk[:n] if n < _FILL else chunk
                 return
+        else:
+            for data in self._chunks:
+                if data:
+                    self._buf += data
+                    return
         raise UpstreamError(502, "upstream multipart body ended without its closing boundary")
+
+    def _read_sized(self, length: int) -> bytes | None:
+        """The whole current part when its declared ``length`` is right (the delimiter
+        follows it), read into its own buffer; None (nothing consumed) otherwise."""
+        assert self._readinto is not None
+        held = len(self._buf) - self._pos
+        if held >= length:
+            return None  # in the buffer already: the scan finds its end at once
+        out = bytearray(length)
+        with memoryview(self._buf) as buf:
+            out[:held] = buf[self._pos:]
+        del self._buf[:]
+        self._pos = self._scan = 0
+        got = held
+        with memoryview(out) as view:
+            while got < length:
+                n = self._readinto(view[got:])
+                if not n:
+                    break
+                got += n
+        if got == length:
+            d = self._delim
+            try:
+                while len(self._buf) < len(d) + 2:
+                    self._fill()
+            except UpstreamError:
+                pass
+            if self._buf.startswith(d) and self._buf[len(d):len(d) + 2] in (b"--", b"\r\n"):
+                self._end = 0
+                self._part_read = length
+                return bytes(out)
+        # not where the header said: put everything back and scan as usual
+        self._buf[:0] = out[:got]
+        return None
 
     def _find_end(self) -> None:
         """Look for the delimiter that ends the current part (sets ``_end``)."""
@@ -94,6 +145,12 @@ class MultipartReader:
         if not self._in_part:
             return b""
         want = self._max + 1 if n < 0 else n
+        if (self._sized is not None and self._part_read == 0 and self._end < 0
+                and self._sized <= min(want, self._max)):
+            whole = self._read_sized(self._sized)
+            self._sized = None
+            if whole is not None:
+                return whole
         while True:
             self._find_end()
             limit = self._end if self._end >= 0 else self._scan
@@ -135,11 +192,19 @@ class MultipartReader:
                 raise UpstreamError(502, "upstream part headers too long")
             self._fill()
         self.headers = _headers(bytes(self._buf[after + 2 : head_end]))
+        declared = self.headers.get("content-length", "")
+        self._sized = (int(declared) if self._readinto is not None and declared.isdigit()
+                       else None)  # fmt: skip
         self._pos = self._scan = head_end + 4
         self._end = -1
         self._in_part = True
         self._part_read = 0
         return True
+
+
+#: Bytes asked of a ``readinto`` source at once when scanning (part headers, parts
+#: without a Content-Length); little, so that a sized part is mostly read in place.
+_FILL = 64 * 1024
 
 
 def iter_parts(chunks: Iterable[bytes], boundary: str, max_part: int) -> Iterator[Part]:

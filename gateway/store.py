@@ -9,7 +9,6 @@ the head and writes the next entry in the same transaction.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import socket
 import threading
@@ -256,20 +255,23 @@ class Store:
             for given in events:
                 seq += 1
                 # the hash covers the event as stored: bound the free-form fields first
-                ev = dataclasses.replace(
-                    given, username=given.username[:64], client=given.client[:64],
-                    detail=given.detail[:500],
-                )  # fmt: skip
-                entry = AuditEntry(
-                    seq=seq, at=now, username=ev.username, client=ev.client,
-                    operation=ev.operation, study_uid=ev.study_uid, series_uid=ev.series_uid,
-                    instance_uid=ev.instance_uid, outcome=ev.outcome, detail=ev.detail,
-                    process=self.process, prev_hash=prev,
-                    hash=entry_hash(prev, seq, now, ev, self.process),
-                )  # fmt: skip
-                rows.append(dataclasses.asdict(entry))
-                written.append(entry)
-                prev = entry.hash
+                if (len(given.username) > 64 or len(given.client) > 64
+                        or len(given.detail) > 500):
+                    given = AuditEvent(
+                        given.username[:64], given.client[:64], given.operation, given.outcome,
+                        given.study_uid, given.series_uid, given.instance_uid,
+                        given.detail[:500])  # fmt: skip
+                digest = entry_hash(prev, seq, now, given, self.process)
+                row: dict[str, Any] = {
+                    "seq": seq, "at": now, "username": given.username, "client": given.client,
+                    "operation": given.operation, "study_uid": given.study_uid,
+                    "series_uid": given.series_uid, "instance_uid": given.instance_uid,
+                    "outcome": given.outcome, "detail": given.detail, "process": self.process,
+                    "prev_hash": prev, "hash": digest,
+                }  # fmt: skip
+                rows.append(row)
+                written.append(AuditEntry(**row))
+                prev = digest
             conn.execute(tables.audit.insert(), rows)
         if self.on_audit is not None:
             for entry in written:

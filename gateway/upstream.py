@@ -8,8 +8,9 @@ Sessions are per thread (``requests.Session`` is not documented as thread-safe).
 
 from __future__ import annotations
 
+import http.client
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, BinaryIO, cast
 
 import requests
@@ -29,6 +30,23 @@ SOP_UID = "00080018"
 def first_value(item: dict[str, Any], tag: str) -> str:
     values = item.get(tag, {}).get("Value") or [""]
     return str(values[0])
+
+
+def _readinto(resp: requests.Response) -> Callable[[memoryview], int] | None:
+    """Read the body straight from the connection into a buffer, when nothing stands in
+    between (no content coding for urllib3 to undo); None otherwise."""
+    fp = getattr(resp.raw, "_fp", None)
+    coding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+    if not isinstance(fp, http.client.HTTPResponse) or coding not in ("", "identity"):
+        return None
+
+    def readinto(view: memoryview) -> int:
+        try:
+            return fp.readinto(view)
+        except (OSError, http.client.HTTPException) as exc:
+            raise UpstreamError(504, "the archive stopped sending") from exc
+
+    return readinto
 
 
 def _chunks(resp: requests.Response) -> Iterator[bytes]:
@@ -148,7 +166,8 @@ class Upstream:
                 continue
             try:
                 boundary = boundary_of(resp.headers.get("Content-Type", ""))
-                reader = MultipartReader(_chunks(resp), boundary, self.max_instance_bytes)
+                reader = MultipartReader(_chunks(resp), boundary, self.max_instance_bytes,
+                                         _readinto(resp))  # fmt: skip
                 while reader.next_part():
                     yield cast(BinaryIO, reader)
             finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future
 from typing import BinaryIO, overload
 
@@ -27,6 +27,7 @@ from gateway.index import metadata_of
 from gateway.multipart import closing, new_boundary, part_bytes, part_head, part_pieces
 from gateway.restore import Restored, Streamed
 from gateway.store import Principal
+from gateway.streaming import Piece, ahead
 from gateway.upstream import first_value
 
 router = APIRouter(prefix="/dicom-web")
@@ -95,7 +96,7 @@ def _stream_instances(
     def result(entry: Future[Ready] | Ready) -> Ready:
         return entry.result() if isinstance(entry, Future) else entry
 
-    def body() -> Iterator[bytes | memoryview]:
+    def body() -> Generator[list[Piece], None, None]:
         # This thread reads the archive's answer; an instance that came in whole is restored
         # on the shared pool (the cipher releases the GIL) while the next ones are read, up
         # to ``ahead`` at once, and parts leave in the archive's order. A large instance
@@ -131,7 +132,7 @@ def _stream_instances(
                     sizes.popleft()
                 sent += len(ready)
                 events: list[AuditEvent] = []
-                parts: list[bytes] = []
+                parts: list[Piece] = []
                 large: Streamed | None = None
                 for item in ready:
                     if isinstance(item, RefusedInstance):
@@ -145,9 +146,10 @@ def _stream_instances(
                         served.append(item)
                         parts.extend(part_pieces(boundary, "application/dicom", item.data))
                 gw.audit(events)  # before the bytes leave
-                yield from _chunks(parts)
-                if large is not None and not (yield from _stream_part(
-                        gw, p, request, boundary, large, study, series)):  # fmt: skip
+                if parts:
+                    yield _merged(parts)
+                if large is not None and not (yield from _one_by_one(_stream_part(
+                        gw, p, request, boundary, large, study, series))):  # fmt: skip
                     return  # cut short: the missing closing boundary says so
                 if len(served) >= 50:
                     gw.index.record(served, only_new=True)
@@ -163,10 +165,10 @@ def _stream_instances(
                     entry.close()
             streams.close()
         gw.index.record(served, only_new=True)
-        yield closing(boundary)
+        yield [closing(boundary)]
 
     ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    return StreamingResponse(body(), media_type=ctype)
+    return StreamingResponse(ahead(body()), media_type=ctype)
 
 
 def _take(gw: Gateway, stream: BinaryIO) -> Restored | Streamed | RefusedInstance | bytes:
@@ -198,26 +200,40 @@ def _stream_part(gw: Gateway, p: Principal, request: Request, boundary: str, ite
     return True
 
 
-_JOIN_BELOW = 4 * 1024 * 1024
+#: Pieces shorter than this are joined with their neighbours (part heads, CRLFs, small
+#: instances): one write each costs more than the copy.
+_JOIN_BELOW = 64 * 1024
 #: Most bytes of whole instances read ahead of the client in one retrieve.
 _AHEAD_BYTES = 64 * 1024 * 1024
-_BATCH = 8
+_BATCH = 16
 
 
-def _chunks(pieces: list[bytes]) -> Iterator[bytes]:
-    """Small pieces joined into one write (each chunk costs a thread hop in the server);
-    a large instance goes out as it is, never copied again."""
-    small: list[bytes] = []
+def _merged(pieces: Sequence[Piece]) -> list[Piece]:
+    """A batch as written: runs of small pieces joined, a large one as it is (the server
+    copies each piece once more into its chunk; joining large ones would add a copy)."""
+    out: list[Piece] = []
+    small: list[Piece] = []
     for piece in pieces:
         if len(piece) < _JOIN_BELOW:
             small.append(piece)
             continue
         if small:
-            yield b"".join(small)
+            out.append(b"".join(small))
             small = []
-        yield piece
+        out.append(piece)
     if small:
-        yield b"".join(small)
+        out.append(b"".join(small))
+    return out
+
+
+def _one_by_one(pieces: Generator[Piece, None, bool]) -> Generator[list[Piece], None, bool]:
+    """Each piece of a large part as a batch of its own (it is produced as it is sent)."""
+    while True:
+        try:
+            piece = next(pieces)
+        except StopIteration as stop:
+            return bool(stop.value)
+        yield [piece]
 
 
 @router.get("/studies/{study}")

@@ -7,6 +7,7 @@ front of one Orthanc and checks that their audit entries form a single verified 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -88,6 +89,24 @@ def test_edits_deletions_and_a_cut_tail_are_detected(db_url: str) -> None:
     store2.close()
     with pytest.raises(audit.AuditChainError):
         audit.verify_chain(store.iter_audit(), head)
+    store.close()
+
+
+def test_every_event_field_is_covered_by_the_entry_hash_and_long_fields_are_bounded(
+    tmp_path: Path,
+) -> None:
+    base = AuditEvent("rita", "10.0.0.1", "retrieve", "ok", "1.2", "1.2.3", "1.2.3.4", "d")
+    h = audit.entry_hash(audit.GENESIS, 1, 5.0, base, "gw:1")
+    for f in dataclasses.fields(AuditEvent):  # a field added later must be hashed too
+        changed = dataclasses.replace(base, **{f.name: getattr(base, f.name) + "x"})
+        assert audit.entry_hash(audit.GENESIS, 1, 5.0, changed, "gw:1") != h, f.name
+    store = Store(f"sqlite:///{tmp_path / 'gw.sqlite3'}")
+    store.create_schema()
+    long = dataclasses.replace(base, username="u" * 100, client="c" * 100, detail="d" * 900)
+    [entry] = store.append_audit([long])
+    assert (len(entry.username), len(entry.client), len(entry.detail)) == (64, 64, 500)
+    assert list(store.iter_audit()) == [entry]
+    assert audit.verify_chain(store.iter_audit()) == 1
     store.close()
 
 

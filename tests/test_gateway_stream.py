@@ -51,6 +51,7 @@ def _instance(i: int) -> bytes:
 
 class Upstream(ThreadingHTTPServer):
     sent = 0
+    aborted = 0  # answers whose connection the gateway closed before their end
     template = b""
 
 
@@ -68,7 +69,11 @@ class Handler(BaseHTTPRequestHandler):
         for i in range(COUNT):
             part = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
                     + _instance(i) + b"\r\n")  # fmt: skip
-            self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+            try:
+                self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+            except OSError:
+                self.server.aborted += 1
+                return
             self.server.sent = i + 1
         end = f"--{boundary}--\r\n".encode()
         self.wfile.write(f"{len(end):x}\r\n".encode() + end + b"\r\n0\r\n\r\n")
@@ -125,3 +130,36 @@ def test_thousands_of_instances_stream_through_in_order_without_buffering(
         entries = list(gw.app.state.gateway.store.iter_audit())
         assert sum(e.outcome == "passthrough" for e in entries) == COUNT
         assert len({e.instance_uid for e in entries}) == COUNT
+
+
+def test_a_client_that_leaves_mid_stream_stops_the_archive_read_and_the_gateway_goes_on(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    identity, _ = keys.generate_identity()
+    url = f"http://127.0.0.1:{upstream.server_address[1]}/dicom-web"
+    settings = Settings(data_dir=tmp_path, identity_file="unused", upstreams=(url,),
+                        cache_bytes=1024 * 1024)  # fmt: skip
+    with BackgroundServer(settings, identities=[identity]) as gw:
+        gw.app.state.gateway.store.set_user("rita", "pw", ["reader"])
+        for attempt in (1, 2):  # the second retrieve works after the first was abandoned
+            resp = requests.get(f"{gw.url}/dicom-web/studies/{STUDY}", auth=("rita", "pw"),
+                                stream=True, timeout=60)  # fmt: skip
+            got, chunks = b"", resp.iter_content(512 * 1024)
+            while b"DICM" not in got:
+                got += next(chunks)
+            resp.close()  # the viewer navigated away
+            deadline = time.monotonic() + 10
+            before = -1
+            while upstream.sent != before and time.monotonic() < deadline:
+                before = upstream.sent
+                time.sleep(0.5)
+            # the archive's answer was closed: it stopped well before the end
+            assert upstream.sent < COUNT // 2, upstream.sent
+            deadline = time.monotonic() + 10
+            while upstream.aborted < attempt and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert upstream.aborted == attempt
+            upstream.sent = 0
+        entries = list(gw.app.state.gateway.store.iter_audit())
+        served = [e for e in entries if e.outcome == "passthrough"]
+        assert 0 < len(served) < COUNT  # only what left (or was about to), never all

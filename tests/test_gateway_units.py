@@ -14,7 +14,7 @@ from cipher import keys
 from gateway import audit, qido
 from gateway.config import load_settings
 from gateway.errors import ConfigError, UpstreamError
-from gateway.multipart import closing, iter_parts, part_bytes
+from gateway.multipart import MultipartReader, closing, iter_parts, part_bytes
 from gateway.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,6 +73,50 @@ def test_multipart_truncated_or_oversized_is_an_upstream_error() -> None:
         list(iter_parts([body[:-10]], "xx", 1 << 20))
     with pytest.raises(UpstreamError, match="larger"):
         list(iter_parts([body], "xx", 10))
+
+
+class _Trickle:
+    """``readinto`` over bytes, at most ``step`` bytes a call (as a socket may)."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.pos, self.step = data, 0, step
+
+    def readinto(self, view: memoryview) -> int:
+        n = min(len(view), self.step, len(self.data) - self.pos)
+        view[:n] = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+
+def _read_all(body: bytes, boundary: str, step: int, max_part: int = 1 << 20) -> list[bytes]:
+    reader = MultipartReader([], boundary, max_part, _Trickle(body, step).readinto)
+    out = []
+    while reader.next_part():
+        out.append(reader.read(4 << 20))
+        assert reader.read(10) == b""
+    return out
+
+
+@pytest.mark.parametrize("step", [3, 1000, 1 << 20])
+def test_multipart_read_into_place_by_content_length_and_wrong_lengths_fall_back(
+    step: int,
+) -> None:
+    boundary = "b0und"
+    parts = [b"\r\n--b0un\r\n" * 3, b"", bytes(range(256)) * 600, b"x\r\n--b0undary-ish"]
+    body = _body(boundary, parts)
+    assert _read_all(body, boundary, step) == parts
+    # a Content-Length that lies (too long, too short, past the end): the delimiter decides
+    for lie in (b"Content-Length: 153600", b"Content-Length: 99999999", b"Content-Length: 1"):
+        bad = body.replace(b"Content-Length: 153600", lie.replace(b"153600", b"153601"), 1)
+        assert _read_all(bad, boundary, step, max_part=1 << 30) == parts
+    plain = body.replace(b"Content-Length: ", b"X-Length: ")  # no lengths: scanned
+    assert _read_all(plain, boundary, step) == parts
+    with pytest.raises(UpstreamError, match="closing boundary"):
+        _read_all(body[:-10], boundary, step)
+    with pytest.raises(UpstreamError, match="closing boundary"):
+        _read_all(body[: len(body) // 2], boundary, step)
+    with pytest.raises(UpstreamError, match="larger"):
+        _read_all(body, boundary, step, max_part=1000)
 
 
 # --------------------------------------------------------------------------- QIDO
