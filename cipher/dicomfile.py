@@ -38,6 +38,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from cipher import _common, chaos
 from cipher._common import DICOM_MODE, ProtectInfo, UnprotectInfo
 from cipher.errors import (
+    AlreadyProtectedError,
     AuthenticationError,
     CipherError,
     FormatError,
@@ -188,7 +189,7 @@ def _read_source(raw: bytes) -> tuple[Dataset, _Source]:
     except Exception as exc:
         raise UnsupportedDicomError("a malformed private block in group 0011") from exc
     if protected:
-        raise FormatError("already a scanfort protected file")
+        raise AlreadyProtectedError("already a scanfort protected file")
     raw_elem = ds.get_item(PIXEL_DATA)
     vr = getattr(raw_elem, "VR", None)
     value = getattr(raw_elem, "value", None)

@@ -466,12 +466,7 @@ def open_v2(head: VisibleHead, identities: list[str],
             else:
                 if head.pixel_length not in (n, n + (n & 1)):
                     raise AuthenticationError()
-                left = n
-                while left:
-                    data = inp.read(min(left, _CHUNK))
-                    digest.update(data)
-                    out.write(data)
-                    left -= len(data)
+                _copy(inp, n, out, digest)
                 inp.skip(head.pixel_length - n)
         except _Short:
             raise AuthenticationError() from None
@@ -485,6 +480,15 @@ def open_v2(head: VisibleHead, identities: list[str],
     except BaseException:
         out.close()
         raise
+
+
+def _copy(inp: _In, n: int, out: BinaryIO, digest: Any) -> None:
+    """Copy ``n`` bytes from ``inp`` to ``out`` in chunks, hashing them on the way."""
+    while n:
+        data = inp.read(min(n, _CHUNK))
+        digest.update(data)
+        out.write(data)
+        n -= len(data)
 
 
 def _copy_items(inp: _In, syn: _Syntax, n: int, out: BinaryIO,
@@ -503,12 +507,7 @@ def _copy_items(inp: _In, syn: _Syntax, n: int, out: BinaryIO,
             raise AuthenticationError()
         digest.update(raw)
         out.write(raw)
-        left = length
-        while left:
-            data = inp.read(min(left, _CHUNK))
-            digest.update(data)
-            out.write(data)
-            left -= len(data)
+        _copy(inp, length, out, digest)
         if index:
             fragments.append((pos + 8, length))
         pos += 8 + length

@@ -75,6 +75,10 @@ class FormatError(CipherError):
     """The input is not a ScanFort protected file (neither file mode nor DICOM mode)."""
 
 
+class AlreadyProtectedError(FormatError):
+    """The input to protect is a ScanFort protected file already (never wrapped twice)."""
+
+
 class InvalidRecipientError(CipherError, ValueError):
     """A recipient string is not an age X25519 recipient (``age1…``)."""
 

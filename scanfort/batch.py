@@ -93,7 +93,6 @@ def _call(source: Path, target: Path) -> tuple[str, Any]:
 class _Tally:
     verb: str
     hints: dict[str, str]
-    stream: TextIO
     progress: Progress
     ok: int = 0
     failed: int = 0
@@ -148,9 +147,9 @@ def run_batch(items: Sequence[tuple[Path, Path]], verb: str,
     global _OPERATION, _DESCRIBE
     err = stderr if stderr is not None else sys.stderr
     out = stdout if stdout is not None else sys.stdout
-    progress = Progress(verb.removesuffix("ed") if verb.endswith("ed") else verb, len(items),
-                        err, style=style_for(err, quiet=quiet, json=as_json))
-    tally = _Tally(verb, hints, err, progress)
+    progress = Progress(verb.removesuffix("ed"), len(items), err,
+                        style=style_for(err, quiet=quiet, json=as_json))
+    tally = _Tally(verb, hints, progress)
     results: list[Result | None] = [None] * len(items)
 
     def finish(index: int, answer: tuple[str, Any]) -> None:

@@ -25,6 +25,7 @@ from typing import Any, BinaryIO, TextIO
 import cipher
 from cipher import keys
 from cipher.errors import (
+    AlreadyProtectedError,
     AuthenticationError,
     CipherError,
     FormatError,
@@ -99,6 +100,7 @@ def _failure(exc: BaseException) -> Failure:
 
 
 _HINT_TEXT = {kind.__name__: text for kind, text in _HINTS.items()}
+_PROTECTED_HINT = "scanfort inspect describes a protected file, scanfort decrypt restores it"
 
 
 def _run(items: list[tuple[Path, Path]], verb: str, one: Callable[[Path, Path], str],
@@ -355,24 +357,18 @@ def _encrypt_one(
     force: bool,
 ) -> str:
     with _open_regular(path) as src:
-        try:
-            already = cipher.detect_mode(src)
-        except CipherError:
-            already = None
-        if already is not None:
-            raise Skipped(f"already protected ({already} mode)",
-                          "scanfort inspect describes a protected file, scanfort decrypt "
-                          "restores it")
         _guard_target(path, target)
         _skip_existing(target, force)
         chosen = mode
-        if mode == "auto":
-            chosen = cipher.DICOM_MODE if cipher.is_dicom_with_pixels(src) else cipher.FILE_MODE
+        if mode == "auto":  # decided by _plan, which named the target after it
+            planned_file = target.name == path.name + AGE_SUFFIX
+            chosen = cipher.FILE_MODE if planned_file else cipher.DICOM_MODE
         if chosen == cipher.DICOM_MODE:
-            _guard_target(path, target)
             out = io.BytesIO()  # DICOM mode works in memory anyway: one parse, then write
             try:
                 cipher.protect(src, out, recipients, mode=chosen, policy=policy)
+            except AlreadyProtectedError:
+                raise Skipped("already protected (dicom mode)", _PROTECTED_HINT) from None
             except (NotDicomError, FormatError) as exc:
                 if mode != "auto":
                     raise
@@ -386,7 +382,12 @@ def _encrypt_one(
                 with _atomic_output(target) as dst:
                     dst.write(out.getbuffer())
                 return chosen
-        _guard_target(path, target)
+        try:
+            already: str | None = cipher.detect_mode(src)  # file mode would wrap it again
+        except CipherError:
+            already = None
+        if already is not None:
+            raise Skipped(f"already protected ({already} mode)", _PROTECTED_HINT)
         with _atomic_output(target) as dst:
             cipher.protect(src, dst, recipients, mode=chosen, policy=policy)
     return chosen
@@ -468,12 +469,10 @@ def _decrypt_target(path: Path, rel: Path) -> Path:
 
 def _decrypt_one(path: Path, target: Path, identities: list[str], force: bool) -> str:
     with _open_regular(path) as src:
-        mode = cipher.detect_mode(src)
         _guard_target(path, target)
         _skip_existing(target, force)
         with _atomic_output(target) as dst:
-            cipher.unprotect(src, dst, identities)
-    return mode
+            return cipher.unprotect(src, dst, identities).mode
 
 
 def _cmd_decrypt(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from service.errors import ObjectCorrupt, ObjectRejected
 
@@ -72,6 +72,23 @@ class Spooled:
     sha256: bytes
 
 
+async def receive(sha256: str, chunks: AsyncIterator[bytes], max_bytes: int,
+                  fh: BinaryIO | tempfile.SpooledTemporaryFile[bytes]) -> tuple[int, bytes]:
+    """Write ``chunks`` to ``fh``, hashing: (size, digest). Raises :class:`ObjectRejected`
+    (413 past ``max_bytes``, 422 unless the bytes hash to ``sha256``); every backend's PUT."""
+    digest = hashlib.sha256()
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > max_bytes:
+            raise ObjectRejected(413, f"object larger than {max_bytes} bytes")
+        digest.update(chunk)
+        fh.write(chunk)
+    if digest.hexdigest() != sha256:
+        raise ObjectRejected(422, "content does not match its sha256")
+    return size, digest.digest()
+
+
 async def spool_upload(
     sha256: str, chunks: AsyncIterator[bytes], max_bytes: int, tmp_dir: Path
 ) -> Spooled:
@@ -83,18 +100,9 @@ async def spool_upload(
     fh = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, mode="w+b", dir=str(tmp_dir),
                                      prefix="up-")  # fmt: skip
     try:
-        digest = hashlib.sha256()
-        size = 0
-        async for chunk in chunks:
-            size += len(chunk)
-            if size > max_bytes:
-                raise ObjectRejected(413, f"object larger than {max_bytes} bytes")
-            digest.update(chunk)
-            fh.write(chunk)
-        if digest.hexdigest() != sha256:
-            raise ObjectRejected(422, "content does not match its sha256")
+        size, digest = await receive(sha256, chunks, max_bytes, fh)
         fh.seek(0)
-        return Spooled(fh, size, digest.digest())
+        return Spooled(fh, size, digest)
     except BaseException:
         fh.close()
         raise

@@ -8,15 +8,13 @@ the name: a partial or forged upload never becomes visible. Reads hash the file 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from protocol.durable import fsync_dir
-from service.errors import ObjectRejected
-from service.objects import StoredObject, hash_file, verified_or_raise
+from service.objects import StoredObject, hash_file, receive, verified_or_raise
 
 
 class ObjectStore:
@@ -69,19 +67,10 @@ class ObjectStore:
         fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="up-")
         tmp = Path(tmp_name)
         try:
-            digest = hashlib.sha256()
-            size = 0
             with os.fdopen(fd, "wb") as fh:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise ObjectRejected(413, f"object larger than {max_bytes} bytes")
-                    digest.update(chunk)
-                    fh.write(chunk)
+                size, _ = await receive(sha256, chunks, max_bytes, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
-            if digest.hexdigest() != sha256:
-                raise ObjectRejected(422, "content does not match its sha256")
             if final.exists():
                 return size, False
             final.parent.mkdir(parents=True, exist_ok=True)
