@@ -27,7 +27,7 @@ from protocol.wire import (
     to_dict,
 )
 from service import commands, readers
-from service.context import AppContext, Ctx
+from service.context import AppContext, Ctx, get_context
 from service.errors import ObjectRejected, ObjectStoreUnavailable
 from service.objects_read import reported_uids
 from service.schemas import SchemaError, parse_body
@@ -185,7 +185,8 @@ async def enroll(request: Request, ctx: Ctx) -> Response:
     },
     openapi_extra=_json_request("Heartbeat"),
 )
-async def heartbeat(request: Request, ctx: Ctx) -> Response:
+async def heartbeat(request: Request) -> Response:
+    ctx = get_context(request)  # not a dependency: spares the hot path FastAPI's resolver
     try:
         raw = await _read_raw(request)
     except ObjectRejected as exc:

@@ -131,6 +131,20 @@ _HEARTBEAT_UPDATE = _heartbeat_update()
 _HEARTBEAT_PG = (lambda u: sa.select(u.c.agent_id, u.c.commands_pending).add_cte(
     _sample_insert(postgresql, u).cte("sf_sample")))(_HEARTBEAT_UPDATE.cte("sf_hb"))  # fmt: skip
 _SAMPLE_SQLITE = _sample_insert(sqlite)
+_DRIVER_SQL: dict[str, tuple[str, dict[str, Any]]] = {}
+
+
+def _driver_sql(dialect: sa.Dialect) -> tuple[str, dict[str, Any]] | None:
+    """``_HEARTBEAT_PG`` compiled once for the driver: (SQL, literal parameters), or None
+    when the dialect would convert a parameter (then the statement goes through SQLAlchemy)."""
+    key = f"{dialect.name}+{dialect.driver}"
+    if key not in _DRIVER_SQL:
+        compiled = _HEARTBEAT_PG.compile(dialect=dialect)
+        if dialect.driver != "psycopg" or compiled._bind_processors:
+            return None
+        literals = {k: v for k, v in compiled.params.items() if v is not None}
+        _DRIVER_SQL[key] = (compiled.string, literals)
+    return _DRIVER_SQL[key]
 _AUTH_AGENT = sa.select(tables.agents.c.agent_id).where(
     tables.agents.c.token_hash == sa.bindparam("b_token_hash"),
     tables.agents.c.revoked_at.is_(None),
@@ -291,8 +305,23 @@ class AgentsStore(StoreBase):
             "b_bucket": int(now // tables.SAMPLE_PERIOD_S),
         }
         if self.dialect == "postgresql":
+            compiled = _driver_sql(self.engine.dialect)
             with self._autocommit() as conn:
-                row = conn.execute(_HEARTBEAT_PG, params).first()
+                if compiled is None:
+                    row = conn.execute(_HEARTBEAT_PG, params).first()
+                else:  # straight to psycopg: the statement is compiled once, not per call
+                    sql, literals = compiled
+                    driver: Any = conn.connection.dbapi_connection
+                    try:
+                        cursor = driver.cursor()
+                        try:
+                            cursor.execute(sql, {**literals, **params})
+                            row = cursor.fetchone()
+                        finally:
+                            cursor.close()
+                    except Exception:
+                        conn.invalidate()  # a failed or dropped connection is not pooled again
+                        raise
         else:
             with self._write() as conn:
                 row = conn.execute(_HEARTBEAT_UPDATE, params).first()
