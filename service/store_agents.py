@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,20 +132,26 @@ _HEARTBEAT_UPDATE = _heartbeat_update()
 _HEARTBEAT_PG = (lambda u: sa.select(u.c.agent_id, u.c.commands_pending).add_cte(
     _sample_insert(postgresql, u).cte("sf_sample")))(_HEARTBEAT_UPDATE.cte("sf_hb"))  # fmt: skip
 _SAMPLE_SQLITE = _sample_insert(sqlite)
-_DRIVER_SQL: dict[str, tuple[str, dict[str, Any]]] = {}
+_DriverSQL = tuple[str, dict[str, Any], dict[str, Callable[[Any], Any]]]
+_DRIVER_SQL: dict[str, _DriverSQL | None] = {}
 
 
-def _driver_sql(dialect: sa.Dialect) -> tuple[str, dict[str, Any]] | None:
-    """``_HEARTBEAT_PG`` compiled once for the driver: (SQL, literal parameters), or None
-    when the dialect would convert a parameter (then the statement goes through SQLAlchemy)."""
+def _driver_sql(dialect: sa.Dialect) -> _DriverSQL | None:
+    """``_HEARTBEAT_PG`` compiled once for the driver: (SQL, literal parameters, parameter
+    converters), or None for a driver other than psycopg (then it goes through SQLAlchemy)."""
     key = f"{dialect.name}+{dialect.driver}"
     if key not in _DRIVER_SQL:
         compiled = _HEARTBEAT_PG.compile(dialect=dialect)
-        if dialect.driver != "psycopg" or compiled._bind_processors:
-            return None
         literals = {k: v for k, v in compiled.params.items() if v is not None}
-        _DRIVER_SQL[key] = (compiled.string, literals)
+        processors = compiled._bind_processors  # e.g. Boolean's strict check
+        converters: dict[str, Callable[[Any], Any]] = {
+            k: p for k, p in processors.items() if callable(p)
+        }
+        usable = dialect.driver == "psycopg" and len(converters) == len(processors)
+        _DRIVER_SQL[key] = (compiled.string, literals, converters) if usable else None
     return _DRIVER_SQL[key]
+
+
 _AUTH_AGENT = sa.select(tables.agents.c.agent_id).where(
     tables.agents.c.token_hash == sa.bindparam("b_token_hash"),
     tables.agents.c.revoked_at.is_(None),
@@ -310,7 +317,9 @@ class AgentsStore(StoreBase):
                 if compiled is None:
                     row = conn.execute(_HEARTBEAT_PG, params).first()
                 else:  # straight to psycopg: the statement is compiled once, not per call
-                    sql, literals = compiled
+                    sql, literals, converters = compiled
+                    for name, convert in converters.items():
+                        params[name] = convert(params[name])
                     driver: Any = conn.connection.dbapi_connection
                     try:
                         cursor = driver.cursor()

@@ -773,12 +773,15 @@ def test_heartbeat_counts_trend_and_one_backlog_sample_per_bucket(client, store,
 @pytest.mark.peer
 def test_a_dropped_connection_under_the_heartbeat_path_is_not_reused(postgres_server, monkeypatch):
     """The autocommit pool of the hot path pings idle connections and drops failed ones."""
-    from service import store_base
+    from service import store_agents, store_base
 
     url = _new_pg_database(postgres_server)
     store = Store(Settings(data_dir=Path("/nonexistent"), db_url=url).database_url)
     try:
         store.create_schema()
+        # the statement goes straight to psycopg, compiled once (not a silent fallback)
+        compiled = store_agents._driver_sql(store.engine.dialect)
+        assert compiled is not None and compiled is store_agents._driver_sql(store.engine.dialect)
         _id, enroll_token = store.mint_enrollment_token(3600)
         enrolled = store.enroll(enroll_token, EnrollRequest(host="h", os="Linux", version="1"))
         assert enrolled is not None
