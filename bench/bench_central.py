@@ -6,8 +6,12 @@ API (spread over the processes), then every agent sends a realistic heartbeat ev
 INTERVAL seconds (random phase) for DURATION seconds. Latency is measured from the moment a
 heartbeat was *due* (so a client that falls behind shows up as latency, not as a lower
 rate), next to ``/healthz`` sampled once a second as the in-run reference. The generator's
-own CPU is printed beside the servers' and PostgreSQL's: on 2 cores a load generator that
-needs a core itself measures its own queue, not the server.
+own CPU is printed beside each server process's, PostgreSQL's and the rest of the machine's
+(user+sys, and sys alone): on 2 cores a load generator that needs a core itself measures its
+own queue, not the server. The 1-minute load average is sampled each second of the run
+(start, mean, max, end), and the arrival spread (heartbeats due per 100 ms window against
+the offered rate) shows the phases are spread, not a herd at t = 0. ``--settle S`` waits
+after enrollment so its burst leaves the load average first.
 
 The default generator speaks HTTP/1.1 over raw asyncio streams on a fixed set of keep-alive
 connections (about 40 µs of CPU per request); ``--client httpx`` runs the previous
