@@ -6,11 +6,16 @@ API (spread over the processes), then every agent sends a realistic heartbeat ev
 INTERVAL seconds (random phase) for DURATION seconds. Latency is measured from the moment a
 heartbeat was *due* (so a client that falls behind shows up as latency, not as a lower
 rate), next to ``/healthz`` sampled once a second as the in-run reference. The generator's
-own CPU is printed beside the servers' and PostgreSQL's: on 2 cores a load generator that
-needs a core itself measures its own queue, not the server.
+own CPU is printed beside each server process's, PostgreSQL's and the rest of the machine's
+(user+sys, and sys alone): on 2 cores a load generator that needs a core itself measures its
+own queue, not the server. The 1-minute load average is sampled each second of the run
+(start, mean, max, end), and the arrival spread (heartbeats due per 100 ms window against
+the offered rate) shows the phases are spread, not a herd at t = 0. ``--settle S`` waits
+after enrollment so its burst leaves the load average first.
 
 The default generator speaks HTTP/1.1 over raw asyncio streams on a fixed set of keep-alive
-connections (about 40 µs of CPU per request); ``--client httpx`` runs the previous
+connections (about 0.55 ms of CPU per heartbeat, building the JSON body included, measured with
+5,000 agents); ``--client httpx`` runs the previous
 generator (one ``httpx.AsyncClient`` pool per server, a task per agent), whose CPU per
 request is what made 5,000 agents look like a p99 of minutes (see the README).
 
@@ -65,6 +70,8 @@ class Stats:
     service: list[float] = field(default_factory=list)  # from the write, not from due time
     errors: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+    due: list[float] = field(default_factory=list)  # when each request was due (s from start)
+    loads: list[float] = field(default_factory=list)  # 1-min load average, sampled each second
 
     def add(self, seconds: float, status: int | str, service: float | None = None) -> None:
         if status == 200:
@@ -91,11 +98,16 @@ def _free_port() -> int:
 
 def _proc_cpu_rss(pid: int) -> tuple[float, int]:
     """(user+system CPU seconds, RSS bytes) of ``pid`` from /proc."""
+    user, system, rss = _proc_usage(pid)
+    return user + system, rss
+
+
+def _proc_usage(pid: int) -> tuple[float, float, int]:
+    """(user CPU s, system CPU s, RSS bytes) of ``pid`` from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
     rss = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-    return cpu, rss
+    return int(fields[11]) / ticks, int(fields[12]) / ticks, rss
 
 
 def _tree_cpu(root_pids: list[int]) -> float:
@@ -133,9 +145,17 @@ def _postmaster_pid(port: int) -> list[int]:
     return found
 
 
-def _self_cpu() -> float:
+def _self_usage() -> tuple[float, float]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime, usage.ru_stime
+
+
+def _machine_cpu() -> float:
+    """CPU seconds the whole machine spent busy (all processes, /proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = int(fields[3]) + int(fields[4])  # idle + iowait
+    return (sum(int(f) for f in fields[:8]) - idle) / ticks
 
 
 def _cpu_model() -> str:
@@ -310,7 +330,8 @@ async def _raw_heartbeats(
         p: asyncio.Queue() for p in ports
     }
     started = time.time()
-    end = time.monotonic() + duration
+    t_start = time.monotonic()
+    end = t_start + duration
 
     async def agent(index: int, agent_id: str, token: str, port: int) -> None:
         rng = random.Random(index)
@@ -320,6 +341,7 @@ async def _raw_heartbeats(
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             body = json.dumps(_heartbeat(agent_id, index, started, rng)).encode()
             queues[port].put_nowait((due, head, body))
+            hb.due.append(due - t_start)
             due += interval
 
     async def worker(port: int) -> None:
@@ -347,6 +369,7 @@ async def _raw_heartbeats(
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 status = type(exc).__name__  # type: ignore[assignment]
             ref.add(time.monotonic() - t0, status)
+            ref.loads.append(os.getloadavg()[0])
             await asyncio.sleep(1.0)
         await conn.close()
 
@@ -369,7 +392,8 @@ async def _httpx_heartbeats(
     per = max(1, connections // len(ports))
     limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
     started = time.time()
-    end = time.monotonic() + duration
+    t_start = time.monotonic()
+    end = t_start + duration
     async with contextlib.AsyncExitStack() as stack:
         clients = {
             p: await stack.enter_async_context(httpx.AsyncClient(
@@ -383,6 +407,7 @@ async def _httpx_heartbeats(
             due = time.monotonic() + rng.uniform(0, interval)
             while due < end:
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
+                hb.due.append(due - t_start)
                 sent = time.monotonic()
                 try:
                     r = await clients[port].post("/api/v1/heartbeat", headers=headers,
@@ -402,6 +427,7 @@ async def _httpx_heartbeats(
                 except httpx.HTTPError as exc:
                     status = type(exc).__name__
                 ref.add(time.monotonic() - t0, status)
+                ref.loads.append(os.getloadavg()[0])
                 await asyncio.sleep(1.0)
 
         await asyncio.gather(reference(), *(agent(i, a, t, p) for i, (a, t, p) in enumerate(agents)))
@@ -426,25 +452,37 @@ def run_heartbeats(args: argparse.Namespace) -> bool:
         t0 = time.perf_counter()
         agents = asyncio.run(_enroll_all(ports, tokens, min(args.connections, 32)))
         print(f"enrolled {len(agents)} agents in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        srv0 = sum(_proc_cpu_rss(s.pid)[0] for s in servers)
+        if args.settle > 0:  # let the enrollment burst fade from the load average
+            time.sleep(args.settle)
+        load_start = os.getloadavg()
+        srv0 = [_proc_usage(s.pid) for s in servers]
         pg0 = _tree_cpu(pg_roots) if pg_roots else 0.0
-        gen0, wall0 = _self_cpu(), time.monotonic()
+        gen0, wall0, machine0 = _self_usage(), time.monotonic(), _machine_cpu()
         generator = _raw_heartbeats if args.client == "raw" else _httpx_heartbeats
         stats = asyncio.run(generator(agents, args.interval, args.duration, args.connections))
         wall = time.monotonic() - wall0
-        gen = _self_cpu() - gen0
-        usage = [_proc_cpu_rss(s.pid) for s in servers]
-        srv, rss = sum(u[0] for u in usage) - srv0, sum(u[1] for u in usage)
+        machine = _machine_cpu() - machine0
+        gen_user, gen_sys = (b - a for a, b in zip(gen0, _self_usage(), strict=True))
+        gen = gen_user + gen_sys
+        srv1 = [_proc_usage(s.pid) for s in servers]
+        per_server = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(srv0, srv1, strict=True)]
+        srv, rss = sum(u + k for u, k in per_server), sum(u[2] for u in srv1)
         pg = (_tree_cpu(pg_roots) - pg0) if pg_roots else 0.0
+        load_end = os.getloadavg()
         db_size = sum(p.stat().st_size for p in data.glob("central.sqlite3*"))
 
     backend = "PostgreSQL" if args.postgres else "SQLite"
-    print(f"\n{_machine_line()}")
+    loads = stats["healthz (reference)"].loads
+    print(f"\nCPU: {_cpu_model()}, {os.cpu_count()} cores; kernel {platform.release()}")
+    print(f"load average (1 min): {load_start[0]:.2f} at start, "
+          f"{statistics.mean(loads) if loads else float('nan'):.2f} mean / "
+          f"{max(loads, default=float('nan')):.2f} max during the run, {load_end[0]:.2f} at the end "
+          f"(5 min: {load_start[1]:.2f} -> {load_end[1]:.2f})")  # fmt: skip
     print(f"central on {backend} ({args.processes} process{'es' if args.processes > 1 else ''}), "
           f"{len(agents)} agents, heartbeat every {args.interval:g} s for {args.duration:g} s, "
           f"{args.connections} client connections, generator: {args.client}")  # fmt: skip
     header = (f"{'request':<22}{'count':>8}{'errors':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
-              f"{'max ms':>10}{'target':>22}")  # fmt: skip
+              f"{'max ms':>10}{'target':>24}")  # fmt: skip
     print(header)
     print("-" * len(header))
     hb = stats["heartbeat"]
@@ -453,26 +491,43 @@ def run_heartbeats(args: argparse.Namespace) -> bool:
         target = "p99 < 100 ms, 0 errors" if name == "heartbeat" else "(reference)"
         print(f"{name:<22}{len(ms) + s.errors:>8}{s.errors:>8}{_pct(ms, 0.5):>9.1f}"
               f"{_pct(ms, 0.9):>9.1f}{_pct(ms, 0.99):>9.1f}{max(ms, default=float('nan')):>10.1f}"
-              f"{target:>22}")  # fmt: skip
+              f"{target:>24}")  # fmt: skip
         if s.statuses:
             print(f"{'':<22}errors by status: {s.statuses}")
     if hb.service:
         svc = [x * 1000 for x in hb.service]
         print(f"{'  of which on the wire':<22}{len(svc):>8}{'':>8}{_pct(svc, 0.5):>9.1f}"
               f"{_pct(svc, 0.9):>9.1f}{_pct(svc, 0.99):>9.1f}{max(svc):>10.1f}"
-              f"{'(write -> response)':>22}")  # fmt: skip
+              f"{'(write -> response)':>24}")  # fmt: skip
     hb_ms = [x * 1000 for x in hb.latencies]
     ref_ms = [x * 1000 for x in stats["healthz (reference)"].latencies]
     offered = len(agents) / args.interval
     print(f"\nheartbeats: offered {offered:.1f}/s, completed {len(hb_ms) / wall:.1f}/s"
           + (f"; p50 heartbeat / p50 healthz = {statistics.median(hb_ms) / statistics.median(ref_ms):.2f}x"
              if hb_ms and ref_ms else ""))  # fmt: skip
+    if hb.due:  # agents start at random phases: no thundering herd at t=0
+        per_window = [0] * (int(max(hb.due) / 0.1) + 1)
+        for t in hb.due:
+            per_window[int(t / 0.1)] += 1
+        expected = offered * 0.1
+        print(f"arrival spread: due per 100 ms window mean {statistics.mean(per_window):.1f} "
+              f"(offered {expected:.1f}), max {max(per_window)} = {max(per_window) / expected:.2f}x, "
+              f"first second {sum(per_window[:10])} (offered {offered:.0f})")  # fmt: skip
     n = max(1, len(hb_ms) + hb.errors)
-    print(f"CPU over {wall:.0f} s (2 cores = 200%): central servers {srv:.1f} s "
-          f"({100 * srv / wall:.0f}%, {1000 * srv / n:.2f} ms/heartbeat), "
-          + (f"PostgreSQL {pg:.1f} s ({100 * pg / wall:.0f}%), " if args.postgres else "")
-          + f"load generator {gen:.1f} s ({100 * gen / wall:.0f}%, {1e6 * gen / n:.0f} µs/heartbeat); "
-          f"server RSS {rss / 2**20:.0f} MB"
+    print(f"CPU over {wall:.0f} s (2 cores = 200%), user+sys (sys) s, % of one core:")
+    for i, (user, system) in enumerate(per_server):
+        print(f"  central process {i + 1}: {user + system:6.1f} ({system:.1f}) "
+              f"{100 * (user + system) / wall:4.0f}%")  # fmt: skip
+    print(f"  central, all:       {srv:6.1f}       {100 * srv / wall:4.0f}%  "
+          f"{1000 * srv / n:.2f} ms/heartbeat (incl. /healthz)")  # fmt: skip
+    if args.postgres:
+        print(f"  PostgreSQL:         {pg:6.1f}       {100 * pg / wall:4.0f}%  "
+              f"{1000 * pg / n:.2f} ms/heartbeat")  # fmt: skip
+    print(f"  load generator:     {gen:6.1f} ({gen_sys:.1f}) {100 * gen / wall:4.0f}%  "
+          f"{1e6 * gen / n:.0f} µs/heartbeat")  # fmt: skip
+    other = machine - srv - pg - gen
+    print(f"  rest of the machine:{other:6.1f}       {100 * other / wall:4.0f}%  (other processes)")
+    print(f"server RSS {rss / 2**20:.0f} MB"
           + ("" if args.postgres else f", SQLite files {db_size / 2**20:.1f} MB"))  # fmt: skip
     ok = bool(hb_ms) and _pct(hb_ms, 0.99) < 100 and hb.errors == 0
     print(f"target p99 < 100 ms and 0 errors: {'met' if ok else 'NOT met'}")
@@ -594,6 +649,8 @@ def main() -> int:
                         help="client keep-alive connections in all (default: 32)")  # fmt: skip
     parser.add_argument("--processes", type=int, default=1, help="central processes sharing the database (default: 1)")
     parser.add_argument("--postgres", action="store_true", help="use a throw-away PostgreSQL cluster (default: SQLite)")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="seconds to wait after enrollment before measuring (default: 0)")  # fmt: skip
     parser.add_argument("--client", choices=["raw", "httpx"], default="raw",
                         help="heartbeat generator: raw asyncio HTTP/1.1 (default) or the previous httpx one")  # fmt: skip
     parser.add_argument("--uploads", type=int, default=1000, help="uploads per backend (default: 1000)")

@@ -27,7 +27,7 @@ from protocol.wire import (
     to_dict,
 )
 from service import commands, readers
-from service.context import AppContext, Ctx
+from service.context import AppContext, Ctx, get_context
 from service.errors import ObjectRejected, ObjectStoreUnavailable
 from service.objects_read import reported_uids
 from service.schemas import SchemaError, parse_body
@@ -185,26 +185,51 @@ async def enroll(request: Request, ctx: Ctx) -> Response:
     },
     openapi_extra=_json_request("Heartbeat"),
 )
-async def heartbeat(request: Request, ctx: Ctx) -> Response:
+async def heartbeat(request: Request) -> Response:
+    ctx = get_context(request)  # not a dependency: spares the hot path FastAPI's resolver
     try:
         raw = await _read_raw(request)
     except ObjectRejected as exc:
         return _problem(exc.status, exc.reason)
 
-    def record(auth: AgentAuth, hb: Heartbeat) -> HeartbeatAck:
-        server_time = ctx.store.record_heartbeat(auth, hb)
-        commands.record_report(ctx.store, auth.agent_id, hb.command_acks, hb.command_results)
-        pending = commands.pending_for(
-            ctx.store, auth.agent_id, auth.commands_pending, ctx.settings.command_ttl_s
-        )
-        return HeartbeatAck(ok=True, server_time=float(server_time), commands=pending)
+    response = await run_in_threadpool(_heartbeat, ctx, bearer_token(request), raw)
+    if response.status_code == 200:
+        ctx.counters.inc("heartbeats")
+    return response
 
-    error, ack = await run_in_threadpool(
-        _report, ctx, bearer_token(request), raw, Heartbeat, record
+
+#: Bodies up to this size are parsed before the token is checked, so a valid heartbeat
+#: costs one database statement (authentication is part of it); larger ones, which no
+#: agent sends, are authenticated first so an unknown client cannot make us parse them.
+PARSE_BEFORE_AUTH_MAX_BYTES = 64 * 1024
+
+
+def _heartbeat(ctx: AppContext, token: str | None, raw: bytes) -> Response:
+    """Authenticate, validate and record a heartbeat (in a worker thread)."""
+    store = ctx.store
+    if token is None or (
+        len(raw) > PARSE_BEFORE_AUTH_MAX_BYTES and store.authenticate_agent(token) is None
+    ):
+        ctx.counters.inc("auth_failures")
+        return _unauthorized()
+    try:
+        hb: Heartbeat = _parse(raw, Heartbeat)
+    except ObjectRejected as exc:
+        if store.authenticate_agent(token) is None:  # an unknown token hears 401 first
+            ctx.counters.inc("auth_failures")
+            return _unauthorized()
+        return _problem(exc.status, exc.reason)
+    recorded = store.record_heartbeat(token, hb)
+    if recorded is None:  # nothing was written: tell a bad token from a wrong agent_id
+        if store.authenticate_agent(token) is None:
+            ctx.counters.inc("auth_failures")
+            return _unauthorized()
+        return _problem(403, "agent_id does not match the token")
+    commands.record_report(store, recorded.agent_id, hb.command_acks, hb.command_results)
+    pending = commands.pending_for(
+        store, recorded.agent_id, recorded.commands_pending, ctx.settings.command_ttl_s
     )
-    if error is not None:
-        return error
-    ctx.counters.inc("heartbeats")
+    ack = HeartbeatAck(ok=True, server_time=float(recorded.server_time), commands=pending)
     return JSONResponse(to_dict(ack))
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from protocol.wire import EnrollRequest, Heartbeat, to_dict
 from service import security, tables
@@ -15,14 +17,9 @@ from service.store_base import StoreBase, _float, _int, clean_text
 
 @dataclass(frozen=True)
 class AgentAuth:
-    """An authenticated agent and the spool state the next heartbeat compares against."""
+    """An authenticated (enrolled, unrevoked) agent."""
 
     agent_id: str
-    spool_depth: int | None
-    spool_trend_since: float | None
-    spool_trend_depth: int | None
-    commands_pending: bool = False
-    last_seen_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -68,26 +65,94 @@ class EnrollmentTokenRow:
 
 
 
+@dataclass(frozen=True)
+class HeartbeatRecorded:
+    """What storing a heartbeat tells the handler: whose it was, and whether to look for commands."""
+
+    agent_id: str
+    server_time: float
+    commands_pending: bool
+
+
+_STATUS_COLUMNS = ("host", "os", "version", "last_seen_at", "uptime_s", "spool_depth",
+                   "spool_bytes", "oldest_item_age_s", "intake_paused", "paused_destinations",
+                   "last_error", "status_json", "name")  # fmt: skip
+
+
 def _heartbeat_update() -> sa.Update:
-    """The per-heartbeat UPDATE, built once: the hot path skips statement construction."""
+    """The per-heartbeat UPDATE, built once (the hot path skips statement construction).
+
+    It authenticates too: only the unrevoked agent holding both the token (by hash) and the
+    heartbeat's ``agent_id`` matches, so a revocation takes effect on the very next
+    heartbeat. The spool trend is decided from the row's previous values inside the
+    statement (the right-hand sides of ``SET`` read the old row), so no read precedes it.
+    """
     a = tables.agents
-    columns = ("host", "os", "version", "last_seen_at", "uptime_s", "spool_depth",
-               "spool_bytes", "oldest_item_age_s", "intake_paused", "paused_destinations",
-               "last_error", "spool_trend_since", "spool_trend_depth", "status_json", "name")  # fmt: skip
-    values: dict[str, Any] = {c: sa.bindparam(f"b_{c}") for c in columns}
+    b = sa.bindparam
+    values: dict[str, Any] = {c: b(f"b_{c}", type_=a.c[c].type) for c in _STATUS_COLUMNS}
+    depth = b("b_spool_depth", type_=a.c.spool_depth.type)
+    # the spool shrank or emptied (or there is no trend yet): a new trend starts now
+    restart = sa.or_(
+        a.c.spool_depth.is_(None), a.c.spool_trend_since.is_(None), depth == 0,
+        depth < a.c.spool_depth,
+    )  # fmt: skip
+    values["spool_trend_since"] = sa.case((restart, values["last_seen_at"]), else_=a.c.spool_trend_since)
+    values["spool_trend_depth"] = sa.case((restart, depth), else_=a.c.spool_trend_depth)
     values["heartbeats"] = a.c.heartbeats + 1
-    return a.update().where(a.c.agent_id == sa.bindparam("b_agent_id")).values(**values)
+    return (
+        a.update()
+        .where(
+            a.c.token_hash == b("b_token_hash"),
+            a.c.revoked_at.is_(None),
+            a.c.agent_id == b("b_agent_id"),
+        )
+        .values(**values)
+        .returning(a.c.agent_id, a.c.commands_pending)
+    )
+
+
+def _sample_insert(dialect: Any, source: Any = None) -> Any:
+    """The backlog sample of this heartbeat's bucket (the first heartbeat in it wins)."""
+    s = tables.agent_samples
+    b = sa.bindparam
+    cols = ["agent_id", "bucket", "spool_depth", "oldest_item_age_s"]
+    bucket = b("b_bucket", type_=s.c.bucket.type)
+    depth = b("b_spool_depth", type_=s.c.spool_depth.type)
+    age = b("b_oldest_item_age_s", type_=s.c.oldest_item_age_s.type)
+    if source is None:
+        stmt = dialect.insert(s).values(agent_id=b("b_agent_id"), bucket=bucket, spool_depth=depth,
+                                        oldest_item_age_s=age)  # fmt: skip
+    else:
+        stmt = dialect.insert(s).from_select(cols, sa.select(source.c.agent_id, bucket, depth, age))
+    return stmt.on_conflict_do_nothing()
 
 
 _HEARTBEAT_UPDATE = _heartbeat_update()
-_AUTH_AGENT = sa.select(
-    tables.agents.c.agent_id,
-    tables.agents.c.spool_depth,
-    tables.agents.c.spool_trend_since,
-    tables.agents.c.spool_trend_depth,
-    tables.agents.c.commands_pending,
-    tables.agents.c.last_seen_at,
-).where(
+#: PostgreSQL: authenticate, update and sample in one statement (one round trip, autocommit)
+_HEARTBEAT_PG = (lambda u: sa.select(u.c.agent_id, u.c.commands_pending).add_cte(
+    _sample_insert(postgresql, u).cte("sf_sample")))(_HEARTBEAT_UPDATE.cte("sf_hb"))  # fmt: skip
+_SAMPLE_SQLITE = _sample_insert(sqlite)
+_DriverSQL = tuple[str, dict[str, Any], dict[str, Callable[[Any], Any]]]
+_DRIVER_SQL: dict[str, _DriverSQL | None] = {}
+
+
+def _driver_sql(dialect: sa.Dialect) -> _DriverSQL | None:
+    """``_HEARTBEAT_PG`` compiled once for the driver: (SQL, literal parameters, parameter
+    converters), or None for a driver other than psycopg (then it goes through SQLAlchemy)."""
+    key = f"{dialect.name}+{dialect.driver}"
+    if key not in _DRIVER_SQL:
+        compiled = _HEARTBEAT_PG.compile(dialect=dialect)
+        literals = {k: v for k, v in compiled.params.items() if v is not None}
+        processors = compiled._bind_processors  # e.g. Boolean's strict check
+        converters: dict[str, Callable[[Any], Any]] = {
+            k: p for k, p in processors.items() if callable(p)
+        }
+        usable = dialect.driver == "psycopg" and len(converters) == len(processors)
+        _DRIVER_SQL[key] = (compiled.string, literals, converters) if usable else None
+    return _DRIVER_SQL[key]
+
+
+_AUTH_AGENT = sa.select(tables.agents.c.agent_id).where(
     tables.agents.c.token_hash == sa.bindparam("b_token_hash"),
     tables.agents.c.revoked_at.is_(None),
 )
@@ -190,9 +255,7 @@ class AgentsStore(StoreBase):
     def authenticate_agent(self, token: str) -> AgentAuth | None:
         with self._read() as conn:
             row = conn.execute(_AUTH_AGENT, {"b_token_hash": security.token_hash(token)}).first()
-        if row is None:
-            return None
-        return AgentAuth(row[0], row[1], row[2], row[3], bool(row[4]), row[5])
+        return AgentAuth(row[0]) if row is not None else None
 
     def revoke_agent(self, agent_id: str) -> bool:
         a = tables.agents
@@ -207,13 +270,15 @@ class AgentsStore(StoreBase):
 
     # -- agent reports ------------------------------------------------------------------
 
-    def record_heartbeat(self, auth: AgentAuth, hb: Heartbeat) -> float:
-        """Store ``hb`` as the agent's current status; returns the server time used."""
+    def record_heartbeat(self, token: str, hb: Heartbeat) -> HeartbeatRecorded | None:
+        """Store ``hb`` as the current status of the agent holding ``token``.
+
+        None when no unrevoked agent has both this token and ``hb.agent_id`` (nothing is
+        written; the caller tells 401 from 403 with :meth:`authenticate_agent`). On
+        PostgreSQL this is one autocommitted statement; on SQLite one write transaction.
+        """
         now = self._clock()
         depth = _int(hb.spool_depth)
-        since, start = auth.spool_trend_since, auth.spool_trend_depth
-        if auth.spool_depth is None or since is None or depth == 0 or depth < auth.spool_depth:
-            since, start = now, depth  # the spool shrank or emptied: a new trend starts
         paused = [clean_text(d.name, 64) or "" for d in hb.destinations if d.paused is True]
         errors = [
             (
@@ -228,40 +293,52 @@ class AgentsStore(StoreBase):
         if errors:
             _, name, message = max(errors, key=lambda e: e[0])
             last_error = clean_text(f"{name}: {message}", 1100)
-        with self._write() as conn:
-            conn.execute(
-                _HEARTBEAT_UPDATE,
-                {
-                    "b_agent_id": auth.agent_id,
-                    "b_host": clean_text(hb.host, 256),
-                    "b_os": clean_text(hb.os, 256),
-                    "b_version": clean_text(hb.version, 256),
-                    "b_last_seen_at": now,
-                    "b_uptime_s": _float(hb.uptime_s),
-                    "b_spool_depth": depth,
-                    "b_spool_bytes": _int(hb.spool_bytes),
-                    "b_oldest_item_age_s": _float(hb.oldest_item_age_s),
-                    "b_intake_paused": hb.intake_paused is True,
-                    "b_paused_destinations": ",".join(paused),
-                    "b_last_error": last_error,
-                    "b_spool_trend_since": since,
-                    "b_spool_trend_depth": start,
-                    "b_status_json": json.dumps(to_dict(hb), ensure_ascii=True),
-                    "b_name": clean_text(hb.name, 128) or None,
-                },
-            )
-            bucket = int(now // tables.SAMPLE_PERIOD_S)
-            last = auth.last_seen_at
-            if last is None or int(last // tables.SAMPLE_PERIOD_S) != bucket:
-                # the first heartbeat of the bucket: one backlog sample (others skip the write)
-                sample = self._insert(tables.agent_samples).values(
-                    agent_id=auth.agent_id,
-                    bucket=bucket,
-                    spool_depth=depth,
-                    oldest_item_age_s=_float(hb.oldest_item_age_s),
-                )
-                conn.execute(sample.on_conflict_do_nothing())
-        return now
+        params = {
+            "b_token_hash": security.token_hash(token),
+            "b_agent_id": hb.agent_id,
+            "b_host": clean_text(hb.host, 256),
+            "b_os": clean_text(hb.os, 256),
+            "b_version": clean_text(hb.version, 256),
+            "b_last_seen_at": now,
+            "b_uptime_s": _float(hb.uptime_s),
+            "b_spool_depth": depth,
+            "b_spool_bytes": _int(hb.spool_bytes),
+            "b_oldest_item_age_s": _float(hb.oldest_item_age_s),
+            "b_intake_paused": hb.intake_paused is True,
+            "b_paused_destinations": ",".join(paused),
+            "b_last_error": last_error,
+            "b_status_json": json.dumps(to_dict(hb), ensure_ascii=True),
+            "b_name": clean_text(hb.name, 128) or None,
+            "b_bucket": int(now // tables.SAMPLE_PERIOD_S),
+        }
+        if self.dialect == "postgresql":
+            compiled = _driver_sql(self.engine.dialect)
+            with self._autocommit() as conn:
+                if compiled is None:
+                    row = conn.execute(_HEARTBEAT_PG, params).first()
+                else:  # straight to psycopg: the statement is compiled once, not per call
+                    sql, literals, converters = compiled
+                    for name, convert in converters.items():
+                        params[name] = convert(params[name])
+                    driver: Any = conn.connection.dbapi_connection
+                    try:
+                        cursor = driver.cursor()
+                        try:
+                            cursor.execute(sql, {**literals, **params})
+                            row = cursor.fetchone()
+                        finally:
+                            cursor.close()
+                    except Exception:
+                        conn.invalidate()  # a failed or dropped connection is not pooled again
+                        raise
+        else:
+            with self._write() as conn:
+                row = conn.execute(_HEARTBEAT_UPDATE, params).first()
+                if row is not None:
+                    conn.execute(_SAMPLE_SQLITE, params)
+        if row is None:
+            return None
+        return HeartbeatRecorded(row[0], now, bool(row[1]))
 
     def set_agent_label(self, agent_id: str, label: str, site: str) -> bool:
         a = tables.agents

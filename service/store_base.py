@@ -54,7 +54,8 @@ def _float(value: float | int | None) -> float | None:
 IDLE_PING_AFTER_S = 5.0
 
 
-def make_engine(url: str) -> sa.Engine:
+def make_engine(url: str, *, autocommit: bool = False) -> sa.Engine:
+    """An engine for ``url``; ``autocommit`` (PostgreSQL): every statement commits itself."""
     if url.startswith("sqlite"):
         database = sa.engine.make_url(url).database
         if database and database != ":memory:":
@@ -78,7 +79,8 @@ def make_engine(url: str) -> sa.Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
-    engine = sa.create_engine(url, pool_size=8, max_overflow=8)
+    extra: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+    engine = sa.create_engine(url, pool_size=8, max_overflow=8, **extra)
 
     # Pessimistic disconnect handling, but only for connections idle a while: a ping on
     # every checkout cost a round trip per transaction (0.8 ms CPU of a heartbeat's 3.7 ms
@@ -112,11 +114,30 @@ class StoreBase:
         self._write_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
         )
+        # PostgreSQL: a second pool whose connections autocommit, for hot paths that are one
+        # statement (a heartbeat): no BEGIN/COMMIT round trips around it. Opened on first use.
+        self._url = url
+        self._autocommit_engine: sa.Engine | None = None
+        self._autocommit_lock = threading.Lock()
 
     # -- plumbing -----------------------------------------------------------------------
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._autocommit_engine is not None:
+            self._autocommit_engine.dispose()
+
+    @contextlib.contextmanager
+    def _autocommit(self) -> Iterator[sa.Connection]:
+        """A connection whose every statement is its own transaction (PostgreSQL only)."""
+        engine = self._autocommit_engine
+        if engine is None:
+            with self._autocommit_lock:
+                if self._autocommit_engine is None:
+                    self._autocommit_engine = make_engine(self._url, autocommit=True)
+                engine = self._autocommit_engine
+        with engine.connect() as conn:
+            yield conn
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sa.Connection]:

@@ -20,7 +20,15 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from cipher.pseudonym import PseudonymSecret
-from protocol.wire import Ack, EnrollResponse, HeartbeatAck, ObjectReceipt, to_dict
+from protocol.wire import (
+    Ack,
+    EnrollRequest,
+    EnrollResponse,
+    Heartbeat,
+    HeartbeatAck,
+    ObjectReceipt,
+    to_dict,
+)
 from service import dashboard, status, tables
 from service.app import create_app
 from service.settings import Settings
@@ -664,5 +672,143 @@ def test_a_dropped_postgresql_connection_is_replaced_before_use(postgres_server,
         monkeypatch.setattr(store_base, "IDLE_PING_AFTER_S", 0.0)
         store.ping()  # pinged at checkout, replaced, then used: no error reaches the caller
         assert store.list_agents() == []
+    finally:
+        store.close()
+
+
+# -- the heartbeat hot path: one statement that authenticates and records -----------------
+
+
+def _agent_row(store: Store, agent_id: str) -> tuple[Any, ...]:
+    a = tables.agents
+    with store.engine.connect() as conn:
+        return tuple(
+            conn.execute(
+                sa.select(a.c.heartbeats, a.c.last_seen_at, a.c.spool_depth, a.c.host).where(
+                    a.c.agent_id == agent_id
+                )
+            ).one()
+        )
+
+
+def test_revoking_an_agent_refuses_its_very_next_heartbeat(client, store, clock):
+    """No cached authentication: a revocation (from any process) holds on the next heartbeat."""
+    a = enroll(client, store)
+    ok = client.post("/api/v1/heartbeat", json=heartbeat(a.agent_id), headers=bearer(a.agent_token))
+    assert ok.status_code == 200
+    before = _agent_row(store, a.agent_id)
+    # revoked through a second store (as another central process or the CLI would do)
+    other = Store(store.engine.url.render_as_string(hide_password=False))
+    try:
+        assert other.revoke_agent(a.agent_id)
+    finally:
+        other.close()
+    clock.now += 30
+    body = heartbeat(a.agent_id, spool_depth=4, host="changed")
+    r = client.post("/api/v1/heartbeat", json=body, headers=bearer(a.agent_token))
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert _agent_row(store, a.agent_id) == before  # nothing of the refused heartbeat was stored
+
+
+def test_a_heartbeat_for_another_agent_is_refused_and_writes_nothing(client, store, clock):
+    a = enroll(client, store, "host-a")
+    b = enroll(client, store, "host-b")
+    client.post("/api/v1/heartbeat", json=heartbeat(b.agent_id, host="host-b"), headers=bearer(b.agent_token))
+    before = _agent_row(store, b.agent_id), _agent_row(store, a.agent_id)
+    clock.now += 30
+    r = client.post("/api/v1/heartbeat", json=heartbeat(b.agent_id, host="evil", spool_depth=9),
+                    headers=bearer(a.agent_token))  # fmt: skip
+    assert r.status_code == 403
+    assert (_agent_row(store, b.agent_id), _agent_row(store, a.agent_id)) == before
+
+
+def test_an_unknown_token_hears_401_before_any_complaint_about_the_body(client, store, monkeypatch):
+    from service import api
+
+    a = enroll(client, store)
+    headers = {**bearer("sfa_" + "0" * 43), "Content-Type": "application/json"}
+    r = client.post("/api/v1/heartbeat", content=b"not json", headers=headers)
+    assert r.status_code == 401  # small body: parsed first, but the token decides the answer
+    parsed: list[int] = []
+    real_parse = api._parse
+
+    def counting_parse(raw: bytes, message: type[Any]) -> Any:
+        parsed.append(len(raw))
+        return real_parse(raw, message)
+
+    monkeypatch.setattr(api, "_parse", counting_parse)
+    big = json.dumps(heartbeat(a.agent_id, host="x" * 100, padding="y" * (api.PARSE_BEFORE_AUTH_MAX_BYTES + 1)))
+    r = client.post("/api/v1/heartbeat", content=big.encode(), headers=headers)
+    assert r.status_code == 401 and parsed == []  # a large body from a stranger is never parsed
+    r = client.post("/api/v1/heartbeat", content=big.encode(),
+                    headers={**bearer(a.agent_token), "Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 200 and parsed == [len(big)]  # the agent's own token: accepted
+
+
+def test_heartbeat_counts_trend_and_one_backlog_sample_per_bucket(client, store, clock):
+    """What the single UPDATE decides in SQL: counter, spool trend from the old row, samples."""
+    a = enroll(client, store)
+    clock.now = 1_800_000_000.0 + 5  # 5 s into a SAMPLE_PERIOD_S bucket
+    depths = [0, 3, 5, 2, 6]
+    for i, depth in enumerate(depths):
+        r = client.post("/api/v1/heartbeat", json=heartbeat(a.agent_id, spool_depth=depth),
+                        headers=bearer(a.agent_token))  # fmt: skip
+        assert r.status_code == 200
+        if i < len(depths) - 1:
+            clock.now += 30
+    row = store.get_agent(a.agent_id)
+    assert row is not None and row.heartbeats == len(depths) and row.spool_depth == 6
+    # 5 -> 2 shrank: the trend restarted at the 4th heartbeat with depth 2
+    assert row.spool_trend_depth == 2 and row.spool_trend_since == 1_800_000_000.0 + 5 + 3 * 30
+    s = tables.agent_samples
+    with store.engine.connect() as conn:
+        samples = conn.execute(sa.select(s.c.bucket, s.c.spool_depth).where(s.c.agent_id == a.agent_id)).all()
+    assert samples == [(1_800_000_000 // tables.SAMPLE_PERIOD_S, 0)]  # the bucket's first heartbeat
+    clock.now += tables.SAMPLE_PERIOD_S
+    client.post("/api/v1/heartbeat", json=heartbeat(a.agent_id, spool_depth=1), headers=bearer(a.agent_token))
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(s)).scalar() == 2
+
+
+@pytest.mark.peer
+def test_a_dropped_connection_under_the_heartbeat_path_is_not_reused(postgres_server, monkeypatch):
+    """The autocommit pool of the hot path pings idle connections and drops failed ones."""
+    from service import store_agents, store_base
+
+    url = _new_pg_database(postgres_server)
+    store = Store(Settings(data_dir=Path("/nonexistent"), db_url=url).database_url)
+    try:
+        store.create_schema()
+        # the statement goes straight to psycopg, compiled once (not a silent fallback)
+        compiled = store_agents._driver_sql(store.engine.dialect)
+        assert compiled is not None and compiled is store_agents._driver_sql(store.engine.dialect)
+        _id, enroll_token = store.mint_enrollment_token(3600)
+        enrolled = store.enroll(enroll_token, EnrollRequest(host="h", os="Linux", version="1"))
+        assert enrolled is not None
+        agent_id, token = enrolled
+        hb = Heartbeat.from_dict(heartbeat(agent_id))
+
+        def kill_backends() -> None:
+            admin = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"),
+                                     isolation_level="AUTOCOMMIT")  # fmt: skip
+            with admin.connect() as conn:
+                conn.exec_driver_sql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            admin.dispose()
+
+        assert store.record_heartbeat(token, hb) is not None
+        kill_backends()
+        monkeypatch.setattr(store_base, "IDLE_PING_AFTER_S", 0.0)
+        assert store.record_heartbeat(token, hb) is not None  # pinged, replaced, used
+        monkeypatch.setattr(store_base, "IDLE_PING_AFTER_S", 3600.0)
+        kill_backends()
+        with pytest.raises(Exception):  # noqa: B017 - whatever the driver raises for a dead socket
+            store.record_heartbeat(token, hb)
+        recorded = store.record_heartbeat(token, hb)  # the dead connection was not pooled again
+        assert recorded is not None and recorded.agent_id == agent_id
+        monkeypatch.setattr(store_base, "IDLE_PING_AFTER_S", 0.0)  # the other pool's are dead too
+        assert store.get_agent(agent_id).heartbeats == 3  # type: ignore[union-attr]
     finally:
         store.close()

@@ -260,6 +260,24 @@ def test_fleet_dashboard_in_chromium(fleet, tmp_path, capsys):
             verdict = page.locator("#lookup-result .verdict").inner_text()
             assert "Protected by CT 2 console" in verdict and "Acknowledged by: pacs" in verdict
             assert ACCESSION not in page.url
+            # the per-destination table and the sightings fit the phone: no cell past the
+            # right edge, no sideways scrolling inside their wrappers either
+            for table in ("table.deliveries", "#sightings"):
+                fit = page.evaluate(
+                    """(table) => {
+                      const vw = document.documentElement.clientWidth;
+                      const cells = [...document.querySelectorAll(
+                        `#lookup-result ${table} th, #lookup-result ${table} td`)];
+                      const wrap = document.querySelector(`#lookup-result ${table}`).parentElement;
+                      return {cells: cells.length, vw: vw,
+                              right: Math.max(...cells.map(c => c.getBoundingClientRect().right)),
+                              hidden: wrap.scrollWidth - wrap.clientWidth};
+                    }""",
+                    table,
+                )
+                assert fit["cells"] >= 5 and fit["right"] <= fit["vw"] and fit["hidden"] <= 0, (table, fit)
+            pacs = page.locator('#lookup-result table.deliveries tr[data-destination="pacs"]')
+            assert "pacs" in pacs.inner_text() and pacs.is_visible()
             page.screenshot(path=str(shots / "5-lookup-360-dark.png"), full_page=True)
             assert "Enrollment tokens" not in page.locator("header").inner_text()
             context.close()
