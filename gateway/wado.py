@@ -10,7 +10,7 @@ entry says why) and answered 409 when asked for alone, never served as noise.
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from concurrent.futures import Future
 from typing import BinaryIO, overload
 
@@ -338,8 +338,14 @@ def retrieve_instance(study: str, series: str, sop: str, request: Request) -> Re
 
         return StreamingResponse(body(), media_type=ctype, headers=headers)
     gw.index.record([item], only_new=True)
-    pieces = [*part_pieces(boundary, "application/dicom", item.pieces), closing(boundary)]
-    return StreamingResponse(iter(pieces), media_type=ctype,
+    pieces = _merged([*part_pieces(boundary, "application/dicom", item.pieces),
+                      closing(boundary)])  # fmt: skip
+
+    async def whole() -> AsyncIterator[Piece]:  # in memory: no worker-thread hop per piece
+        for piece in pieces:
+            yield piece
+
+    return StreamingResponse(whole(), media_type=ctype,
                              headers={"Content-Length": str(sum(len(p) for p in pieces))})
 
 
