@@ -166,7 +166,7 @@ def _start_gateway(work: Path, upstream: str, identity: str,
     env = {**os.environ, "PYTHONPATH": str(REPO), "SCANFORT_GATEWAY_PASSWORD": PASSWORD}
     subprocess.run([sys.executable, "-m", "scanfort", "gateway", "init", "--data-dir",
                     str(work / "gw"), "--identity", str(work / "site.key"), "--upstream", upstream],
-                   check=True, env=env, capture_output=True)  # fmt: skip
+                   check=True, env=env, capture_output=True, cwd=REPO)  # fmt: skip
     if timeout_s:  # a very large instance: the archive may take long to start answering
         toml = work / "gw" / "gateway.toml"
         toml.write_text(re.sub(r"(?m)^upstream_timeout_s = .*$",
@@ -174,7 +174,7 @@ def _start_gateway(work: Path, upstream: str, identity: str,
     port = peers.free_port()
     proc = subprocess.Popen([sys.executable, "-m", "scanfort", "gateway", "run", "--data-dir",
                              str(work / "gw"), "--port", str(port), "--log-level", "warning"],
-                            env=env)  # fmt: skip
+                            env=env, cwd=REPO)  # fmt: skip
     peers.wait_for_port(port, proc)
     return proc, port
 
@@ -270,11 +270,11 @@ def main() -> int:
             subprocess.run([sys.executable, "-m", "scanfort", "gateway", "init", "--data-dir",
                             str(work / "gw"), "--identity", str(work / "site.key"),
                             "--upstream", orthanc.dicomweb_url],
-                           check=True, env=env, capture_output=True)  # fmt: skip
+                           check=True, env=env, capture_output=True, cwd=REPO)  # fmt: skip
             port = peers.free_port()
             proc = subprocess.Popen([sys.executable, "-m", "scanfort", "gateway", "run",
                                      "--data-dir", str(work / "gw"), "--port", str(port),
-                                     "--log-level", "warning"], env=env)  # fmt: skip
+                                     "--log-level", "warning"], env=env, cwd=REPO)  # fmt: skip
             try:
                 peers.wait_for_port(port, proc)
                 gw_url = f"http://127.0.0.1:{port}"
