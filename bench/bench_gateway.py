@@ -26,6 +26,7 @@ import argparse
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -58,6 +59,23 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot (all cores)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])
+    return (total - idle) / _TICK, total / _TICK
+
+
 class Target:
     def __init__(self, name: str, root: str, auth: tuple[str, str] | None,
                  before: Callable[[], None]) -> None:  # fmt: skip
@@ -78,19 +96,37 @@ class Target:
         return r.content
 
 
-def series_retrieve(t: Target, study: str, series: str, count: int,
-                    scratch: Path) -> tuple[float, int]:  # fmt: skip
+#: CPU seconds per GB of a series retrieve: (target name, process) -> samples
+CPU: dict[tuple[str, str], list[float]] = {}
+
+
+def series_retrieve(t: Target, study: str, series: str, count: int, scratch: Path,
+                    pids: dict[str, int]) -> tuple[float, int]:  # fmt: skip
     """One series retrieve read by curl (a native client, as a browser is: the Python client
-    decodes chunked transfer encoding several times slower than it reads a sized body)."""
+    decodes chunked transfer encoding several times slower than it reads a sized body).
+    Records the CPU seconds per GB of the servers in ``pids``, of curl and of the machine."""
     t.before()
     out = scratch / "series.bin"
+    before = {name: cpu_s(pid) for name, pid in pids.items()}
+    child = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0, total0 = machine_cpu()
     auth = ["-u", f"{t.auth[0]}:{t.auth[1]}"] if t.auth else []
     done = subprocess.run(
         ["curl", "-sS", "--fail", "-o", str(out), "-w", "%{size_download} %{time_total}",
          "-H", f"Accept: {DICOM}", *auth, f"{t.root}/studies/{study}/series/{series}"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
+    busy1, total1 = machine_cpu()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     size, secs = done.stdout.split()
+    gb = int(size) / 1e9
+    for name, pid in pids.items():
+        CPU.setdefault((t.name, name), []).append((cpu_s(pid) - before[name]) / gb)
+    curl = after.ru_utime + after.ru_stime - child.ru_utime - child.ru_stime
+    CPU.setdefault((t.name, "curl"), []).append(curl / gb)
+    CPU.setdefault((t.name, "machine busy"), []).append((busy1 - busy0) / gb)
+    CPU.setdefault((t.name, "machine busy %"), []).append(
+        100 * (busy1 - busy0) / max(1e-9, total1 - total0))
     parts = out.read_bytes().count(b"\r\nContent-Type: application/dicom")
     out.unlink()
     if parts != count:
@@ -130,7 +166,7 @@ def _start_gateway(work: Path, upstream: str, identity: str,
     env = {**os.environ, "PYTHONPATH": str(REPO), "SCANFORT_GATEWAY_PASSWORD": PASSWORD}
     subprocess.run([sys.executable, "-m", "scanfort", "gateway", "init", "--data-dir",
                     str(work / "gw"), "--identity", str(work / "site.key"), "--upstream", upstream],
-                   check=True, env=env, capture_output=True)  # fmt: skip
+                   check=True, env=env, capture_output=True, cwd=REPO)  # fmt: skip
     if timeout_s:  # a very large instance: the archive may take long to start answering
         toml = work / "gw" / "gateway.toml"
         toml.write_text(re.sub(r"(?m)^upstream_timeout_s = .*$",
@@ -138,7 +174,7 @@ def _start_gateway(work: Path, upstream: str, identity: str,
     port = peers.free_port()
     proc = subprocess.Popen([sys.executable, "-m", "scanfort", "gateway", "run", "--data-dir",
                              str(work / "gw"), "--port", str(port), "--log-level", "warning"],
-                            env=env)  # fmt: skip
+                            env=env, cwd=REPO)  # fmt: skip
     peers.wait_for_port(port, proc)
     return proc, port
 
@@ -207,11 +243,14 @@ def main() -> int:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--series-only", action="store_true",
+                        help="only the series retrieve (quicker, for comparing changes)")
     parser.add_argument("--multiframe-mb", type=int, default=0, metavar="MB",
                         help="instead: peak RSS of retrieving one multi-frame of this size")
     args = parser.parse_args()
     if args.multiframe_mb:
         return multiframe_memory(args.multiframe_mb)
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     identity, recipient = keys.generate_identity()
     patient = data.Patient("BENCH-1", "BENCH^CT", "ACCB1", "20240101")
     t0 = time.perf_counter()
@@ -231,11 +270,11 @@ def main() -> int:
             subprocess.run([sys.executable, "-m", "scanfort", "gateway", "init", "--data-dir",
                             str(work / "gw"), "--identity", str(work / "site.key"),
                             "--upstream", orthanc.dicomweb_url],
-                           check=True, env=env, capture_output=True)  # fmt: skip
+                           check=True, env=env, capture_output=True, cwd=REPO)  # fmt: skip
             port = peers.free_port()
             proc = subprocess.Popen([sys.executable, "-m", "scanfort", "gateway", "run",
                                      "--data-dir", str(work / "gw"), "--port", str(port),
-                                     "--log-level", "warning"], env=env)  # fmt: skip
+                                     "--log-level", "warning"], env=env, cwd=REPO)  # fmt: skip
             try:
                 peers.wait_for_port(port, proc)
                 gw_url = f"http://127.0.0.1:{port}"
@@ -244,6 +283,7 @@ def main() -> int:
                 def clear() -> None:
                     requests.post(gw_url + "/admin/cache/clear", auth=auth, timeout=30)
 
+                pids = {"Orthanc": orthanc.process.pid, "gateway": proc.pid}
                 orthanc_t = Target("Orthanc", orthanc.dicomweb_url, None, lambda: None)
                 gateway_t = Target("gateway", gw_url + "/dicom-web", auth, clear)
                 start = time.perf_counter()
@@ -257,8 +297,11 @@ def main() -> int:
                 }
                 for _ in range(args.repeats):
                     for t in (orthanc_t, gateway_t):  # interleaved
-                        secs, size = series_retrieve(t, study, series_uid, len(sops), work)
+                        secs, size = series_retrieve(t, study, series_uid, len(sops), work,
+                                                     pids)  # fmt: skip
                         results[t.name]["series"].append(size / 1e6 / secs)
+                        if args.series_only:
+                            continue
                         secs, size = instance_retrieve(t, study, series_uid, sops)
                         results[t.name]["instances"].append(size / 1e6 / secs)
                         first, last = viewer_flow(t, study, series_uid, sops)
@@ -270,26 +313,46 @@ def main() -> int:
             finally:
                 proc.terminate()
                 proc.wait(10)
-    med = {n: {k: statistics.median(v) for k, v in r.items()} for n, r in results.items()}
+    med = {n: {k: statistics.median(v) if v else float("nan") for k, v in r.items()}
+           for n, r in results.items()}  # fmt: skip
     o, g = med["Orthanc"], med["gateway"]
+    ratios = [gs / os_ for gs, os_ in zip(results["gateway"]["series"],
+                                          results["Orthanc"]["series"], strict=True)]
     print(f"CPU: {cpu_model()} ({os.cpu_count()} cores); kernel {platform.release()}; "
-          f"Python {platform.python_version()}")  # fmt: skip
+          f"Python {platform.python_version()}; load average at start {load}")  # fmt: skip
     print(f"series: {args.slices} slices {args.size}x{args.size} 16-bit, {dicom_mb:.1f} MB "
           f"protected (built and protected in {prep:.1f} s); medians of {args.repeats} "
           "interleaved repeats; client, Orthanc and gateway on the same machine")  # fmt: skip
     print(f"first search (index of the study built: {args.slices} instances decrypted): "
           f"{index_s:.2f} s; gateway peak RSS {rss_kb / 1024:.0f} MB")  # fmt: skip
+    print("series retrieve per repeat, MB/s: Orthanc "
+          + " ".join(f"{v:.0f}" for v in results["Orthanc"]["series"]) + "; gateway "
+          + " ".join(f"{v:.0f}" for v in results["gateway"]["series"]) + "; ratio "
+          + " ".join(f"{v:.2f}" for v in ratios))  # fmt: skip
     print()
-    print("| measure | Orthanc (protected bytes) | gateway (decrypted) | gateway / Orthanc |")
-    print("|---|---|---|---|")
+    print("| measure | Orthanc (protected bytes) | gateway (decrypted) | gateway / Orthanc "
+          "| target |")  # fmt: skip
+    print("|---|---|---|---|---|")
     print(f"| series retrieve, MB/s | {o['series']:.1f} | {g['series']:.1f} | "
-          f"{g['series'] / o['series']:.2f}x |")  # fmt: skip
-    print(f"| instance retrieve (4 threads), MB/s | {o['instances']:.1f} | {g['instances']:.1f} | "
-          f"{g['instances'] / o['instances']:.2f}x |")  # fmt: skip
-    print(f"| viewer flow: first frame, s | {o['first']:.3f} | {g['first']:.3f} | "
-          f"{g['first'] / o['first']:.2f}x |")  # fmt: skip
-    print(f"| viewer flow: last frame, s | {o['last']:.2f} | {g['last']:.2f} | "
-          f"{g['last'] / o['last']:.2f}x |")  # fmt: skip
+          f"{g['series'] / o['series']:.2f}x (per repeat: median {statistics.median(ratios):.2f}x,"
+          f" min {min(ratios):.2f}x) | >= 0.5x |")  # fmt: skip
+    if not args.series_only:
+        print(f"| instance retrieve (4 threads), MB/s | {o['instances']:.1f} | "
+              f"{g['instances']:.1f} | {g['instances'] / o['instances']:.2f}x | >= 0.5x |")
+        print(f"| viewer flow: first frame, s | {o['first']:.3f} | {g['first']:.3f} | "
+              f"{g['first'] / o['first']:.2f}x | < 1 s |")  # fmt: skip
+        print(f"| viewer flow: last frame, s | {o['last']:.2f} | {g['last']:.2f} | "
+              f"{g['last'] / o['last']:.2f}x | |")  # fmt: skip
+    print()
+    print("CPU seconds per GB delivered during the series retrieve (medians; 2 cores give "
+          "at most 2 s of CPU per second):")  # fmt: skip
+    print("| serving | Orthanc process | gateway process | curl | whole machine | "
+          "machine busy |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for name in ("Orthanc", "gateway"):
+        c = {k: statistics.median(v) for (n, k), v in CPU.items() if n == name}
+        print(f"| {name} | {c['Orthanc']:.2f} | {c['gateway']:.2f} | {c['curl']:.2f} | "
+              f"{c['machine busy']:.2f} | {c['machine busy %']:.0f} % |")  # fmt: skip
     return 0
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from gateway.errors import UpstreamError
@@ -224,9 +224,12 @@ def part_head(boundary: str, content_type: str, length: int | None) -> bytes:
     return f"--{boundary}\r\nContent-Type: {content_type}\r\n{size}\r\n".encode("latin-1")
 
 
-def part_pieces(boundary: str, content_type: str, body: bytes) -> tuple[bytes, bytes, bytes]:
-    """One part as (head, body, CRLF): written in turn, a large body is never copied."""
-    return part_head(boundary, content_type, len(body)), body, b"\r\n"
+def part_pieces(boundary: str, content_type: str, body: bytes | Sequence[bytes | memoryview],
+                ) -> list[bytes | memoryview]:  # fmt: skip
+    """One part as head, body pieces, CRLF: written in turn, a large body is never copied."""
+    pieces = [body] if isinstance(body, bytes) else list(body)
+    length = sum(len(piece) for piece in pieces)
+    return [part_head(boundary, content_type, length), *pieces, b"\r\n"]
 
 
 def part_bytes(boundary: str, content_type: str, body: bytes) -> bytes:

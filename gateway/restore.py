@@ -44,21 +44,48 @@ _MARKERS = (b"SCANFORT 1", b"scanfort-dicom/")
 _UID_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]
 
 
-@dataclass(frozen=True)
-class Restored:
-    """An instance as the gateway serves it."""
+Piece = bytes | memoryview
 
-    data: bytes  # the original DICOM file
-    protected: bool  # decrypted (True) or passed through unchanged (False)
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    #: the UIDs the archive labels it with, when they differ (protected without retain-uids)
-    archive_uids: tuple[str, str, str] | None = None
+
+class Restored:
+    """An instance as the gateway serves it: the original DICOM file, kept in the pieces the
+    restore produced it in (a retrieve writes them as they are, no copy of the whole
+    instance); :attr:`data` joins them once, for whoever needs the file in one piece."""
+
+    __slots__ = ("_pieces", "archive_uids", "length", "protected", "series_uid", "sop_uid",
+                 "study_uid")  # fmt: skip
+
+    def __init__(self, data: bytes | Sequence[Piece], protected: bool, study_uid: str,
+                 series_uid: str, sop_uid: str,
+                 archive_uids: tuple[str, str, str] | None = None) -> None:  # fmt: skip
+        self._pieces: tuple[Piece, ...] = (data,) if isinstance(data, bytes) else tuple(data)
+        self.length = sum(len(piece) for piece in self._pieces)
+        self.protected = protected  # decrypted (True) or passed through unchanged (False)
+        self.study_uid = study_uid
+        self.series_uid = series_uid
+        self.sop_uid = sop_uid
+        #: the UIDs the archive labels it with, when they differ (protected without
+        #: retain-uids)
+        self.archive_uids = archive_uids
 
     @property
     def archive(self) -> tuple[str, str, str]:
         return self.archive_uids or (self.study_uid, self.series_uid, self.sop_uid)
+
+    @property
+    def pieces(self) -> tuple[Piece, ...]:
+        """The file's bytes, in order."""
+        return self._pieces
+
+    @property
+    def data(self) -> bytes:
+        """The whole file (joined once; then held instead of the pieces)."""
+        pieces = self._pieces
+        if len(pieces) == 1 and isinstance(pieces[0], bytes):
+            return pieces[0]
+        data = b"".join(pieces)
+        self._pieces = (data,)
+        return data
 
 
 @dataclass
@@ -181,19 +208,19 @@ class InstanceCache:
             return item
 
     def put(self, item: Restored) -> None:
-        size = len(item.data)
+        size = item.length
         # one huge multi-frame must not flush every other instance (nor double the memory)
         if size > self.cap // 8 or not item.sop_uid:
             return
         with self._lock:
             old = self._items.pop(item.sop_uid, None)
             if old is not None:
-                self.size -= len(old.data)
+                self.size -= old.length
             self._items[item.sop_uid] = item
             self.size += size
             while self.size > self.cap:
                 _, evicted = self._items.popitem(last=False)
-                self.size -= len(evicted.data)
+                self.size -= evicted.length
 
     def clear(self) -> None:
         with self._lock:
@@ -228,13 +255,19 @@ class Restorer:
         with self._slots:
             try:
                 opened = dicomstream.open_v2(head, self._identities, lambda n: io.BytesIO())
-                data = b"".join(opened.pieces())
+                # all of them before any is used: the original's digest is checked after
+                # the last one. Those that are views of ``raw`` (clear bytes between
+                # enciphered units) are copied: the ciphertext is not kept with the result.
+                pieces = [bytes(piece) if isinstance(piece, memoryview) and piece.obj is raw
+                          else piece for piece in opened.pieces()]  # fmt: skip
             except CipherError as exc:
                 raise _refusal(exc, head.uids) from None
-        study, series, sop = opened.uids if opened.uids[2] else read_uids(data)
+        item = Restored(pieces, True, *opened.uids)
+        study, series, sop = opened.uids if opened.uids[2] else read_uids(item.data)
         visible = (head.study_uid, head.series_uid, head.sop_uid)
-        return Restored(data, True, study, series, sop,
-                        None if visible == (study, series, sop) else visible)
+        item.study_uid, item.series_uid, item.sop_uid = study, series, sop
+        item.archive_uids = None if visible == (study, series, sop) else visible
+        return item
 
     def open_stream(self, src: BinaryIO) -> Restored | Streamed:
         """One instance read from ``src``: whole up to :data:`STREAM_ABOVE` bytes (restored

@@ -10,8 +10,7 @@ entry says why) and answered 409 when asked for alone, never served as noise.
 from __future__ import annotations
 
 import json
-from collections import deque
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from concurrent.futures import Future
 from typing import BinaryIO, overload
 
@@ -25,6 +24,7 @@ from gateway.context import Gateway, client_of, get_gateway
 from gateway.errors import RefusedInstance, UpstreamError, UpstreamNotFound
 from gateway.index import metadata_of
 from gateway.multipart import closing, new_boundary, part_bytes, part_head, part_pieces
+from gateway.readahead import ReadAhead
 from gateway.restore import Restored, Streamed
 from gateway.store import Principal
 from gateway.streaming import Piece, ahead
@@ -96,40 +96,55 @@ def _stream_instances(
     def result(entry: Future[Ready] | Ready) -> Ready:
         return entry.result() if isinstance(entry, Future) else entry
 
+    Entry = Future[Ready] | Ready
+
+    def take(stream: BinaryIO) -> tuple[Entry, int, bool]:
+        taken = _take(gw, stream)
+        size = len(taken) if isinstance(taken, bytes) else 0
+        return queued(taken), size, isinstance(taken, Streamed)
+
+    def discard(entry: Entry) -> None:
+        if isinstance(entry, Future):
+            entry.cancel()
+        elif isinstance(entry, Streamed):
+            entry.close()
+
     def body() -> Generator[list[Piece], None, None]:
-        # This thread reads the archive's answer; an instance that came in whole is restored
-        # on the shared pool (the cipher releases the GIL) while the next ones are read, up
-        # to ``ahead`` at once, and parts leave in the archive's order. A large instance
-        # (Streamed) goes out piece by piece once those before it are out, before the
-        # archive's answer is read further.
-        pending: deque[Future[Ready] | Ready] = deque([queued(opened)])
-        sizes: deque[int] = deque([len(opened) if isinstance(opened, bytes) else 0])
+        # A thread of its own reads the archive's answer (ReadAhead); an instance that came
+        # in whole is restored on the shared pool (the cipher releases the GIL) as soon as
+        # it is read, up to ``window`` instances and _AHEAD_BYTES ahead, and parts leave in
+        # the archive's order from this thread. A large instance (Streamed) goes out piece
+        # by piece once those before it are out, before the archive's answer is read further.
+        first_entry: Entry | None = queued(opened)
+        reader = ReadAhead(streams, take, discard, count=window, limit=_AHEAD_BYTES,
+                           hold=isinstance(opened, Streamed))  # fmt: skip
         served: list[Restored] = []
-        upstream_done = False
         sent = 0
+
+        def next_entry() -> tuple[bool, Entry | None]:
+            nonlocal first_entry
+            if first_entry is not None:
+                entry, first_entry = first_entry, None
+                return True, entry
+            return reader.get()
+
         try:
             while True:
-                # read ahead: at most ``window`` instances and _AHEAD_BYTES of them in flight
-                while (not upstream_done and len(pending) < window and sum(sizes) < _AHEAD_BYTES
-                       and not isinstance(pending[-1] if pending else None, Streamed)):
-                    stream = next(streams, None)
-                    if stream is None:
-                        upstream_done = True
-                    else:
-                        taken = _take(gw, stream)
-                        pending.append(queued(taken))
-                        sizes.append(len(taken) if isinstance(taken, bytes) else 0)
-                if not pending:
+                got, entry = next_entry()
+                if not got:
                     break
+                assert entry is not None
                 # restores already finished go out together (after the first part, at least
                 # _BATCH when that many are on the way): one audit transaction, one write
-                ready = [result(pending.popleft())]
-                sizes.popleft()
-                while (pending and not isinstance(ready[-1], Streamed)
-                       and (not isinstance(pending[0], Future) or pending[0].done()
-                            or (sent and len(ready) < _BATCH))):
-                    ready.append(result(pending.popleft()))
-                    sizes.popleft()
+                ready = [result(entry)]
+                while not isinstance(ready[-1], Streamed):
+                    there, head = reader.peek()
+                    if not there or not (not isinstance(head, Future) or head.done()
+                                         or (sent and len(ready) < _BATCH)):
+                        break
+                    got, entry = reader.get()
+                    assert got and entry is not None
+                    ready.append(result(entry))
                 sent += len(ready)
                 events: list[AuditEvent] = []
                 parts: list[Piece] = []
@@ -144,13 +159,16 @@ def _stream_instances(
                         events.append(_served(p, request, "retrieve", item))
                         gw.restorer.cache.put(item)
                         served.append(item)
-                        parts.extend(part_pieces(boundary, "application/dicom", item.data))
+                        parts.extend(part_pieces(boundary, "application/dicom", item.pieces))
                 gw.audit(events)  # before the bytes leave
                 if parts:
                     yield _merged(parts)
-                if large is not None and not (yield from _one_by_one(_stream_part(
-                        gw, p, request, boundary, large, study, series))):  # fmt: skip
-                    return  # cut short: the missing closing boundary says so
+                if large is not None:
+                    whole = yield from _one_by_one(_stream_part(
+                        gw, p, request, boundary, large, study, series))  # fmt: skip
+                    if not whole:
+                        return  # cut short: the missing closing boundary says so
+                    reader.release()
                 if len(served) >= 50:
                     gw.index.record(served, only_new=True)
                     served = []
@@ -158,12 +176,9 @@ def _stream_instances(
             gw.audit([_event(p, request, "retrieve", "failed", study, series, "", str(exc))])
             return  # the missing closing boundary tells the client the stream is incomplete
         finally:
-            for entry in pending:
-                if isinstance(entry, Future):
-                    entry.cancel()
-                elif isinstance(entry, Streamed):
-                    entry.close()
-            streams.close()
+            if first_entry is not None:
+                discard(first_entry)
+            reader.close()
         gw.index.record(served, only_new=True)
         yield [closing(boundary)]
 
@@ -323,8 +338,14 @@ def retrieve_instance(study: str, series: str, sop: str, request: Request) -> Re
 
         return StreamingResponse(body(), media_type=ctype, headers=headers)
     gw.index.record([item], only_new=True)
-    pieces = [*part_pieces(boundary, "application/dicom", item.data), closing(boundary)]
-    return StreamingResponse(iter(pieces), media_type=ctype,
+    pieces = _merged([*part_pieces(boundary, "application/dicom", item.pieces),
+                      closing(boundary)])  # fmt: skip
+
+    async def whole() -> AsyncIterator[Piece]:  # in memory: no worker-thread hop per piece
+        for piece in pieces:
+            yield piece
+
+    return StreamingResponse(whole(), media_type=ctype,
                              headers={"Content-Length": str(sum(len(p) for p in pieces))})
 
 
