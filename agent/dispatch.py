@@ -177,7 +177,8 @@ class DestinationSender:
             except ValueError:
                 relpath = d.file_id
             objs.append(Outgoing(d.item_id, d.file_id, self.config.spool_dir / d.name,
-                                 d.sha256, d.size, d.mode, relpath, d.sop_instance_uid))
+                                 d.sha256, d.size, d.mode, relpath, d.sop_instance_uid,
+                                 d.uids))
             keys[d.item_id] = d.study_keys
         if not objs:
             return

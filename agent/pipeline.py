@@ -19,7 +19,7 @@ from typing import Any
 
 from agent import crashpoints
 from agent.config import AgentConfig, FolderConfig
-from agent.journal import Artifact, Item, Journal, same_version
+from agent.journal import Artifact, Item, Journal, same_version, uids_column
 from agent.outcome import Outcome, Result
 from agent.pool import WorkerLost, WorkerPool, WorkerStartFailed
 from agent.spool import Spool, fsync_dir
@@ -142,7 +142,7 @@ class Pipeline:
                 answer: dict[str, Any]) -> Result:
         plan = answer["plan"]
         arts = [Artifact(0, str(a["mode"]), str(a["name"]), str(a["sha256"]), int(a["size"]),
-                         a.get("sop_instance_uid"))
+                         a.get("sop_instance_uid"), uids_column(a.get("uids")))
                 for a in answer["artifacts"]]
         flags = [str(f) for f in answer.get("flags", [])]
         refusal = ("dicom mode cannot carry this file"

@@ -328,6 +328,11 @@ def test_protector_applies_the_folders_policy_and_the_sites_secret(
                                                     str(source.get("IssuerOfPatientID", "")))
     codes = {i.CodeValue for i in protected.DeidentificationMethodCodeSequence}
     assert codes == {"113100"}  # the strictest: no option
+    # The UIDs as stored (pseudonymised here): the parent sends them with the copy without
+    # parsing it.
+    stored = [str(protected[k].value) for k in ("StudyInstanceUID", "SeriesInstanceUID",
+                                                "SOPInstanceUID")]
+    assert art["uids"] == stored and stored[0] != str(source.StudyInstanceUID)
     # What the central may learn of the study: keyed hashes only (for the exam lookup).
     expected = [secret.study_key(str(v)) for v in (source.get("AccessionNumber", ""),
                                                    source.StudyInstanceUID) if str(v)]
