@@ -40,6 +40,7 @@ PRUNE_EVERY_S = 86400.0
 PRUNE_AFTER_S = 30 * 86400.0  # finished items are remembered for at least 30 days
 STUCK_S = 300.0
 FINALIZE_BATCH = 64
+FINALIZE_LINGER_S = 0.05  # a finalize batch collects resolved items for this long
 SWEEP_AFTER_S = 600.0  # an unrecorded spool copy older than this is an orphan's leftover
 WORKER_IDLE_S = 300.0  # a protect worker with nothing to do this long is ended
 FULL_PASS_S = 6 * 3600.0  # every directory is listed again at least this often
@@ -222,9 +223,13 @@ class Agent:
             if first is None:
                 return
             batch = [first]
+            # What the senders resolve within FINALIZE_LINGER_S joins this batch: in a
+            # burst one journal sync, one query set and one commit then cover many items
+            # rather than one or two (the plaintext waits that much longer, nothing else).
+            until = time.monotonic() + FINALIZE_LINGER_S  # a real wait, whatever the clock
             while len(batch) < FINALIZE_BATCH:
                 try:
-                    nxt = self.finalize_queue.get_nowait()
+                    nxt = self.finalize_queue.get(timeout=max(0.0, until - time.monotonic()))
                 except queue.Empty:
                     break
                 if nxt is None:
