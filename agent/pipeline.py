@@ -91,6 +91,8 @@ class Pipeline:
             return Result(Outcome.WORKER_DOWN, eid)
         except WorkerLost as exc:
             self.spool.discard(names.values())  # copies it may have made before dying
+            if exc.collateral:  # it died on another file: no attempt of this one counted
+                return Result(Outcome.RETRY, eid)
             return self._failed(s, existing, str(exc), permanent=False)
         if answer.get("warnings"):
             # Library warnings quote dataset values: only their categories are logged.

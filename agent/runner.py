@@ -29,7 +29,7 @@ from agent.journal import Item, Journal, same_version
 from agent.logs import setup_logging, teardown_logging
 from agent.outcome import Result, reoffer_delay
 from agent.pipeline import Pipeline
-from agent.pool import WorkerPool
+from agent.pool import DEPTH, WorkerPool
 from agent.spool import RESERVE_BYTES, Reserve, Spool
 from agent.status import Reporter
 from agent.watch import Reconciler, Settled, Settler, Watcher
@@ -47,8 +47,9 @@ FULL_PASS_S = 6 * 3600.0  # every directory is listed again at least this often
 REQUESTS_EVERY_S = 2.0  # how often the operator's quarantine requests are looked for
 CRASH_WAIT_S = 2.0  # a loop that raised waits this long before it goes on
 STOP_REPORT_S = 5.0  # the final heartbeat and the outbox flush get at most this long
-#: Protect threads per worker process: one records a file while the other feeds the worker.
-PROTECT_THREADS_PER_WORKER = 2
+#: Protect threads per worker process: one records a file while the others keep the
+#: worker's queue of requests (agent.pool.DEPTH) full.
+PROTECT_THREADS_PER_WORKER = DEPTH + 1
 
 
 class Agent:
