@@ -203,3 +203,31 @@ def test_the_agent_process_never_imports_pydicom_to_upload_dicom_mode(tmp_path: 
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr[-2000:]
     assert rx.uid_headers[obj.sha256] == UIDS
+
+
+def test_over_tls_the_body_goes_in_pieces_on_a_verified_kept_alive_connection(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl
+
+    from tests.test_service_cli import _self_signed
+
+    cert, key = _self_signed(tmp_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    with Receiver() as rx:
+        rx.server.socket = ctx.wrap_socket(rx.server.socket, server_side=True)
+        url = rx.url.replace("http://", "https://")
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+        monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+        untrusted = forwarder(url)  # certifi's roots do not include this certificate
+        with pytest.raises(DeliveryError) as err:
+            untrusted.send(outgoing(tmp_path, 0))
+        assert not err.value.permanent and "SSL" in str(err.value)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+        fwd = forwarder(url)
+        objs = [outgoing(tmp_path, i, size=1_500_000) for i in range(1, 4)]  # > one piece
+        for obj in objs:
+            fwd.send(obj)
+        fwd.close()
+    assert {o.sha256: o.path.read_bytes() for o in objs} == rx.objects
+    assert len(rx.connections) == 1
