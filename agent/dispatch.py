@@ -87,12 +87,19 @@ class DestinationSender:
         return revived
 
     def wake(self) -> None:
+        """Something new is due: one idle thread claims it. (Waking them all made each
+        claim a query that mostly found nothing, one per thread per protected file; a
+        thread busy sending claims what accumulated meanwhile when it is done.)"""
+        with self._cond:
+            self._cond.notify()
+
+    def wake_all(self) -> None:
         with self._cond:
             self._cond.notify_all()
 
     def stop(self) -> None:
         self._stop.set()
-        self.wake()
+        self.wake_all()
 
     def join(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -177,7 +184,8 @@ class DestinationSender:
             except ValueError:
                 relpath = d.file_id
             objs.append(Outgoing(d.item_id, d.file_id, self.config.spool_dir / d.name,
-                                 d.sha256, d.size, d.mode, relpath, d.sop_instance_uid))
+                                 d.sha256, d.size, d.mode, relpath, d.sop_instance_uid,
+                                 d.uids))
             keys[d.item_id] = d.study_keys
         if not objs:
             return

@@ -33,6 +33,7 @@ One connection is shared by the agent's threads behind a lock; ``agent status`` 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import sqlite3
@@ -107,7 +108,7 @@ class Journal:
         """Journals of earlier versions: ``discovered`` items are resumed (``requeued``);
         integer folder indexes are not trusted (the config may have been reordered since)
         and are replaced by keys in :meth:`rekey_folders`; items get their study keys
-        column (empty for what was recorded before)."""
+        column and artifacts their UIDs column (empty for what was recorded before)."""
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
         if version >= SCHEMA_VERSION:
             return
@@ -116,6 +117,8 @@ class Journal:
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(items)")}
             if "study_keys" not in columns:
                 self._db.execute("ALTER TABLE items ADD COLUMN study_keys TEXT")
+            if "uids" not in {r[1] for r in self._db.execute("PRAGMA table_info(artifacts)")}:
+                self._db.execute("ALTER TABLE artifacts ADD COLUMN uids TEXT")
             self._db.execute("UPDATE items SET state='requeued' WHERE state='discovered'")
             self._db.execute("UPDATE items SET folder='?' || folder WHERE typeof(folder)<>'text'")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -322,9 +325,9 @@ class Journal:
                 if existing is None:
                     self._bump(db, "seen")
                 return None
-            db.executemany("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?,?)",
-                           [(item_id, a.mode, a.name, a.sha256, a.size, a.sop_instance_uid)
-                            for a in artifacts])
+            db.executemany("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?,?,?)",
+                           [(item_id, a.mode, a.name, a.sha256, a.size, a.sop_instance_uid,
+                             a.uids) for a in artifacts])
             if existing is not None:  # a new item has none yet
                 db.execute("DELETE FROM deliveries WHERE item_id=?", (item_id,))
             db.executemany("INSERT INTO deliveries(item_id, dest, mode, state, last_error, "
@@ -400,13 +403,13 @@ class Journal:
         with self._lock:
             rows = self._db.execute(
                 "SELECT d.item_id, d.dest, d.mode, d.attempts, i.path, i.folder, i.file_id, "
-                "i.state, a.name, a.sha256, a.size, a.sop_instance_uid, i.study_keys "
+                "i.state, a.name, a.sha256, a.size, a.sop_instance_uid, i.study_keys, a.uids "
                 "FROM deliveries d JOIN items i ON i.id = d.item_id LEFT JOIN artifacts a "
                 "ON a.item_id = d.item_id AND a.mode = d.mode WHERE d.dest=? AND "
                 "d.state='pending' AND d.next_at<=? ORDER BY d.next_at, d.item_id LIMIT ?",
                 (dest, now, limit + len(exclude))).fetchall()
         return [DueObject(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
-                          r[11], tuple((r[12] or "").split()))
+                          r[11], tuple((r[12] or "").split()), _uids(r[13]))
                 for r in rows if r[0] not in exclude][:limit]
 
     def next_due_at(self, dest: str) -> float | None:
@@ -610,6 +613,23 @@ class Journal:
     def outbox_size(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+
+def uids_column(uids: Sequence[str] | None) -> str | None:
+    """(study, series, SOP) UIDs as an artifact's ``uids`` column (a JSON list)."""
+    return None if uids is None else json.dumps([str(u) for u in uids])
+
+
+def _uids(stored: str | None) -> tuple[str, str, str] | None:
+    """An artifact's ``uids`` column as (study, series, SOP); None when not recorded."""
+    try:
+        parts = json.loads(stored) if stored else None
+    except ValueError:
+        return None
+    if not isinstance(parts, list) or len(parts) != 3 or \
+            not all(isinstance(p, str) for p in parts):
+        return None
+    return parts[0], parts[1], parts[2]
 
 
 def same_version(path: str, size: int, mtime_ns: int) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 
 from agent import crashpoints
 from agent.config import AgentConfig, FolderConfig
-from agent.journal import Artifact, Item, Journal, same_version
+from agent.journal import Artifact, Item, Journal, same_version, uids_column
 from agent.outcome import Outcome, Result
 from agent.pool import WorkerLost, WorkerPool, WorkerStartFailed
 from agent.spool import Spool, fsync_dir
@@ -91,6 +91,8 @@ class Pipeline:
             return Result(Outcome.WORKER_DOWN, eid)
         except WorkerLost as exc:
             self.spool.discard(names.values())  # copies it may have made before dying
+            if exc.collateral:  # it died on another file: no attempt of this one counted
+                return Result(Outcome.RETRY, eid)
             return self._failed(s, existing, str(exc), permanent=False)
         if answer.get("warnings"):
             # Library warnings quote dataset values: only their categories are logged.
@@ -142,7 +144,7 @@ class Pipeline:
                 answer: dict[str, Any]) -> Result:
         plan = answer["plan"]
         arts = [Artifact(0, str(a["mode"]), str(a["name"]), str(a["sha256"]), int(a["size"]),
-                         a.get("sop_instance_uid"))
+                         a.get("sop_instance_uid"), uids_column(a.get("uids")))
                 for a in answer["artifacts"]]
         flags = [str(f) for f in answer.get("flags", [])]
         refusal = ("dicom mode cannot carry this file"

@@ -29,7 +29,14 @@ from agent.spool import Spool
 
 
 class WorkerLost(Exception):
-    """The child died or was killed (deadline overrun) before it answered."""
+    """The child died or was killed (deadline overrun) before it answered.
+
+    ``collateral``: it died on an earlier request, queued before this one (this file was
+    not being protected; nothing says it is at fault)."""
+
+    def __init__(self, message: str, collateral: bool = False) -> None:
+        super().__init__(message)
+        self.collateral = collateral
 
 
 class WorkerStartFailed(WorkerLost):
@@ -53,14 +60,24 @@ class _Child:
     proc: subprocess.Popen[bytes]
     stdin: IO[bytes]
     stdout: IO[bytes]
+    dead: bool = False  # a read failed: whatever is still queued on it is lost too
+
+
+#: Requests a worker holds at once: the one it protects and the next, already in its
+#: input pipe, so that it starts the next file the moment it answered, instead of waiting
+#: for a parent thread to be scheduled (and to get the GIL) to send it.
+DEPTH = 2
 
 
 class ProtectWorker:
-    """One child process, used by one protect thread of the parent at a time.
+    """One child process, shared by up to :data:`DEPTH` protect threads of the parent.
 
-    :meth:`call` sends a request and waits for the answer; :meth:`kill_if_overdue`, called
-    from the agent's health tick, kills a child whose answer is past its deadline, which
-    makes the waiting :meth:`call` raise :class:`WorkerLost`.
+    :meth:`call` writes a request and waits for its answer; the child answers in order,
+    so the callers read their answers in the order they wrote their requests.
+    :meth:`kill_if_overdue`, called from the agent's health tick, kills a child whose
+    answer is past its deadline (counted from when the child got to that request), which
+    makes the waiting :meth:`call` raise :class:`WorkerLost`; a request queued behind it
+    is lost with it (``WorkerLost.collateral``: not that file's fault).
     """
 
     def __init__(self, recipients: list[str], spool_dir: Path,
@@ -70,8 +87,13 @@ class ProtectWorker:
         self.argv = argv or worker_argv()
         self.spool = Spool(spool_dir)
         self._child: _Child | None = None
-        self._lock = threading.Lock()
-        self.deadline: float | None = None
+        self._lock = threading.Lock()  # starting the child, writing requests, tickets
+        self._turn = threading.Condition()  # answers are read in ticket order
+        self._tickets = 0
+        self._serving = 0
+        self.inflight = 0
+        self.deadline: float | None = None  # the answer being waited for is due by then
+        self._reading: _Child | None = None  # ... from this child
         self.last_used = time.monotonic()
         self.killed = 0
         self.started = 0
@@ -107,35 +129,55 @@ class ProtectWorker:
 
     def call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         with self._lock:
-            self.deadline = time.monotonic() + timeout_s
+            child = self._child
+            if child is None or child.dead or child.proc.poll() is not None:
+                child = self._child = self._start()
+            ticket, self._tickets = self._tickets, self._tickets + 1
+            self.inflight += 1
             try:
-                if self._child is None or self._child.proc.poll() is not None:
-                    self._child = self._start()
-                child = self._child
+                write_frame(child.stdin, request)
+            except OSError:
+                child.dead = True  # gone already: noticed in turn, below
+        answer: dict[str, Any] | None = None
+        with self._turn:
+            while self._serving != ticket:
+                self._turn.wait()
+            collateral = child.dead  # it died on a request written before this one
+            self.deadline, self._reading = time.monotonic() + timeout_s, child
+        try:
+            if not child.dead:
                 try:
-                    write_frame(child.stdin, request)
                     answer = read_frame(child.stdout)
                 except (OSError, ValueError):
                     answer = None
                 if answer is None:
-                    self._reap(child)
-                    self._child = None
-                    # what it was writing is nobody's now
-                    self.spool.discard_tmp_of(child.proc.pid)
-                    raise WorkerLost("protect worker exited before answering")
-                return answer
-            finally:
-                self.deadline = None
+                    child.dead = True
+        finally:
+            with self._turn:
+                self.deadline = self._reading = None
+                self._serving += 1
+                self.inflight -= 1
                 self.last_used = time.monotonic()
+                self._turn.notify_all()
+        if answer is None:
+            with self._lock:
+                if self._child is child:
+                    self._child = None
+            self._reap(child)
+            self.spool.discard_tmp_of(child.proc.pid)  # what it was writing is nobody's now
+            raise WorkerLost("protect worker exited before answering", collateral=collateral)
+        return answer
 
     def retire_if_idle(self, now: float, idle_s: float) -> bool:
         """End the child if it has had nothing to do for ``idle_s`` seconds: an idle
         agent holds no worker memory; the next file starts a new child (~0.3 s)."""
-        if self._child is None or now - self.last_used < idle_s:
+        if self._child is None or self.inflight or now - self.last_used < idle_s:
             return False
         if not self._lock.acquire(blocking=False):
-            return False  # in use right now
+            return False  # a request is being written right now
         try:
+            if self.inflight:
+                return False
             child, self._child = self._child, None
             if child is None:
                 return False
@@ -145,7 +187,7 @@ class ProtectWorker:
             self._lock.release()
 
     def kill_if_overdue(self, now: float) -> bool:
-        deadline, child = self.deadline, self._child
+        deadline, child = self.deadline, self._reading
         if deadline is None or child is None or now < deadline:
             return False
         try:
@@ -181,20 +223,24 @@ class ProtectWorker:
 class WorkerPool:
     """``n`` protect workers shared by the parent's protect threads.
 
-    There are more threads than workers, so that a worker is handed the next file while
-    the thread that used it records the previous one in the journal: the children never
-    wait for the parent's bookkeeping.
+    Each worker holds up to :data:`DEPTH` requests, and there are more threads than that
+    (``agent.runner``), so that a worker has its next file queued while the thread that
+    used it records the previous one in the journal: the children never wait for the
+    parent's bookkeeping, nor for its threads to be scheduled.
     """
 
     def __init__(self, n: int, recipients: list[str], spool_dir: Path,
                  argv: list[str] | None = None, kernel: str | None = None) -> None:
         self.workers = [ProtectWorker(recipients, spool_dir, argv, kernel) for _ in range(n)]
+        # each worker DEPTH times, round robin: the first files go to different workers
         self._free: queue.Queue[ProtectWorker] = queue.Queue()
-        for w in self.workers:
-            self._free.put(w)
+        for _ in range(DEPTH):
+            for w in self.workers:
+                self._free.put(w)
 
     def call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        """Send ``request`` to the next free worker; its deadline starts when it takes it."""
+        """Send ``request`` to the next worker with room; its deadline starts when the
+        worker gets to it."""
         worker = self._free.get()
         try:
             return worker.call(request, timeout_s)

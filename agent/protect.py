@@ -353,6 +353,7 @@ class Protector:
             sha = src.hash.hexdigest() if linear else file_sha256(path, follow)
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
                 raise _Orphaned()
+            uids = _stored_uids(tmp) if mode == "dicom" else None
             crashpoints.reached("protect.before_rename")
             self.spool.commit(tmp, name)
         except BaseException:
@@ -360,8 +361,24 @@ class Protector:
             raise
         art = {"mode": mode, "name": name, "sha256": dst.hash.hexdigest(), "size": dst.count,
                "sop_instance_uid": getattr(info, "sop_instance_uid", None),
-               "study_keys": list(getattr(info, "study_keys", ()))}
+               "study_keys": list(getattr(info, "study_keys", ())), "uids": uids}
         return art, sha
+
+
+def _stored_uids(path: Path) -> list[str]:
+    """Study, Series and SOP Instance UIDs as the DICOM-mode copy at ``path`` stores them
+    (pseudonymised unless the policy retains UIDs): the parent sends them along with the
+    copy (the central indexes it by them) without parsing DICOM itself. Empty strings
+    when the copy does not carry them."""
+    from cipher import dicomstream
+    from cipher.errors import CipherError
+
+    try:
+        with open(path, "rb") as fh:
+            head = dicomstream.scan_head(fh, keep=False)
+    except CipherError:
+        return ["", "", ""]
+    return [head.study_uid, head.series_uid, head.sop_uid]
 
 
 def main() -> int:
@@ -387,6 +404,7 @@ def main() -> int:
     from cipher import chaos
 
     write_frame(stdout, {"status": "ready", "pid": os.getpid(), "kernel": chaos.kernel()})
+    trim, served = _malloc_trim(), 0
     while (req := read_frame(stdin)) is not None:
         try:
             answer = protector.handle(req)
@@ -400,7 +418,31 @@ def main() -> int:
             write_frame(stdout, answer)
         except (BrokenPipeError, OSError):
             return 0
+        served += 1
+        if trim is not None and served % TRIM_EVERY == 0:
+            trim(0)
     return 0
+
+
+#: Every this many files a worker gives the C heap's free pages back to the system.
+TRIM_EVERY = 8
+
+
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or None elsewhere. A DICOM-mode protection allocates and
+    frees a few copies of the file of varied sizes; glibc keeps freed pages mapped, and
+    over hundreds of files a worker's resident memory grew by 20-30 MB of free heap.
+    Trimming costs ~0.4 ms, so it is done every :data:`TRIM_EVERY` files, not per file."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has none)
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
 
 
 if __name__ == "__main__":

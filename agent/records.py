@@ -18,6 +18,7 @@ CREATE INDEX IF NOT EXISTS items_state ON items(state);
 CREATE TABLE IF NOT EXISTS artifacts (
     item_id INTEGER NOT NULL, mode TEXT NOT NULL, name TEXT NOT NULL,
     sha256 TEXT NOT NULL, size INTEGER NOT NULL, sop_instance_uid TEXT,
+    uids TEXT,
     PRIMARY KEY (item_id, mode)
 );
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -34,7 +35,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_at ON outbox(at);
 """
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class Artifact:
     sha256: str
     size: int
     sop_instance_uid: str | None
+    #: DICOM mode: the copy's Study, Series and SOP Instance UIDs as stored, a JSON list
+    #: (what the protect worker read from it); None for file mode or when not recorded.
+    uids: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ class DueObject:
     size: int | None
     sop_instance_uid: str | None
     study_keys: tuple[str, ...] = ()  # the item's keyed study hashes (DICOM mode)
+    uids: tuple[str, str, str] | None = None  # the artifact's stored UIDs (DICOM mode)
 
 
 @dataclass(frozen=True)

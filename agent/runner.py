@@ -29,7 +29,7 @@ from agent.journal import Item, Journal, same_version
 from agent.logs import setup_logging, teardown_logging
 from agent.outcome import Result, reoffer_delay
 from agent.pipeline import Pipeline
-from agent.pool import WorkerPool
+from agent.pool import DEPTH, WorkerPool
 from agent.spool import RESERVE_BYTES, Reserve, Spool
 from agent.status import Reporter
 from agent.watch import Reconciler, Settled, Settler, Watcher
@@ -40,14 +40,16 @@ PRUNE_EVERY_S = 86400.0
 PRUNE_AFTER_S = 30 * 86400.0  # finished items are remembered for at least 30 days
 STUCK_S = 300.0
 FINALIZE_BATCH = 64
+FINALIZE_LINGER_S = 0.05  # a finalize batch collects resolved items for this long
 SWEEP_AFTER_S = 600.0  # an unrecorded spool copy older than this is an orphan's leftover
 WORKER_IDLE_S = 300.0  # a protect worker with nothing to do this long is ended
 FULL_PASS_S = 6 * 3600.0  # every directory is listed again at least this often
 REQUESTS_EVERY_S = 2.0  # how often the operator's quarantine requests are looked for
 CRASH_WAIT_S = 2.0  # a loop that raised waits this long before it goes on
 STOP_REPORT_S = 5.0  # the final heartbeat and the outbox flush get at most this long
-#: Protect threads per worker process: one records a file while the other feeds the worker.
-PROTECT_THREADS_PER_WORKER = 2
+#: Protect threads per worker process: one records a file while the others keep the
+#: worker's queue of requests (agent.pool.DEPTH) full.
+PROTECT_THREADS_PER_WORKER = DEPTH + 1
 
 
 class Agent:
@@ -222,9 +224,13 @@ class Agent:
             if first is None:
                 return
             batch = [first]
+            # What the senders resolve within FINALIZE_LINGER_S joins this batch: in a
+            # burst one journal sync, one query set and one commit then cover many items
+            # rather than one or two (the plaintext waits that much longer, nothing else).
+            until = time.monotonic() + FINALIZE_LINGER_S  # a real wait, whatever the clock
             while len(batch) < FINALIZE_BATCH:
                 try:
-                    nxt = self.finalize_queue.get_nowait()
+                    nxt = self.finalize_queue.get(timeout=max(0.0, until - time.monotonic()))
                 except queue.Empty:
                     break
                 if nxt is None:

@@ -161,6 +161,9 @@ class Receiver:
         self.commands: list[dict[str, Any]] = []  # returned with every heartbeat answer
         self.fail_with: int | None = None  # answer every request with this status
         self.ack_times: dict[str, float] = {}
+        #: per object, the X-Scanfort-{Study,Series,SOP}-UID headers of its last PUT
+        self.uid_headers: dict[str, tuple[str, str, str]] = {}
+        self.connections: set[tuple[str, int]] = set()  # client addresses PUTs came from
         self.lock = threading.Lock()
         receiver = self
 
@@ -211,6 +214,11 @@ class Receiver:
                         receiver.objects[sha] = self._data
                     receiver.puts += 1
                     receiver.ack_times.setdefault(sha, time.time())
+                    receiver.uid_headers[sha] = (
+                        self.headers.get("X-Scanfort-Study-UID", ""),
+                        self.headers.get("X-Scanfort-Series-UID", ""),
+                        self.headers.get("X-Scanfort-SOP-UID", ""))
+                    receiver.connections.add(self.client_address)
                 self._reply(201 if created else 200,
                             {"sha256": sha, "size": len(self._data), "created": created})
 

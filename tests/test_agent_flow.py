@@ -194,3 +194,9 @@ def test_each_acknowledgement_is_a_forwarded_event_with_the_exams_study_keys(
         assert e["study_keys"] == keys == protected[e["file_id"]]["study_keys"]
         assert e["severity"] == "info" and e["message"] == ""
     assert sorted(decrypt(o, identity) for o in rx.objects.values()) == sorted(scans.values())
+    # The central indexes each copy by the UIDs it stores (told by the worker, sent as
+    # headers): what a reading gateway asks it for.
+    for sha, data in rx.objects.items():
+        ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
+        assert rx.uid_headers[sha] == (ds.StudyInstanceUID, ds.SeriesInstanceUID,
+                                       ds.SOPInstanceUID)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import JournalError
-from agent.journal import Artifact, Journal
+from agent.journal import Artifact, Journal, uids_column
 
 
 def test_item_lifecycle_and_deliveries(tmp_path: Path) -> None:
@@ -198,3 +198,44 @@ def test_acknowledgements_and_their_forwarded_events_commit_together_once(
         j.deliveries_done("share", [(ids[1], ("lost", 1.0, "{}"))])
     j._outbox_insert = real  # type: ignore[method-assign]
     assert j.pending_count("share") == 1 and "lost" not in {e for e, _ in j.outbox_peek(10)}
+
+
+def test_artifact_uids_round_trip_and_an_older_journal_gains_the_column(tmp_path: Path) -> None:
+    """DICOM-mode artifacts carry their stored UIDs to the sender; a journal written before
+    the column existed opens, and its artifacts are sent as before (UIDs unknown)."""
+    path = tmp_path / "j.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE items (id INTEGER PRIMARY KEY, path TEXT NOT NULL, size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL, sha256 TEXT, folder TEXT NOT NULL,
+            file_id TEXT NOT NULL, state TEXT NOT NULL, reason TEXT,
+            discovered_at REAL NOT NULL, settled_at REAL, updated_at REAL NOT NULL,
+            study_keys TEXT);
+        CREATE TABLE artifacts (item_id INTEGER NOT NULL, mode TEXT NOT NULL,
+            name TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
+            sop_instance_uid TEXT, PRIMARY KEY (item_id, mode));
+        CREATE TABLE deliveries (item_id INTEGER NOT NULL, dest TEXT NOT NULL,
+            mode TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            next_at REAL NOT NULL DEFAULT 0, last_error TEXT, done_at REAL,
+            PRIMARY KEY (item_id, dest));
+        INSERT INTO items VALUES (1, '/a/x.dcm', 1, 1, 'aa', '/a', 'f1', 'protected', NULL,
+            0, 0, 0, NULL);
+        INSERT INTO artifacts VALUES (1, 'dicom', 'old.dicom', 'bb', 9, '1.2.3');
+        INSERT INTO deliveries(item_id, dest, mode, state) VALUES (1, 'c', 'dicom', 'pending');
+        PRAGMA user_version=3;
+    """)
+    db.commit()
+    db.close()
+    j = Journal(path)
+    [old] = j.due_objects("c", 1e12, 10, set())
+    assert (old.name, old.sop_instance_uid, old.uids) == ("old.dicom", "1.2.3", None)
+    uids = ("1.2.840.1", "1.2.840.2", "1.2.840.3")
+    new = j.record_protected(None, "/a/y.dcm", 2, 2, "/a", None, "cc" * 32,
+                             [Artifact(0, "dicom", "new.dicom", "dd" * 32, 20, uids[2],
+                                       uids_column(uids))],
+                             [("c", "dicom", "pending")])
+    assert new is not None
+    due = {d.item_id: d for d in j.due_objects("c", 1e12, 10, set())}
+    assert due[new].uids == uids and due[1].uids is None
+    assert j.artifacts(new)["dicom"].uids == uids_column(uids)
+    j.close()

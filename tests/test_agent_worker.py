@@ -328,6 +328,11 @@ def test_protector_applies_the_folders_policy_and_the_sites_secret(
                                                     str(source.get("IssuerOfPatientID", "")))
     codes = {i.CodeValue for i in protected.DeidentificationMethodCodeSequence}
     assert codes == {"113100"}  # the strictest: no option
+    # The UIDs as stored (pseudonymised here): the parent sends them with the copy without
+    # parsing it.
+    stored = [str(protected[k].value) for k in ("StudyInstanceUID", "SeriesInstanceUID",
+                                                "SOPInstanceUID")]
+    assert art["uids"] == stored and stored[0] != str(source.StudyInstanceUID)
     # What the central may learn of the study: keyed hashes only (for the exam lookup).
     expected = [secret.study_key(str(v)) for v in (source.get("AccessionNumber", ""),
                                                    source.StudyInstanceUID) if str(v)]
@@ -374,3 +379,65 @@ def test_the_configured_cipher_kernel_runs_in_the_workers(tmp_path: Path, site_k
             pool.call(_request(scan, ["file"]), 30)
     finally:
         pool.close()
+
+
+def test_a_worker_holds_the_next_request_and_a_stuck_one_takes_it_down_as_collateral(
+        tmp_path: Path, site_keys) -> None:
+    """Two requests in one worker: answered in order to the right callers. When the child
+    hangs on the first and is killed at its deadline, the second, queued behind it, is
+    lost with it and says so (``collateral``: that file is not at fault); the next call
+    gets a fresh child."""
+    import threading
+
+    identity, recipient = site_keys
+    spool = tmp_path / "spool"
+    scans = []
+    for i in range(2):
+        scan = tmp_path / f"{i}.raw"
+        scan.write_bytes(bytes([i]) * (1000 + i))
+        scans.append(scan)
+
+    def both(worker: ProtectWorker, timeout_s: float) -> list[object]:
+        results: list[object] = [None, None]
+
+        def call(i: int) -> None:
+            try:
+                results[i] = worker.call(_request(scans[i], ["file"]), timeout_s)
+            except WorkerLost as exc:
+                results[i] = exc
+
+        stuck = timeout_s < 5
+        first = threading.Thread(target=call, args=(0,))
+        first.start()
+        if stuck:  # the first hangs in the child: the second queues behind it
+            wait_until(lambda: worker.inflight == 1)
+        second = threading.Thread(target=call, args=(1,))
+        second.start()
+        if stuck:
+            wait_until(lambda: worker.inflight == 2)
+            wait_until(lambda: worker.kill_if_overdue(time.monotonic()))
+        first.join(30)
+        second.join(30)
+        return results
+
+    worker = ProtectWorker([recipient], spool)
+    try:
+        answers = both(worker, 60)
+        for scan, answer in zip(scans, answers, strict=True):
+            assert isinstance(answer, dict) and answer["status"] == "protected"
+            art = answer["artifacts"][0]
+            assert decrypt((spool / art["name"]).read_bytes(), identity) == scan.read_bytes()
+        assert worker.started == 1
+    finally:
+        worker.close()
+    stuck = ProtectWorker([recipient], spool, argv=[
+        sys.executable, str(Path(__file__).with_name("stuck_worker.py")), str(tmp_path / "m")])
+    try:
+        first, second = both(stuck, 0.5)
+        assert isinstance(first, WorkerLost) and not first.collateral
+        assert isinstance(second, WorkerLost) and second.collateral
+        assert stuck.killed == 1 and stuck.inflight == 0
+        assert stuck.call(_request(scans[0], ["file"]), timeout_s=60)["status"] == "protected"
+        assert stuck.started == 2
+    finally:
+        stuck.close()

@@ -22,6 +22,8 @@ class Outgoing:
     mode: str  # file | dicom
     relpath: str  # source path relative to its watched folder (folder destinations only)
     sop_instance_uid: str | None = None
+    #: DICOM mode: (study, series, SOP) UIDs as stored in the artifact, when recorded
+    uids: tuple[str, str, str] | None = None
 
 
 class Forwarder(abc.ABC):
