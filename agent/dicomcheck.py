@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import struct
+from dataclasses import dataclass
 from typing import BinaryIO
 
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
@@ -20,6 +21,8 @@ _UNDEFINED = 0xFFFFFFFF
 _ROWS = 0x00280010
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})  # Pixel, Float, Double Float
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+#: What DICOM mode needs at the top level: SOP Class UID, SOP Instance UID, Pixel Data.
+_IMAGE_TAGS = frozenset({0x00080016, 0x00080018, 0x7FE00010})
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
 DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
@@ -34,13 +37,30 @@ def is_dicom(fh: BinaryIO) -> bool:
     return fh.read(4) == b"DICM"
 
 
-def check_complete(fh: BinaryIO) -> None:
+@dataclass(frozen=True)
+class Walked:
+    """What the walk saw: the transfer syntax and the data set's top-level tags (``None``
+    for a deflated data set, which is not walked)."""
+
+    transfer_syntax: str
+    top_tags: frozenset[int] | None
+
+    @property
+    def image(self) -> bool | None:
+        """Whether DICOM mode can take the file (a transfer syntax, SOP Class and Instance
+        UIDs, Pixel Data); ``None`` when the walk cannot tell (deflated)."""
+        if self.top_tags is None:
+            return None
+        return bool(self.transfer_syntax) and _IMAGE_TAGS <= self.top_tags
+
+
+def check_complete(fh: BinaryIO) -> Walked:
     """Raise :class:`Truncated` unless the Part 10 file in ``fh`` ends on an element boundary."""
     size = fh.seek(0, os.SEEK_END)
     fh.seek(132)
     ts = _walk_meta(fh, size)
     if ts in DEFLATED:
-        return  # the body is a deflate stream; pydicom's decoder is the judge of that
+        return Walked(ts, None)  # a deflate stream; pydicom's decoder is the judge of that
     walker = _Walker(fh, size, implicit=ts == IMPLICIT_LE, big=ts == EXPLICIT_BE)
     walker.dataset(None)
     if fh.tell() != size:
@@ -49,6 +69,7 @@ def check_complete(fh: BinaryIO) -> None:
     # (0028,0010) Rows) must at least reach its (7FE0,0010) Pixel Data, the last element.
     if _ROWS in walker.top_tags and not walker.top_tags & _PIXEL_TAGS:
         raise Truncated("image without pixel data")
+    return Walked(ts, frozenset(walker.top_tags))
 
 
 def _read(fh: BinaryIO, n: int) -> bytes:

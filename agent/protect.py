@@ -322,13 +322,19 @@ class Protector:
                 raw.seek(0)
                 fh: BinaryIO = io.BytesIO(raw.read()) if size <= _WALK_IN_MEMORY_MAX else raw
                 try:
-                    dicomcheck.check_complete(fh)
+                    walked = dicomcheck.check_complete(fh)
                 except dicomcheck.Truncated:
                     return "incomplete"
                 if not image_check:
                     return "other"
-                fh.seek(0)
-                return "image" if self._cipher.is_dicom_with_pixels(fh) else "other"
+                # The walk saw the top-level tags: no pydicom parse just to decide (DICOM
+                # mode parses the file itself, and hands a file it cannot take back to
+                # file mode). Only a deflated data set, which the walk skips, is parsed.
+                image = walked.image
+                if image is None:
+                    fh.seek(0)
+                    image = self._cipher.is_dicom_with_pixels(fh)
+                return "image" if image else "other"
         except OSError:
             return "other"
 

@@ -108,6 +108,25 @@ def test_dicom_walker_accepts_complete_and_rejects_cut_files(name: str) -> None:
             check_complete(io.BytesIO(data[:cut]))
 
 
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm",
+                                  "MR_small_implicit.dcm", "MR_small_bigendian.dcm",
+                                  "rtdose.dcm", "rtplan.dcm", "image_dfl.dcm",
+                                  "waveform_ecg.dcm"])
+def test_dicom_walker_decides_image_like_the_cipher(name: str) -> None:
+    """The agent takes the walk's top-level tags as the ``auto`` decision instead of a
+    pydicom parse; on every file it can tell, it must agree with the cipher's own check."""
+    import cipher
+
+    data = Path(get_testdata_file(name)).read_bytes()  # type: ignore[arg-type]
+    walked = check_complete(io.BytesIO(data))
+    expected = cipher.is_dicom_with_pixels(io.BytesIO(data))
+    if name == "image_dfl.dcm":
+        assert walked.image is None  # deflated: not walked, the cipher decides
+    else:
+        assert walked.image is expected
+    assert expected is (name not in ("rtplan.dcm", "waveform_ecg.dcm"))
+
+
 def test_dicom_walker_on_synthetic_slice() -> None:
     data = ct_slice()
     check_complete(io.BytesIO(data))
