@@ -15,7 +15,7 @@ decrypted cache is cleared before each gateway measurement). The index is built 
 by the first search (timed separately), as the study list does before a study is opened.
 
     .venv/bin/python bench/bench_gateway.py [--slices 300] [--size 512] [--repeats 3]
-    .venv/bin/python bench/bench_gateway.py --multiframe-mb 256   # memory for one big instance
+    .venv/bin/python bench/bench_gateway.py --multiframe-mb 256   # memory: frames, retrieve
 
 Targets (issue 12): gateway >= 0.5x Orthanc's own throughput; first image < 1 s.
 """
@@ -213,6 +213,17 @@ def multiframe_memory(mb: int) -> int:
             proc, port = _start_gateway(work, orthanc.dicomweb_url, identity, timeout_s=600)
             try:
                 before = _vm(proc.pid, "VmHWM")
+                # frames first (as a viewer asks for them), then the whole instance
+                frame_s = []
+                for n in (1, frames // 2 + 1, frames):
+                    start = time.perf_counter()
+                    r = requests.get(f"http://127.0.0.1:{port}/dicom-web/studies/{study}/series/"
+                                     f"{series}/instances/{sop}/frames/{n}",
+                                     auth=("admin", PASSWORD), headers={"Accept": FRAMES},
+                                     timeout=600)  # fmt: skip
+                    r.raise_for_status()
+                    frame_s.append(time.perf_counter() - start)
+                frames_peak = _vm(proc.pid, "VmHWM")
                 start = time.perf_counter()
                 with requests.get(f"http://127.0.0.1:{port}/dicom-web/studies/{study}/series/"
                                   f"{series}/instances/{sop}", auth=("admin", PASSWORD),
@@ -235,6 +246,10 @@ def multiframe_memory(mb: int) -> int:
           f"{first:.1f} s); gateway peak RSS {before} MB at start, {peak} MB after "
           f"(+{peak - before} MB = {(peak - before) / (size / 2**20):.2f}x the instance; "
           "target well under 2x)")  # fmt: skip
+    print(f"frames 1, {frames // 2 + 1}, {frames} (one request each, before the retrieve): "
+          f"{', '.join(f'{t:.1f}' for t in frame_s)} s; gateway peak RSS {frames_peak} MB "
+          f"(+{frames_peak - before} MB = {(frames_peak - before) / (size / 2**20):.2f}x the "
+          "instance; target well under 1x)")  # fmt: skip
     return 0
 
 

@@ -17,7 +17,7 @@ from typing import BinaryIO, overload
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 
-from gateway import dicomdata
+from gateway import dicomdata, largeframes
 from gateway.audit import AuditEvent
 from gateway.auth import require
 from gateway.context import Gateway, client_of, get_gateway
@@ -449,16 +449,38 @@ def _single_part_wanted(request: Request) -> bool:
     return bool(accept) and "multipart/related" not in accept and "*/*" not in accept
 
 
+def _large(gw: Gateway, p: Principal, request: Request, op: str, item: Streamed,
+           numbers: list[int], study: str, series: str) -> largeframes.Picked:  # fmt: skip
+    """Frames ``numbers`` of a large instance, deciphered frame by frame from its staged
+    ciphertext (only those kept); one the header cannot place is joined whole. A refusal
+    (the original does not authenticate) is audited and answered 409."""
+    try:
+        picked = largeframes.pick_frames(item, numbers)
+        if picked is None:
+            ds = dicomdata.parse(largeframes.whole(item))
+            picked = largeframes.Picked(ds, dicomdata.frames(ds, numbers), complete=True)
+    except RefusedInstance as exc:
+        gw.audit([_refused(p, request, op, exc, study, series)])
+        raise HTTPException(409, f"instance refused: {exc.reason}") from None
+    finally:
+        item.close()
+    return picked
+
+
 @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame_list}")
 def retrieve_frames(study: str, series: str, sop: str, frame_list: str,
                     request: Request) -> Response:  # fmt: skip
     p = require(request, "reader", study=study, series=series, instance=sop)
     gw = get_gateway(request)
     numbers = _frame_numbers(frame_list)
-    item = _one(gw, p, request, "frames", study, series, sop)
-    ds = dicomdata.parse(item.data)
+    item = _one(gw, p, request, "frames", study, series, sop, large=True)
     try:
-        chunks = dicomdata.frames(ds, numbers)
+        if isinstance(item, Streamed):  # large: only the requested frames are kept
+            picked = _large(gw, p, request, "frames", item, numbers, study, series)
+            ds, chunks = picked.ds, picked.frames
+        else:
+            ds = dicomdata.parse(item.data)
+            chunks = dicomdata.frames(ds, numbers)
     except dicomdata.FrameError as exc:
         raise HTTPException(404, str(exc)) from None
     ts = dicomdata.transfer_syntax(ds)
@@ -512,11 +534,19 @@ def _rendered(request: Request, study: str, series: str, sop: str, frame: int,
               thumbnail: bool) -> Response:  # fmt: skip
     p = require(request, "reader", study=study, series=series, instance=sop)
     gw = get_gateway(request)
-    item = _one(gw, p, request, "rendered", study, series, sop)
+    item = _one(gw, p, request, "rendered", study, series, sop, large=True)
     fmt = _format(request)
     try:
-        image = dicomdata.render(dicomdata.parse(item.data), frame, window=_window(request),
-                                 fmt=fmt, thumbnail=thumbnail)  # fmt: skip
+        if isinstance(item, Streamed):  # large: only that frame is kept
+            picked = _large(gw, p, request, "rendered", item, [frame], study, series)
+            if not picked.complete:
+                ds, frame = largeframes.single_frame(picked), 1
+            else:
+                ds = picked.ds
+        else:
+            ds = dicomdata.parse(item.data)
+        image = dicomdata.render(ds, frame, window=_window(request), fmt=fmt,
+                                 thumbnail=thumbnail)  # fmt: skip
     except dicomdata.FrameError as exc:
         raise HTTPException(406 if "render" in str(exc) else 404, str(exc)) from None
     return Response(image, media_type=f"image/{fmt}")

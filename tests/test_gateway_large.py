@@ -110,3 +110,69 @@ def test_large_instances_stream_byte_exact_and_tampered_ones_are_refused_before_
         assert sum(o[1] == "refused" for o in outcomes) == 2  # alone, and in the series
         assert sum(o[1] == "ok" for o in outcomes) == 3
         assert ("retrieve", "passthrough", data.uids(plain)[2]) in outcomes
+
+
+def test_frames_and_rendered_of_a_large_instance_keep_only_what_was_asked(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """frames/N and frames/N/rendered of a large instance: the original's frames, taken
+    from its stream (nothing cached); a tampered one is refused (409) and audited."""
+    import io
+
+    import numpy as np
+    import pydicom
+
+    from gateway import dicomdata
+
+    identity, recipient = keys.generate_identity()
+    patient = data.Patient("PAT-F", "FRAME^FIONA", "ACC-F", "20240708")
+    original = data.multiframe(patient, 30, rows=64, cols=48)
+    protected = data.protect(original, recipient)
+    bad = data.tamper(data.protect(data.multiframe(patient, 30, rows=64, cols=48), recipient))
+    archive.instances = [(data.uids(x)[2], x) for x in (protected, bad)]
+    url = f"http://127.0.0.1:{archive.server_address[1]}/dicom-web"
+    settings = Settings(data_dir=tmp_path, identity_file="unused", upstreams=(url,),
+                        stream_above_bytes=32 * 1024)  # fmt: skip
+    ds = pydicom.dcmread(io.BytesIO(original))
+    pixels = ds.pixel_array  # (30, 64, 48)
+    study, series, sop = data.uids(protected)
+    with BackgroundServer(settings, identities=[identity]) as gw:
+        state = gw.app.state.gateway
+        state.store.set_user("rita", "pw", ["reader"])
+        auth = ("rita", "pw")
+        root = f"{gw.url}/dicom-web/studies/{study}/series/{series}/instances"
+
+        got = requests.get(f"{root}/{sop}/frames/7,1,30,7", auth=auth, timeout=60)
+        assert got.status_code == 200, got.text
+        boundary = got.headers["Content-Type"].rsplit("boundary=", 1)[1]
+        bodies = [p.body for p in iter_parts([got.content], boundary, 1 << 30)]
+        assert bodies == [pixels[n - 1].tobytes() for n in (7, 1, 30, 7)]
+
+        one = requests.get(f"{root}/{sop}/frames/12", auth=auth, timeout=60,
+                           headers={"Accept": "application/octet-stream"})  # fmt: skip
+        assert one.status_code == 200
+        assert one.content == pixels[11].tobytes()
+
+        assert requests.get(f"{root}/{sop}/frames/31", auth=auth, timeout=60).status_code == 404
+
+        png = requests.get(f"{root}/{sop}/frames/5/rendered", auth=auth, timeout=60,
+                           params={"window": "500,1000"}, headers={"Accept": "image/png"})
+        assert png.status_code == 200
+        expected = dicomdata.render(ds, 5, window=(500.0, 1000.0), fmt="png")
+        from PIL import Image
+
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.content))),
+                              np.asarray(Image.open(io.BytesIO(expected))))  # fmt: skip
+        assert state.restorer.cache.size == 0  # large: never cached
+
+        bad_sop = data.uids(bad)[2]
+        refused = requests.get(f"{root}/{bad_sop}/frames/1", auth=auth, timeout=60)
+        assert refused.status_code == 409
+        refused = requests.get(f"{root}/{bad_sop}/frames/1/rendered", auth=auth, timeout=60)
+        assert refused.status_code == 409
+
+        outcomes = [(e.operation, e.outcome, e.instance_uid) for e in state.store.iter_audit()]
+        assert ("frames", "refused", bad_sop) in outcomes
+        assert ("rendered", "refused", bad_sop) in outcomes
+        assert ("frames", "ok", sop) in outcomes
+        assert ("rendered", "ok", sop) in outcomes
