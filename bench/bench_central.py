@@ -56,6 +56,8 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.* when run as a script
+
 from service.bootstrap import initialize
 from service.settings import ObjectsSettings
 from service.store import Store

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import requests
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.* when run as a script
+
 from cipher import keys
 from tests import gateway_data as data
 from tests import peers
