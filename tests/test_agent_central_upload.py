@@ -116,19 +116,16 @@ def terse_server(answer_per_connection: int, hang_up_on: int | None = None,
         srv.close()
 
 
-def test_a_connection_the_central_closed_while_idle_is_not_reused(tmp_path: Path) -> None:
-    with terse_server(answer_per_connection=1) as live:
-        fwd = forwarder(live.url)
-        for i in range(3):
-            fwd.send(outgoing(tmp_path, i))
-        fwd.close()
-    assert live.seen == {"connections": 3, "answered": 3}
-
-
-def test_a_reused_connection_closed_mid_request_is_retried_once_fresh(tmp_path: Path) -> None:
-    # The second request of every connection is cut off: each such upload goes through
-    # on a new connection, none is reported failed.
-    with terse_server(answer_per_connection=2, hang_up_on=2) as live:
+@pytest.mark.parametrize("server", [
+    # the central closes each connection after one answer: the idle one is not reused
+    {"answer_per_connection": 1},
+    # the second request of every connection is cut off: each such upload goes through on
+    # a new connection, none is reported failed
+    {"answer_per_connection": 2, "hang_up_on": 2},
+], ids=["closed-while-idle-not-reused", "cut-mid-request-retried-once-fresh"])
+def test_a_connection_the_central_closed_costs_no_upload(tmp_path: Path,
+                                                          server: dict[str, int]) -> None:
+    with terse_server(**server) as live:
         fwd = forwarder(live.url)
         for i in range(3):
             fwd.send(outgoing(tmp_path, i))

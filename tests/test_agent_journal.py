@@ -136,22 +136,30 @@ def test_a_refused_delivery_is_quarantined_alone_and_retry_or_release_it(tmp_pat
         j.request_release(item_id)  # no longer quarantined
 
 
+def _earlier_journal(tmp_path: Path, folder_type: str, item_columns: str, script: str) -> Path:
+    """A journal as an earlier version wrote it: its ``items`` table (``folder`` of
+    ``folder_type``, then ``item_columns``) and whatever ``script`` adds; its path."""
+    path = tmp_path / "j.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(f"""
+        CREATE TABLE items (id INTEGER PRIMARY KEY, path TEXT NOT NULL, size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL, sha256 TEXT, folder {folder_type} NOT NULL,
+            file_id TEXT NOT NULL, state TEXT NOT NULL, reason TEXT,
+            discovered_at REAL NOT NULL, settled_at REAL, updated_at REAL NOT NULL{item_columns});
+        {script}""")
+    db.commit()
+    db.close()
+    return path
+
+
 def test_a_journal_of_folder_indexes_is_rekeyed_by_path_never_by_position(tmp_path: Path) -> None:
     """Journals written with ``folder INTEGER`` (a position in the config): the position
     is not trusted after an upgrade, the item's path decides; no folder, no key (held)."""
-    path = tmp_path / "j.sqlite3"
-    db = sqlite3.connect(path)
-    db.executescript("""
-        CREATE TABLE items (id INTEGER PRIMARY KEY, path TEXT NOT NULL, size INTEGER NOT NULL,
-            mtime_ns INTEGER NOT NULL, sha256 TEXT, folder INTEGER NOT NULL,
-            file_id TEXT NOT NULL, state TEXT NOT NULL, reason TEXT,
-            discovered_at REAL NOT NULL, settled_at REAL, updated_at REAL NOT NULL);
+    path = _earlier_journal(tmp_path, "INTEGER", "", """
         INSERT INTO items VALUES (1, '/b/x.dcm', 1, 1, 'aa', 0, 'f1', 'protected', NULL, 0, 0, 0);
         INSERT INTO items VALUES (2, '/a/y.dcm', 1, 1, NULL, 1, 'f2', 'discovered', NULL, 0, 0, 0);
         INSERT INTO items VALUES (3, '/gone/z', 1, 1, 'bb', 0, 'f3', 'protected', NULL, 0, 0, 0);
     """)
-    db.commit()
-    db.close()
     j = Journal(path)
     keys = {"/a": "/a", "/b": "/b"}
     assert j.rekey_folders(lambda p: keys.get(p.rsplit("/", 1)[0])) == 3
@@ -203,14 +211,7 @@ def test_acknowledgements_and_their_forwarded_events_commit_together_once(
 def test_artifact_uids_round_trip_and_an_older_journal_gains_the_column(tmp_path: Path) -> None:
     """DICOM-mode artifacts carry their stored UIDs to the sender; a journal written before
     the column existed opens, and its artifacts are sent as before (UIDs unknown)."""
-    path = tmp_path / "j.sqlite3"
-    db = sqlite3.connect(path)
-    db.executescript("""
-        CREATE TABLE items (id INTEGER PRIMARY KEY, path TEXT NOT NULL, size INTEGER NOT NULL,
-            mtime_ns INTEGER NOT NULL, sha256 TEXT, folder TEXT NOT NULL,
-            file_id TEXT NOT NULL, state TEXT NOT NULL, reason TEXT,
-            discovered_at REAL NOT NULL, settled_at REAL, updated_at REAL NOT NULL,
-            study_keys TEXT);
+    path = _earlier_journal(tmp_path, "TEXT", ",\n            study_keys TEXT", """
         CREATE TABLE artifacts (item_id INTEGER NOT NULL, mode TEXT NOT NULL,
             name TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
             sop_instance_uid TEXT, PRIMARY KEY (item_id, mode));
@@ -224,8 +225,6 @@ def test_artifact_uids_round_trip_and_an_older_journal_gains_the_column(tmp_path
         INSERT INTO deliveries(item_id, dest, mode, state) VALUES (1, 'c', 'dicom', 'pending');
         PRAGMA user_version=3;
     """)
-    db.commit()
-    db.close()
     j = Journal(path)
     [old] = j.due_objects("c", 1e12, 10, set())
     assert (old.name, old.sop_instance_uid, old.uids) == ("old.dicom", "1.2.3", None)

@@ -650,30 +650,46 @@ def test_two_central_processes_share_one_postgresql(postgres_server, tmp_path):
         store.close()
 
 
-@pytest.mark.peer
-def test_a_dropped_postgresql_connection_is_replaced_before_use(postgres_server, monkeypatch):
-    """Connections idle past IDLE_PING_AFTER_S are pinged at checkout; dead ones replaced."""
-    from service import store_base
-
+@pytest.fixture
+def pg_store(postgres_server: str) -> Iterator[tuple[str, Store]]:
+    """A store on a fresh PostgreSQL database with its schema, and the database's URL."""
     url = _new_pg_database(postgres_server)
     store = Store(Settings(data_dir=Path("/nonexistent"), db_url=url).database_url)
     try:
         store.create_schema()
-        store.ping()
-        admin = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"),
-                                 isolation_level="AUTOCOMMIT")  # fmt: skip
+        yield url, store
+    finally:
+        store.close()
+
+
+def _terminate_other_backends(url: str) -> int:
+    """End every other session on ``url``'s database (as a restart or a network cut would
+    end the store's pooled connections); how many there were."""
+    admin = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"),
+                             isolation_level="AUTOCOMMIT")  # fmt: skip
+    try:
         with admin.connect() as conn:
             killed = conn.exec_driver_sql(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             ).scalar()
-        admin.dispose()
-        assert killed and killed >= 1  # the store's pooled connection is gone
-        monkeypatch.setattr(store_base, "IDLE_PING_AFTER_S", 0.0)
-        store.ping()  # pinged at checkout, replaced, then used: no error reaches the caller
-        assert store.list_agents() == []
     finally:
-        store.close()
+        admin.dispose()
+    return int(killed or 0)
+
+
+@pytest.mark.peer
+def test_a_dropped_postgresql_connection_is_replaced_before_use(pg_store, monkeypatch):
+    """Connections idle past IDLE_PING_AFTER_S are pinged at checkout; dead ones replaced."""
+    from service import store_base
+
+    url, store = pg_store
+    store.ping()
+    killed = _terminate_other_backends(url)
+    assert killed >= 1  # the store's pooled connection is gone
+    monkeypatch.setattr(store_base, "IDLE_PING_AFTER_S", 0.0)
+    store.ping()  # pinged at checkout, replaced, then used: no error reaches the caller
+    assert store.list_agents() == []
 
 
 # -- the heartbeat hot path: one statement that authenticates and records -----------------
@@ -771,44 +787,28 @@ def test_heartbeat_counts_trend_and_one_backlog_sample_per_bucket(client, store,
 
 
 @pytest.mark.peer
-def test_a_dropped_connection_under_the_heartbeat_path_is_not_reused(postgres_server, monkeypatch):
+def test_a_dropped_connection_under_the_heartbeat_path_is_not_reused(pg_store, monkeypatch):
     """The autocommit pool of the hot path pings idle connections and drops failed ones."""
     from service import store_agents, store_base
 
-    url = _new_pg_database(postgres_server)
-    store = Store(Settings(data_dir=Path("/nonexistent"), db_url=url).database_url)
-    try:
-        store.create_schema()
-        # the statement goes straight to psycopg, compiled once (not a silent fallback)
-        compiled = store_agents._driver_sql(store.engine.dialect)
-        assert compiled is not None and compiled is store_agents._driver_sql(store.engine.dialect)
-        _id, enroll_token = store.mint_enrollment_token(3600)
-        enrolled = store.enroll(enroll_token, EnrollRequest(host="h", os="Linux", version="1"))
-        assert enrolled is not None
-        agent_id, token = enrolled
-        hb = Heartbeat.from_dict(heartbeat(agent_id))
-
-        def kill_backends() -> None:
-            admin = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"),
-                                     isolation_level="AUTOCOMMIT")  # fmt: skip
-            with admin.connect() as conn:
-                conn.exec_driver_sql(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-            admin.dispose()
-
-        assert store.record_heartbeat(token, hb) is not None
-        kill_backends()
-        monkeypatch.setattr(store_base, "IDLE_PING_AFTER_S", 0.0)
-        assert store.record_heartbeat(token, hb) is not None  # pinged, replaced, used
-        monkeypatch.setattr(store_base, "IDLE_PING_AFTER_S", 3600.0)
-        kill_backends()
-        with pytest.raises(Exception):  # noqa: B017 - whatever the driver raises for a dead socket
-            store.record_heartbeat(token, hb)
-        recorded = store.record_heartbeat(token, hb)  # the dead connection was not pooled again
-        assert recorded is not None and recorded.agent_id == agent_id
-        monkeypatch.setattr(store_base, "IDLE_PING_AFTER_S", 0.0)  # the other pool's are dead too
-        assert store.get_agent(agent_id).heartbeats == 3  # type: ignore[union-attr]
-    finally:
-        store.close()
+    url, store = pg_store
+    # the statement goes straight to psycopg, compiled once (not a silent fallback)
+    compiled = store_agents._driver_sql(store.engine.dialect)
+    assert compiled is not None and compiled is store_agents._driver_sql(store.engine.dialect)
+    _id, enroll_token = store.mint_enrollment_token(3600)
+    enrolled = store.enroll(enroll_token, EnrollRequest(host="h", os="Linux", version="1"))
+    assert enrolled is not None
+    agent_id, token = enrolled
+    hb = Heartbeat.from_dict(heartbeat(agent_id))
+    assert store.record_heartbeat(token, hb) is not None
+    _terminate_other_backends(url)
+    monkeypatch.setattr(store_base, "IDLE_PING_AFTER_S", 0.0)
+    assert store.record_heartbeat(token, hb) is not None  # pinged, replaced, used
+    monkeypatch.setattr(store_base, "IDLE_PING_AFTER_S", 3600.0)
+    _terminate_other_backends(url)
+    with pytest.raises(Exception):  # noqa: B017 - whatever the driver raises for a dead socket
+        store.record_heartbeat(token, hb)
+    recorded = store.record_heartbeat(token, hb)  # the dead connection was not pooled again
+    assert recorded is not None and recorded.agent_id == agent_id
+    monkeypatch.setattr(store_base, "IDLE_PING_AFTER_S", 0.0)  # the other pool's are dead too
+    assert store.get_agent(agent_id).heartbeats == 3
