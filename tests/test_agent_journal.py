@@ -136,16 +136,20 @@ def test_a_refused_delivery_is_quarantined_alone_and_retry_or_release_it(tmp_pat
         j.request_release(item_id)  # no longer quarantined
 
 
-def _earlier_journal(tmp_path: Path, folder_type: str, item_columns: str, script: str) -> Path:
-    """A journal as an earlier version wrote it: its ``items`` table (``folder`` of
-    ``folder_type``, then ``item_columns``) and whatever ``script`` adds; its path."""
+def _earlier_journal(tmp_path: Path, script: str, *, folder_index: bool = False,
+                     study_keys: bool = False) -> Path:
+    """A journal as an earlier version wrote it, and its path: the ``items`` table (with
+    ``folder`` a position in the config when ``folder_index``, a ``study_keys`` column when
+    ``study_keys``), then whatever ``script`` adds."""
+    folder = "INTEGER" if folder_index else "TEXT"
+    keys = ", study_keys TEXT" if study_keys else ""
     path = tmp_path / "j.sqlite3"
     db = sqlite3.connect(path)
     db.executescript(f"""
         CREATE TABLE items (id INTEGER PRIMARY KEY, path TEXT NOT NULL, size INTEGER NOT NULL,
-            mtime_ns INTEGER NOT NULL, sha256 TEXT, folder {folder_type} NOT NULL,
+            mtime_ns INTEGER NOT NULL, sha256 TEXT, folder {folder} NOT NULL,
             file_id TEXT NOT NULL, state TEXT NOT NULL, reason TEXT,
-            discovered_at REAL NOT NULL, settled_at REAL, updated_at REAL NOT NULL{item_columns});
+            discovered_at REAL NOT NULL, settled_at REAL, updated_at REAL NOT NULL{keys});
         {script}""")
     db.commit()
     db.close()
@@ -155,7 +159,7 @@ def _earlier_journal(tmp_path: Path, folder_type: str, item_columns: str, script
 def test_a_journal_of_folder_indexes_is_rekeyed_by_path_never_by_position(tmp_path: Path) -> None:
     """Journals written with ``folder INTEGER`` (a position in the config): the position
     is not trusted after an upgrade, the item's path decides; no folder, no key (held)."""
-    path = _earlier_journal(tmp_path, "INTEGER", "", """
+    path = _earlier_journal(tmp_path, folder_index=True, script="""
         INSERT INTO items VALUES (1, '/b/x.dcm', 1, 1, 'aa', 0, 'f1', 'protected', NULL, 0, 0, 0);
         INSERT INTO items VALUES (2, '/a/y.dcm', 1, 1, NULL, 1, 'f2', 'discovered', NULL, 0, 0, 0);
         INSERT INTO items VALUES (3, '/gone/z', 1, 1, 'bb', 0, 'f3', 'protected', NULL, 0, 0, 0);
@@ -211,7 +215,7 @@ def test_acknowledgements_and_their_forwarded_events_commit_together_once(
 def test_artifact_uids_round_trip_and_an_older_journal_gains_the_column(tmp_path: Path) -> None:
     """DICOM-mode artifacts carry their stored UIDs to the sender; a journal written before
     the column existed opens, and its artifacts are sent as before (UIDs unknown)."""
-    path = _earlier_journal(tmp_path, "TEXT", ",\n            study_keys TEXT", """
+    path = _earlier_journal(tmp_path, study_keys=True, script="""
         CREATE TABLE artifacts (item_id INTEGER NOT NULL, mode TEXT NOT NULL,
             name TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
             sop_instance_uid TEXT, PRIMARY KEY (item_id, mode));
