@@ -168,7 +168,7 @@ class MultipartReader:
         """Up to ``n`` bytes of the current part's body (all of it for -1); b"" at its end."""
         if self._direct is not None:
             if self._direct != "body":
-                return b""  # the part's body was read already
+                return b""  # before the first part, or after this part's body
             if (self._max + 1 if n < 0 else n) >= self._d_len:
                 whole = self._read_direct()
                 if whole is not None:
@@ -238,7 +238,6 @@ class MultipartReader:
         self._in_part = True
         self._part_read = 0
         return True
-
 
     # -- direct reading (``exact``) ---------------------------------------------------------
     #
