@@ -8,7 +8,9 @@ value into a *spool* while hashing it, and deciphers only after that hash matche
 steps of ``cipher/SPEC.md`` §2.4 "Reading", done by :mod:`cipher.dicomfile`'s own pieces
 (:func:`~cipher.dicomfile._unit_pieces`, :func:`~cipher.dicomfile._original`). Memory: the
 skeleton and one unit (frame) at a time; the spool holds ciphertext only, so a caller may
-put it in a temporary file.
+put it in a temporary file. A file already whole in memory, whose caller takes every piece
+before it uses any, may leave out the digest of the enciphered value (``open_v2(...,
+whole=True)``, as SPEC §2.4 allows such a reader): the original's SHA-256 covers it.
 
 The original's SHA-256 is compared after its last piece was produced (as for
 :func:`cipher.unprotect`): a consumer must treat the pieces as unusable unless the
