@@ -237,7 +237,15 @@ def from_stage(cache: StageCache, stage: Stage, numbers: list[int]) -> Picked:
     """Frames ``numbers`` of a staged instance. Verified with frame units: only those
     frames are read and deciphered. Otherwise a whole pass (and the entry is verified
     when it ends); what the header cannot place is joined whole. Raises FrameError and
-    RefusedInstance (the entry is then dropped)."""
+    RefusedInstance (the entry is then dropped: the next request fetches it anew)."""
+    try:
+        return _from_stage(cache, stage, numbers)
+    except RefusedInstance:
+        cache.fail(stage)
+        raise
+
+
+def _from_stage(cache: StageCache, stage: Stage, numbers: list[int]) -> Picked:
     ds = _header_dataset(stage.info)
     with stage.lock:  # one first pass at a time: the others then take the short way
         if not stage.verified:
@@ -318,20 +326,25 @@ def _value_pieces(item: Streamed, start: int, length: int) -> Iterator[bytes | m
         pos = end
 
 
-def _pixel_pieces(stage: Stage, start: int, length: int) -> Iterator[bytes | memoryview]:
+def _pixel_pieces(cache: StageCache, stage: Stage, start: int,
+                  length: int) -> Iterator[bytes | memoryview]:
     """The Pixel Data value of a staged instance: frame by frame from a verified entry whose
     value is its frames, else from a whole pass."""
     assert stage.opened is not None
     ds = _header_dataset(stage.info)
     units = None if ds is None or not stage.verified else _frame_units(stage, ds)
-    if units is not None and units.count * units.frame_length == length:
-        for n in range(1, units.count + 1):
-            yield dicomframes.decipher_frame(stage.opened, n, _unit(stage, *units.span(n)))
-        return
-    yield from _value_pieces(reopen(stage), start, length)
+    try:
+        if units is not None and units.count * units.frame_length == length:
+            for n in range(1, units.count + 1):
+                yield dicomframes.decipher_frame(stage.opened, n, _unit(stage, *units.span(n)))
+            return
+        yield from _value_pieces(reopen(stage), start, length)
+    except RefusedInstance:
+        cache.fail(stage)
+        raise
 
 
-def bulkdata(item: Stage | Restored | Streamed,
+def bulkdata(cache: StageCache | None, item: Stage | Restored | Streamed,
              tag: str) -> bytes | tuple[int, Iterator[bytes | memoryview]]:  # fmt: skip
     """Bulk data ``tag`` of an instance: bytes, or for the Pixel Data of a large one its
     length and its pieces, deciphered as they are taken (memory: one frame). A large
@@ -349,5 +362,6 @@ def bulkdata(item: Stage | Restored | Streamed,
         return dicomdata.bulkdata(ds, tag)
     start, length = span
     if isinstance(item, Stage):
-        return length, _pixel_pieces(item, start, length)
+        assert cache is not None
+        return length, _pixel_pieces(cache, item, start, length)
     return length, _value_pieces(item, start, length)

@@ -546,7 +546,7 @@ def retrieve_bulkdata(study: str, series: str, sop: str, tag: str, request: Requ
     hold = ExitStack()  # a large instance's entry stays held while its value is sent
     try:
         item = hold.enter_context(_held(gw, p, request, "bulkdata", study, series, sop))
-        got = largeframes.bulkdata(item, tag)
+        got = largeframes.bulkdata(gw.stages, item, tag)
     except dicomdata.FrameError as exc:
         hold.close()
         raise HTTPException(404, str(exc)) from None
