@@ -272,3 +272,18 @@ def test_requests_arriving_together_fetch_the_instance_once(
     assert stage.file is not None
     assert hashlib.sha256(stage.file.pread(0, stage.file.written)).digest() == hashlib.sha256(
         _enciphered_value(raws[0])).digest()
+
+
+def test_stage_settings_are_validated_and_default_under_the_data_dir(tmp_path: Path) -> None:
+    from gateway.config import load_settings
+    from gateway.errors import ConfigError
+
+    base = {"identity_file": "site.key", "upstreams": ("http://pacs/dicom-web",)}
+    assert load_settings(tmp_path, **base).stage_path == tmp_path.resolve() / "stage"
+    assert load_settings(tmp_path, stage_dir="elsewhere", **base).stage_path == (
+        tmp_path.resolve() / "elsewhere")
+    assert load_settings(tmp_path, stage_dir=str(tmp_path / "abs"), **base).stage_path == (
+        tmp_path / "abs")
+    with pytest.raises(ConfigError) as bad:
+        load_settings(tmp_path, stage_cache_bytes=-1, **base)
+    assert "stage_cache_bytes: must be an integer >= 0" in str(bad.value)
