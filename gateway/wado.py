@@ -13,7 +13,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
-from typing import BinaryIO, overload
+from typing import Any, BinaryIO, overload
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
@@ -388,7 +388,7 @@ def retrieve_instance(study: str, series: str, sop: str, request: Request) -> Re
 
 def _metadata_stream(gw: Gateway, p: Principal, request: Request, path: str, study: str,
                      series: str = "") -> StreamingResponse:  # fmt: skip
-    instances = gw.upstream.iter_instances(path)
+    instances = gw.upstream.iter_streams(path)
     try:
         first = next(instances, None)
     except (UpstreamError, UpstreamNotFound) as exc:
@@ -396,31 +396,51 @@ def _metadata_stream(gw: Gateway, p: Principal, request: Request, path: str, stu
     root = dicomweb_root(request)
 
     def body() -> Iterator[bytes]:
-        raw = first
+        stream = first
         sep = b"["
-        served: list[Restored] = []
+        served: list[Restored | Streamed] = []
         try:
-            while raw is not None:
+            while stream is not None:
                 try:
-                    item = gw.restorer.restore(raw)
+                    # a large instance is not held whole: its attributes come from the
+                    # header in its authenticated blob, nothing is deciphered for them
+                    item = gw.restorer.open_stream(stream)
                 except RefusedInstance as exc:
                     gw.audit([_refused(p, request, "metadata", exc, study, series)])
                 else:
                     gw.audit([_served(p, request, "metadata", item)])
-                    gw.restorer.cache.put(item)
                     served.append(item)
                     url = (f"{root}/studies/{item.study_uid}/series/{item.series_uid}"
                            f"/instances/{item.sop_uid}")  # fmt: skip
-                    meta = dicomdata.metadata_json(dicomdata.parse(item.data), url)
-                    yield sep + json.dumps(meta, separators=(",", ":")).encode()
-                    sep = b","
-                raw = next(instances, None)
+                    meta = _instance_metadata(gw, p, request, item, url, study, series)
+                    if meta is not None:
+                        yield sep + json.dumps(meta, separators=(",", ":")).encode()
+                        sep = b","
+                stream = next(instances, None)
         except (UpstreamError, UpstreamNotFound) as exc:
             gw.audit([_event(p, request, "metadata", "failed", study, series, "", str(exc))])
         gw.index.record(served, only_new=True)
         yield b"[]" if sep == b"[" else b"]"
 
     return StreamingResponse(body(), media_type="application/dicom+json")
+
+
+def _instance_metadata(gw: Gateway, p: Principal, request: Request, item: Restored | Streamed,
+                       url: str, study: str, series: str) -> dict[str, Any] | None:  # fmt: skip
+    """DICOM JSON of one instance of a metadata stream (None: refused after all, audited)."""
+    if isinstance(item, Restored):
+        gw.restorer.cache.put(item)
+        return dicomdata.metadata_json(dicomdata.parse(item.data), url)
+    try:
+        meta = largeframes.metadata(item, url)
+        if meta is None:  # deflated, or not ScanFort's: joined whole, as before
+            meta = dicomdata.metadata_json(dicomdata.parse(largeframes.whole(item)), url)
+    except RefusedInstance as exc:
+        gw.audit([_refused(p, request, "metadata", exc, study, series)])
+        return None
+    finally:
+        item.close()
+    return meta
 
 
 def _metadata(request: Request, study: str, series: str | None) -> Response:

@@ -44,6 +44,13 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
+        if "json" in self.headers.get("Accept", ""):  # searches: an archive that lists nothing
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"[]")
+            return
         wanted = [(sop, raw) for sop, raw in self.server.instances
                   if "/instances/" not in self.path or self.path.endswith("/" + sop)]  # fmt: skip
         if "/instances/" in self.path:
@@ -287,3 +294,37 @@ def test_stage_settings_are_validated_and_default_under_the_data_dir(tmp_path: P
     with pytest.raises(ConfigError) as bad:
         load_settings(tmp_path, stage_cache_bytes=-1, **base)
     assert "stage_cache_bytes: must be an integer >= 0" in str(bad.value)
+
+
+def test_series_metadata_not_in_the_index_takes_a_large_instance_from_its_header(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """The archive lists nothing (the index cannot hold the series), so series metadata is
+    read from the archive's retrieve: the large instance's attributes come from the header
+    in its blob (not restored whole, nothing cached), the small one's as before."""
+    identity, recipient = keys.generate_identity()
+    patient = data.Patient("PAT-M", "META^MIRA", "ACC-M", "20240712")
+    large = data.multiframe(patient, 30, rows=64, cols=48)
+    small = data.ct_series(patient, 1, rows=32, cols=32)[0]
+    archive.instances = [(data.uids(raw)[2], data.protect(raw, recipient))
+                         for raw in (large, small)]  # fmt: skip
+    url = f"http://127.0.0.1:{archive.server_address[1]}/dicom-web"
+    settings = Settings(data_dir=tmp_path, identity_file="unused", upstreams=(url,),
+                        stream_above_bytes=32 * 1024)  # fmt: skip
+    study, series, _ = data.uids(large)
+    with BackgroundServer(settings, identities=[identity]) as gw:
+        state = gw.app.state.gateway
+        state.store.set_user("rita", "pw", ["reader"])
+        got = requests.get(f"{gw.url}/dicom-web/studies/{study}/series/{series}/metadata",
+                           auth=("rita", "pw"), timeout=60)  # fmt: skip
+        assert got.status_code == 200, got.text
+        expected = []
+        for raw in (large, small):
+            st, se, sop = data.uids(raw)
+            expected.append(dicomdata.metadata_json(pydicom.dcmread(io.BytesIO(raw)),
+                            f"{gw.url}/dicom-web/studies/{st}/series/{se}/instances/{sop}"))
+        assert got.json() == expected
+        assert state.restorer.cache.size == len(cipher_original(identity, archive.instances[1][1]))
+        outcomes = [(e.operation, e.outcome, e.instance_uid) for e in state.store.iter_audit()
+                    if e.operation == "metadata"]  # fmt: skip
+        assert outcomes == [("metadata", "ok", data.uids(raw)[2]) for raw in (large, small)]
