@@ -37,6 +37,7 @@ from tests import gateway_data as data
 class Archive(ThreadingHTTPServer):
     instances: list[tuple[str, bytes]]  # (SOP Instance UID, stored bytes)
     asked: Counter[str]  # GETs of one instance, by SOP Instance UID
+    slow: threading.Event  # set: an instance retrieve waits a moment before answering
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -55,6 +56,8 @@ class Handler(BaseHTTPRequestHandler):
                   if "/instances/" not in self.path or self.path.endswith("/" + sop)]  # fmt: skip
         if "/instances/" in self.path:
             self.server.asked.update(sop for sop, _ in wanted)
+            if self.server.slow.is_set():
+                threading.Event().wait(0.5)  # other requests arrive meanwhile
         boundary = "stage-b0undary"
         body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
                         + raw + b"\r\n" for _, raw in wanted) + f"--{boundary}--\r\n".encode()
@@ -72,7 +75,7 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def archive() -> Iterator[Archive]:
     server = Archive(("127.0.0.1", 0), Handler)
-    server.instances, server.asked = [], Counter()
+    server.instances, server.asked, server.slow = [], Counter(), threading.Event()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -328,3 +331,42 @@ def test_series_metadata_not_in_the_index_takes_a_large_instance_from_its_header
         outcomes = [(e.operation, e.outcome, e.instance_uid) for e in state.store.iter_audit()
                     if e.operation == "metadata"]  # fmt: skip
         assert outcomes == [("metadata", "ok", data.uids(raw)[2]) for raw in (large, small)]
+
+
+def test_frame_requests_arriving_together_make_one_archive_request(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """Four frame requests for an instance nobody asked for yet, while the archive is slow
+    to answer: one of them fetches it, the others wait for that fetch; all four get their
+    frame and their audit entry."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    identity, recipient = keys.generate_identity()
+    patient = data.Patient("PAT-T", "TOGETHER^TEA", "ACC-T", "20240714")
+    original = data.multiframe(patient, 12, rows=64, cols=48)
+    protected = data.protect(original, recipient)
+    archive.instances = [(data.uids(protected)[2], protected)]
+    archive.slow.set()
+    url = f"http://127.0.0.1:{archive.server_address[1]}/dicom-web"
+    settings = Settings(data_dir=tmp_path, identity_file="unused", upstreams=(url,),
+                        stream_above_bytes=32 * 1024)  # fmt: skip
+    pixels = pydicom.dcmread(io.BytesIO(original)).pixel_array
+    study, series, sop = data.uids(protected)
+    with BackgroundServer(settings, identities=[identity]) as gw:
+        state = gw.app.state.gateway
+        state.store.set_user("rita", "pw", ["reader"])
+        root = f"{gw.url}/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+
+        def frame(n: int) -> bytes:
+            got = requests.get(f"{root}/frames/{n}", auth=("rita", "pw"), timeout=60,
+                               headers={"Accept": "application/octet-stream"})  # fmt: skip
+            assert got.status_code == 200, got.text
+            return got.content
+
+        with ThreadPoolExecutor(4) as pool:
+            bodies = list(pool.map(frame, [1, 5, 9, 12]))
+        assert bodies == [pixels[n - 1].tobytes() for n in (1, 5, 9, 12)]
+        assert archive.asked[sop] == 1
+        outcomes = [(e.operation, e.outcome) for e in state.store.iter_audit()
+                    if e.instance_uid == sop]  # fmt: skip
+        assert outcomes == [("frames", "ok")] * 4
