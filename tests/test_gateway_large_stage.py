@@ -269,9 +269,12 @@ def test_requests_arriving_together_fetch_the_instance_once(
     assert fetching.wait(30)
     second = threading.Thread(target=request, args=("second", 9))
     second.start()
-    while cache._items["same"].refs < 2:  # the second holds the pending entry
+    for _ in range(3000):  # until the second holds the pending entry (at most 30 s)
+        if cache._items["same"].refs >= 2:
+            break
         threading.Event().wait(0.01)
     go.set()
+    assert cache._items["same"].refs == 2
     first.join(30)
     second.join(30)
     assert len(calls) == 1  # one fetch
