@@ -304,7 +304,8 @@ def pixel_vr(item: Streamed, ds: Dataset) -> str:
 
 def metadata(item: Streamed, url: str) -> dict[str, Any] | None:
     """DICOM JSON of a large instance without its pixels: the attributes the header holds
-    and Pixel Data as a BulkDataURI (None: restore it whole instead)."""
+    and Pixel Data as a BulkDataURI, whatever its length (None: restore it whole
+    instead)."""
     ds = header_dataset(item)
     if ds is None:
         return None

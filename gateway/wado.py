@@ -350,6 +350,16 @@ def _from_stage(gw: Gateway, p: Principal, request: Request, op: str, stage: Sta
         raise HTTPException(409, f"instance refused: {exc.reason}") from None
 
 
+def _refused_whole(gw: Gateway, p: Principal, request: Request, op: str,
+                   item: Restored | Streamed | Stage, exc: RefusedInstance, study: str,
+                   series: str) -> HTTPException:  # fmt: skip
+    """A large instance joined whole did not restore: audited, its entry dropped, 409."""
+    if isinstance(item, Stage) and gw.stages is not None:
+        gw.stages.fail(item)
+    gw.audit([_refused(p, request, op, exc, study, series)])
+    return HTTPException(409, f"instance refused: {exc.reason}")
+
+
 @router.get("/studies/{study}/series/{series}/instances/{sop}")
 def retrieve_instance(study: str, series: str, sop: str, request: Request) -> Response:
     p = require(request, "reader", study=study, series=series, instance=sop)
@@ -485,10 +495,14 @@ def instance_metadata(study: str, series: str, sop: str, request: Request) -> Re
         large = item.info if isinstance(item, Stage) else item
         meta = largeframes.metadata(large, url) if isinstance(large, Streamed) else None
         if meta is None:
-            if isinstance(item, Stage):
-                data = largeframes.whole(largeframes.reopen(item))
-            else:
-                data = item.data if isinstance(item, Restored) else largeframes.whole(item)
+            try:
+                if isinstance(item, Stage):
+                    data = largeframes.whole(largeframes.reopen(item))
+                else:
+                    data = item.data if isinstance(item, Restored) else largeframes.whole(item)
+            except RefusedInstance as exc:
+                raise _refused_whole(gw, p, request, "metadata", item, exc, study,
+                                     series) from None  # fmt: skip
             meta = dicomdata.metadata_json(dicomdata.parse(data), url)
     return Response(json.dumps([meta]), media_type="application/dicom+json")
 
@@ -570,6 +584,11 @@ def retrieve_bulkdata(study: str, series: str, sop: str, tag: str, request: Requ
     except dicomdata.FrameError as exc:
         hold.close()
         raise HTTPException(404, str(exc)) from None
+    except RefusedInstance as exc:  # joined whole (deflated), and it did not restore
+        try:
+            raise _refused_whole(gw, p, request, "bulkdata", item, exc, study, series) from None
+        finally:
+            hold.close()
     except BaseException:
         hold.close()
         raise

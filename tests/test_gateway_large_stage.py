@@ -373,3 +373,40 @@ def test_frame_requests_arriving_together_make_one_archive_request(
         outcomes = [(e.operation, e.outcome) for e in state.store.iter_audit()
                     if e.instance_uid == sop]  # fmt: skip
         assert outcomes == [("frames", "ok")] * 4
+
+
+@pytest.mark.parametrize("name", ["image_dfl.dcm", "JPEG2000.dcm"])
+def test_deflated_and_encapsulated_large_instances_are_fetched_once_too(
+    archive: Archive, tmp_path: Path, name: str
+) -> None:
+    """No unit per frame (deflated; compressed fragments): every request runs the whole
+    pass from the staged value (the original's SHA-256 checked each time), but the
+    archive is asked once."""
+    identity, recipient = keys.generate_identity()
+    raw = data.pydicom_file(name, data.Patient("PAT-Z", "ZIP^ZOE", "ACC-Z", "20240715"))
+    protected = data.protect(raw, recipient)
+    archive.instances = [(data.uids(protected)[2], protected)]
+    url = f"http://127.0.0.1:{archive.server_address[1]}/dicom-web"
+    settings = Settings(data_dir=tmp_path, identity_file="unused", upstreams=(url,),
+                        stream_above_bytes=1024)  # fmt: skip
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    study, series, sop = data.uids(raw)
+    with BackgroundServer(settings, identities=[identity]) as gw:
+        state = gw.app.state.gateway
+        state.store.set_user("rita", "pw", ["reader"])
+        auth, one = ("rita", "pw"), {"Accept": "application/octet-stream"}
+        root = f"{gw.url}/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+        for _ in range(2):
+            got = requests.get(f"{root}/frames/1", auth=auth, timeout=60, headers=one)
+            assert got.status_code == 200, got.text
+            assert got.content == dicomdata.frames(ds, [1])[0]
+        meta = requests.get(f"{root}/metadata", auth=auth, timeout=60).json()[0]
+        expected = dicomdata.metadata_json(ds, root)
+        # a large instance's Pixel Data is always a BulkDataURI (these are small: inline)
+        assert meta.pop("7FE00010")["BulkDataURI"] == f"{root}/bulkdata/7FE00010"
+        expected.pop("7FE00010")
+        assert meta == expected
+        bulk = requests.get(f"{root}/bulkdata/7FE00010", auth=auth, timeout=60, headers=one)
+        assert bulk.status_code == 200 and bulk.content == bytes(ds.PixelData)
+        assert archive.asked[sop] == 1
+        assert state.stages._items[sop].verified
