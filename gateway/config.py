@@ -63,7 +63,7 @@ class Settings:
     cache_bytes: int = 256 * 1024 * 1024  # decrypted instances kept in memory, never on disk
     max_concurrent_restores: int = 2  # decryptions at once (bounds memory and CPU)
     #: larger instances are streamed from the archive to the reader (never held whole,
-    #: never cached; their ciphertext waits in an unlinked temporary file)
+    #: nothing decrypted of them cached; their ciphertext waits in an unlinked file)
     stream_above_bytes: int = 32 * 1024 * 1024
     #: staged ciphertext of large instances kept on disk between requests (never plaintext;
     #: 0: not kept), in ``stage_dir`` (empty: ``stage`` in the data dir; emptied at start)
