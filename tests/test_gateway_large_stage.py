@@ -181,6 +181,18 @@ def test_a_large_instance_is_fetched_once_for_frames_rendered_metadata_and_bulkd
         assert again.status_code == 200 and again.content == pixels[2].tobytes()
         assert archive.asked[sop] == 2  # the damaged entry was dropped, fetched anew
 
+        # an admin's cache clear drops the staged ciphertext and its opened blob too
+        state.store.set_user("ada", "pw", ["admin"])
+        cleared = requests.post(f"{gw.url}/admin/cache/clear", auth=("ada", "pw"), timeout=60)
+        assert cleared.status_code == 200, cleared.text
+        assert cleared.json()["dropped_staged_bytes"] == len(_enciphered_value(protected))
+        assert sop not in state.stages._items and state.stages.size == 0
+        assert _staged_fds(stage_dir) == []
+        after = requests.get(f"{root}/frames/4", auth=auth, timeout=60,
+                             headers={"Accept": "application/octet-stream"})  # fmt: skip
+        assert after.status_code == 200 and after.content == pixels[3].tobytes()
+        assert archive.asked[sop] == 3  # fetched anew after the clear
+
 
 def _staged_one(restorer: Restorer, cache: StageCache, stage: Stage, raw: bytes) -> Streamed:
     taken = restorer.take(io.BytesIO(raw), cache.spool(stage))
