@@ -162,13 +162,13 @@ def viewer_flow(t: Target, study: str, series: str, sops: list[str]) -> tuple[fl
     return min(done), max(done)
 
 
-def _start_gateway(work: Path, upstream: str, identity: str,
-                   timeout_s: float = 0) -> tuple[subprocess.Popen[bytes], int]:  # fmt: skip
+def _start_gateway(work: Path, upstream: str, identity: str, timeout_s: float = 0,
+                   repo: Path = REPO) -> tuple[subprocess.Popen[bytes], int]:  # fmt: skip
     (work / "site.key").write_text(identity + "\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "SCANFORT_GATEWAY_PASSWORD": PASSWORD}
+    env = {**os.environ, "PYTHONPATH": str(repo), "SCANFORT_GATEWAY_PASSWORD": PASSWORD}
     subprocess.run([sys.executable, "-m", "scanfort", "gateway", "init", "--data-dir",
                     str(work / "gw"), "--identity", str(work / "site.key"), "--upstream", upstream],
-                   check=True, env=env, capture_output=True, cwd=REPO)  # fmt: skip
+                   check=True, env=env, capture_output=True, cwd=repo)  # fmt: skip
     if timeout_s:  # a very large instance: the archive may take long to start answering
         toml = work / "gw" / "gateway.toml"
         toml.write_text(re.sub(r"(?m)^upstream_timeout_s = .*$",
@@ -176,7 +176,7 @@ def _start_gateway(work: Path, upstream: str, identity: str,
     port = peers.free_port()
     proc = subprocess.Popen([sys.executable, "-m", "scanfort", "gateway", "run", "--data-dir",
                              str(work / "gw"), "--port", str(port), "--log-level", "warning"],
-                            env=env, cwd=REPO)  # fmt: skip
+                            env=env, cwd=repo)  # fmt: skip
     peers.wait_for_port(port, proc)
     return proc, port
 
@@ -188,15 +188,21 @@ def _vm(pid: int, key: str) -> int:
     return int(line.split()[1]) // 1024
 
 
-def multiframe_memory(mb: int) -> int:
-    """Peak RSS of a fresh gateway process retrieving one multi-frame instance of ``mb`` MB."""
+def multiframe_memory(mb: int, repo: Path = REPO) -> int:
+    """A fresh gateway process (from ``repo``) serving one multi-frame instance of ``mb``
+    MB: frames (the first request, then repeated ones), instance metadata, the Pixel Data
+    bulk data, then the whole instance; time, gateway CPU and peak RSS of each step."""
+    import hashlib
     identity, recipient = keys.generate_identity()
     patient = data.Patient("BENCH-MF", "BENCH^MF", "ACCMF", "20240101")
     frames = max(1, mb * 1024 * 1024 // (512 * 512 * 2))
     raw = data.multiframe(patient, frames, rows=512, cols=512)
+    pixel_sha = hashlib.sha256(memoryview(raw)[-frames * 512 * 512 * 2:]).hexdigest()
     protected = data.protect(raw, recipient)
     study, series, sop = data.uids(raw)
     del raw
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    steps: list[tuple[str, float, float, int, str]] = []  # what, s, gateway CPU s, VmHWM, note
     with tempfile.TemporaryDirectory(prefix="sf-bench-mf-") as tmp:
         work = Path(tmp)
         with peers.start_orthanc(work / "orthanc") as orthanc:
@@ -212,46 +218,60 @@ def multiframe_memory(mb: int) -> int:
                 direct_first = time.perf_counter() - start
                 direct += sum(len(c) for c in chunks)
             direct_s = time.perf_counter() - start
-            proc, port = _start_gateway(work, orthanc.dicomweb_url, identity, timeout_s=600)
+            proc, port = _start_gateway(work, orthanc.dicomweb_url, identity, timeout_s=600,
+                                        repo=repo)  # fmt: skip
+            root = (f"http://127.0.0.1:{port}/dicom-web/studies/{study}/series/{series}"
+                    f"/instances/{sop}")  # fmt: skip
+
+            def step(what: str, url: str, accept: str, note: str = "") -> bytes:
+                cpu0, t0 = cpu_s(proc.pid), time.perf_counter()
+                with requests.get(url, auth=("admin", PASSWORD), headers={"Accept": accept},
+                                  stream=True, timeout=600) as r:  # fmt: skip
+                    r.raise_for_status()
+                    digest, n = hashlib.sha256(), 0
+                    for chunk in r.iter_content(1 << 20):
+                        digest.update(chunk)
+                        n += len(chunk)
+                body_note = note or f"{n / 1e6:.1f} MB"
+                steps.append((what, time.perf_counter() - t0, cpu_s(proc.pid) - cpu0,
+                              _vm(proc.pid, "VmHWM"), body_note))  # fmt: skip
+                return digest.hexdigest().encode()
+
             try:
                 before = _vm(proc.pid, "VmHWM")
-                # frames first (as a viewer asks for them), then the whole instance
-                frame_s = []
-                for n in (1, frames // 2 + 1, frames):
-                    start = time.perf_counter()
-                    r = requests.get(f"http://127.0.0.1:{port}/dicom-web/studies/{study}/series/"
-                                     f"{series}/instances/{sop}/frames/{n}",
-                                     auth=("admin", PASSWORD), headers={"Accept": FRAMES},
-                                     timeout=600)  # fmt: skip
-                    r.raise_for_status()
-                    frame_s.append(time.perf_counter() - start)
+                # frames as a viewer asks for them: the first request fetches (and, with the
+                # stage cache, proves) the instance; the others show what a repeat costs
+                spread = [1, frames // 2 + 1, frames, 2, frames // 4 + 1, 3 * frames // 4 + 1]
+                for i, n in enumerate(spread):
+                    step("frame (first request)" if i == 0 else "frame (repeated)",
+                         f"{root}/frames/{n}", FRAMES, f"frame {n}")  # fmt: skip
                 frames_peak = _vm(proc.pid, "VmHWM")
-                start = time.perf_counter()
-                with requests.get(f"http://127.0.0.1:{port}/dicom-web/studies/{study}/series/"
-                                  f"{series}/instances/{sop}", auth=("admin", PASSWORD),
-                                  headers={"Accept": DICOM}, stream=True, timeout=600) as r:
-                    r.raise_for_status()
-                    chunks = r.iter_content(1 << 20)
-                    got = len(next(chunks))
-                    first = time.perf_counter() - start
-                    got += sum(len(c) for c in chunks)
-                secs = time.perf_counter() - start
+                step("instance metadata", f"{root}/metadata", "application/dicom+json")
+                got = step("bulk data 7FE00010 (Pixel Data)", f"{root}/bulkdata/7FE00010",
+                           "application/octet-stream")  # fmt: skip
+                bulk_ok = got.decode() == pixel_sha
+                step("instance retrieve", root, DICOM)
                 peak = _vm(proc.pid, "VmHWM")
             finally:
                 proc.terminate()
                 proc.wait(10)
     print(f"CPU: {cpu_model()} ({os.cpu_count()} cores); kernel {platform.release()}; "
-          f"Python {platform.python_version()}")  # fmt: skip
+          f"Python {platform.python_version()}; load average at start {load}; gateway from "
+          f"{repo}")  # fmt: skip
     print(f"multi-frame: {frames} frames 512x512 16-bit, {size / 1e6:.0f} MB protected; "
           f"Orthanc served {direct / 1e6:.0f} MB in {direct_s:.1f} s (first byte "
-          f"{direct_first:.1f} s), the gateway {got / 1e6:.0f} MB in {secs:.1f} s (first byte "
-          f"{first:.1f} s); gateway peak RSS {before} MB at start, {peak} MB after "
+          f"{direct_first:.1f} s); gateway peak RSS {before} MB at start, {frames_peak} MB "
+          f"after the frames (+{frames_peak - before} MB), {peak} MB at the end "
           f"(+{peak - before} MB = {(peak - before) / (size / 2**20):.2f}x the instance; "
-          "target well under 2x)")  # fmt: skip
-    print(f"frames 1, {frames // 2 + 1}, {frames} (one request each, before the retrieve): "
-          f"{', '.join(f'{t:.1f}' for t in frame_s)} s; gateway peak RSS {frames_peak} MB "
-          f"(+{frames_peak - before} MB = {(frames_peak - before) / (size / 2**20):.2f}x the "
-          "instance; target well under 1x)")  # fmt: skip
+          f"target well under 1x); Pixel Data bulk data equal to the original's: {bulk_ok}")
+    print("| step | wall s | gateway CPU s | gateway VmHWM MB | |\n|---|---|---|---|---|")
+    for what, secs, cpu, hwm, note in steps:
+        print(f"| {what} | {secs:.2f} | {cpu:.2f} | {hwm} | {note} |")
+    repeated = [s[1] for s in steps if s[0] == "frame (repeated)"]
+    repeated_cpu = [s[2] for s in steps if s[0] == "frame (repeated)"]
+    if repeated:
+        print(f"repeated frame requests: median {statistics.median(repeated):.3f} s wall, "
+              f"{statistics.median(repeated_cpu):.3f} s gateway CPU")  # fmt: skip
     return 0
 
 
@@ -263,10 +283,14 @@ def main() -> int:
     parser.add_argument("--series-only", action="store_true",
                         help="only the series retrieve (quicker, for comparing changes)")
     parser.add_argument("--multiframe-mb", type=int, default=0, metavar="MB",
-                        help="instead: peak RSS of retrieving one multi-frame of this size")
+                        help="instead: one multi-frame of this size (frames, metadata, bulk "
+                        "data, retrieve: time, gateway CPU, peak RSS)")
+    parser.add_argument("--gateway-repo", type=Path, default=REPO, metavar="DIR",
+                        help="with --multiframe-mb: run the gateway from this checkout "
+                        "(e.g. main, for a before/after in the same session)")
     args = parser.parse_args()
     if args.multiframe_mb:
-        return multiframe_memory(args.multiframe_mb)
+        return multiframe_memory(args.multiframe_mb, args.gateway_repo.resolve())
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     identity, recipient = keys.generate_identity()
     patient = data.Patient("BENCH-1", "BENCH^CT", "ACCB1", "20240101")

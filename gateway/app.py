@@ -26,6 +26,7 @@ from gateway.errors import RefusedInstance
 from gateway.index import Index
 from gateway.restore import Restorer
 from gateway.security import IndexSeal
+from gateway.stagecache import StageCache
 from gateway.store import Store
 from gateway.upstream import Upstream
 
@@ -76,6 +77,7 @@ def create_app(
     # for a slot (a wake-up and a context switch per instance for nothing)
     pool = ThreadPoolExecutor(settings.max_concurrent_restores, thread_name_prefix="gw-restore")
     gw = Gateway(settings, store, upstream, restorer, index, clock, sleep, secret, pool)
+    gw.stages = StageCache(settings.stage_path, settings.stage_cache_bytes)
     if settings.syslog_address:
         store.on_audit = SyslogSender(settings.syslog_address).send
     app = FastAPI(title="ScanFort reading gateway", docs_url=None, redoc_url=None,

@@ -63,8 +63,12 @@ class Settings:
     cache_bytes: int = 256 * 1024 * 1024  # decrypted instances kept in memory, never on disk
     max_concurrent_restores: int = 2  # decryptions at once (bounds memory and CPU)
     #: larger instances are streamed from the archive to the reader (never held whole,
-    #: never cached; their ciphertext waits in an unlinked temporary file)
+    #: nothing decrypted of them cached; their ciphertext waits in an unlinked file)
     stream_above_bytes: int = 32 * 1024 * 1024
+    #: staged ciphertext of large instances kept on disk between requests (never plaintext;
+    #: 0: not kept), in ``stage_dir`` (empty: ``stage`` in the data dir; emptied at start)
+    stage_cache_bytes: int = 4 * 1024**3
+    stage_dir: str = ""
     login_failure_delay_s: float = 1.0  # doubled per recent failure, capped at 8x
     session_lifetime_s: float = 8 * 3600.0
     cookie_secure: bool = False  # set true behind TLS so cookies never travel in clear
@@ -78,6 +82,14 @@ class Settings:
         if self.db_url:
             return normalize_db_url(self.db_url)
         return f"sqlite:///{self.data_dir / DB_NAME}"
+
+    @property
+    def stage_path(self) -> Path:
+        """Where staged ciphertext waits (``stage_dir``, relative to the data dir)."""
+        if not self.stage_dir:
+            return self.data_dir / "stage"
+        path = Path(self.stage_dir).expanduser()
+        return path if path.is_absolute() else self.data_dir / path
 
     @property
     def config_path(self) -> Path:
@@ -132,7 +144,8 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 problems.append(f"{name}: must be a positive number")
-        for name in ("cache_bytes", "max_concurrent_restores", "stream_above_bytes"):
+        for name in ("cache_bytes", "max_concurrent_restores", "stream_above_bytes",
+                     "stage_cache_bytes"):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 problems.append(f"{name}: must be an integer >= 0")
@@ -155,6 +168,8 @@ class Settings:
         for origin in self.cors_origins:
             if not isinstance(origin, str) or not origin.startswith(("http://", "https://")):
                 problems.append(f"cors_origins: {origin!r} is not an http(s) origin")
+        if not isinstance(self.stage_dir, str):
+            problems.append("stage_dir: must be a path (a string)")
         if not isinstance(self.cookie_secure, bool):
             problems.append("cookie_secure: must be true or false")
         if any(str(u).startswith("scanfort-central+") for u in self.upstreams) and not (
@@ -209,7 +224,8 @@ def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
                 problems.append(f"{key}: must be a list of strings")
             elif isinstance(v, (list, tuple)):
                 values[key] = tuple(v)
-    for key in ("cache_bytes", "max_concurrent_restores", "stream_above_bytes"):
+    for key in ("cache_bytes", "max_concurrent_restores", "stream_above_bytes",
+                "stage_cache_bytes"):  # fmt: skip
         if isinstance(values.get(key), float) and values[key].is_integer():
             values[key] = int(values[key])
     if problems:

@@ -14,6 +14,7 @@ from gateway.audit import AuditEvent
 from gateway.config import Settings
 from gateway.index import Index
 from gateway.restore import Restorer
+from gateway.stagecache import StageCache
 from gateway.store import Principal, Store
 from gateway.upstream import Upstream
 
@@ -32,6 +33,8 @@ class Gateway:
         default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="gw-restore")
     )
     basic_cache: dict[str, tuple[Principal, float]] = field(default_factory=dict)
+    #: staged ciphertext of large instances (None: every request fetches its own)
+    stages: StageCache | None = None
 
     def audit(self, events: Sequence[AuditEvent]) -> None:
         self.store.append_audit(events)

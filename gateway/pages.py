@@ -133,13 +133,19 @@ def audit_csv(request: Request) -> PlainTextResponse:
 
 @router.post("/admin/cache/clear")
 def clear_cache(request: Request) -> dict[str, int]:
-    """Drop every decrypted instance from memory now (admin; e.g. at the end of a session)."""
+    """Drop every decrypted instance from memory now (admin; e.g. at the end of a session),
+    and the staged ciphertext of large instances with the opened blobs (image keys) kept
+    beside it; a staged entry a request is still reading goes when that request ends."""
     p = require(request, "admin")
     gw = get_gateway(request)
     dropped = gw.restorer.cache.size
     gw.restorer.cache.clear()
+    staged = 0
+    if gw.stages is not None:
+        staged = gw.stages.size
+        gw.stages.clear()
     gw.audit([AuditEvent(p.username, client_of(request), "cache-clear", "ok")])
-    return {"dropped_bytes": dropped}
+    return {"dropped_bytes": dropped, "dropped_staged_bytes": staged}
 
 
 # --------------------------------------------------------------------------- the viewer

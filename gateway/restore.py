@@ -103,6 +103,8 @@ class Streamed:
     header: bytes | None = None
     #: the UIDs the archive labels it with, when they differ (protected without retain-uids)
     archive_uids: tuple[str, str, str] | None = None
+    #: the opened v2 instance it comes from (its blob and staged ciphertext), when protected
+    opened: dicomstream.Opened | None = None
 
     @property
     def archive(self) -> tuple[str, str, str]:
@@ -272,18 +274,21 @@ class Restorer:
         item.archive_uids = None if visible == (study, series, sop) else visible
         return item
 
-    def open_stream(self, src: BinaryIO) -> Restored | Streamed:
+    def open_stream(self, src: BinaryIO,
+                    spool: Callable[[int], BinaryIO] | None = None) -> Restored | Streamed:  # fmt: skip
         """One instance read from ``src``: whole up to :data:`STREAM_ABOVE` bytes (restored
         and verified), else :class:`Streamed` (see :meth:`take`)."""
-        taken = self.take(src)
+        taken = self.take(src, spool)
         return self.restore(taken) if isinstance(taken, bytes) else taken
 
-    def take(self, src: BinaryIO) -> bytes | Streamed:
+    def take(self, src: BinaryIO,
+             spool: Callable[[int], BinaryIO] | None = None) -> bytes | Streamed:  # fmt: skip
         """Read one instance from ``src``: its bytes when it has at most
         :data:`STREAM_ABOVE` (for :meth:`restore`), else opened as :class:`Streamed`:
         nothing decrypted is held whole, the enciphered value waits in an unlinked
         temporary file, and a passed-through one is read from ``src`` as it is sent (so it
-        must be sent before ``src`` moves on)."""
+        must be sent before ``src`` moves on). ``spool``: where the enciphered value of a
+        large protected one waits (default: an unlinked temporary file in ``TMPDIR``)."""
         first, complete = _read_upto(src, self.stream_above)
         if complete:
             return first
@@ -303,14 +308,15 @@ class Restorer:
             return Streamed(False, head.study_uid, head.series_uid, head.sop_uid, None,
                             rec.chunks(kept))  # fmt: skip
         try:
-            opened = dicomstream.open_v2(head, self._identities, _spool)
+            opened = dicomstream.open_v2(head, self._identities, spool or _spool)
         except CipherError as exc:
             raise _refusal(exc, head.uids) from None
         study, series, sop = opened.uids
         sop = sop or head.sop_uid
         visible = (head.study_uid, head.series_uid, head.sop_uid)
         return Streamed(True, study, series, sop, opened.length, opened.pieces(), opened.close,
-                        opened.header(), None if visible == (study, series, sop) else visible)
+                        opened.header(), None if visible == (study, series, sop) else visible,
+                        opened)
 
     def _restore_whole(self, raw: bytes) -> Restored:
         # Without ScanFort's markers anywhere in the bytes the instance is not ours: pass it

@@ -10,9 +10,10 @@ entry says why) and answered 409 when asked for alone, never served as noise.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future
-from typing import BinaryIO, overload
+from contextlib import ExitStack, contextmanager
+from typing import Any, BinaryIO, overload
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
@@ -26,6 +27,7 @@ from gateway.index import metadata_of
 from gateway.multipart import closing, new_boundary, part_bytes, part_head, part_pieces
 from gateway.readahead import ReadAhead
 from gateway.restore import Restored, Streamed
+from gateway.stagecache import Stage
 from gateway.store import Principal
 from gateway.streaming import Piece, ahead
 from gateway.upstream import first_value
@@ -273,13 +275,13 @@ def _one(gw: Gateway, p: Principal, request: Request, op: str, study: str, serie
 
 @overload
 def _one(gw: Gateway, p: Principal, request: Request, op: str, study: str, series: str,
-         sop: str, large: bool) -> Restored | Streamed: ...  # fmt: skip
+         sop: str, large: bool, spool: Spool | None = None) -> Restored | Streamed: ...  # fmt: skip
 
 
 def _one(gw: Gateway, p: Principal, request: Request, op: str, study: str, series: str,
-         sop: str, large: bool = False) -> Restored | Streamed:  # fmt: skip
+         sop: str, large: bool = False, spool: Spool | None = None) -> Restored | Streamed:  # fmt: skip
     """One instance (cached, or from the archive); ``large``: one over STREAM_ABOVE comes
-    back as a stream instead of whole."""
+    back as a stream instead of whole (its enciphered value staged in ``spool``)."""
     hit = gw.restorer.cache.get(sop)
     if hit is not None:
         gw.audit([_served(p, request, op, hit)])
@@ -289,7 +291,8 @@ def _one(gw: Gateway, p: Principal, request: Request, op: str, study: str, serie
         stream = next(streams, None)
         if stream is None:
             raise UpstreamNotFound(sop)
-        item = gw.restorer.open_stream(stream) if large else gw.restorer.restore(stream.read())
+        item = (gw.restorer.open_stream(stream, spool) if large
+                else gw.restorer.restore(stream.read()))  # fmt: skip
         if sop not in (item.sop_uid, item.archive[2]):
             if isinstance(item, Streamed):
                 item.close()
@@ -314,6 +317,47 @@ def _one(gw: Gateway, p: Principal, request: Request, op: str, study: str, serie
         item._close = close_all
     gw.audit([_served(p, request, op, item)])
     return item
+
+
+Spool = Callable[[int], BinaryIO]
+
+
+@contextmanager
+def _held(gw: Gateway, p: Principal, request: Request, op: str, study: str, series: str,
+          sop: str) -> Iterator[Restored | Streamed | Stage]:  # fmt: skip
+    """A large instance through the stage cache (fetched once, audited on every use; see
+    :func:`largeframes.held`), anything else as :func:`_one` gives it."""
+    if gw.stages is None:
+        yield _one(gw, p, request, op, study, series, sop, large=True)
+        return
+
+    def fetch(spool: Spool | None) -> Restored | Streamed:
+        return _one(gw, p, request, op, study, series, sop, large=True, spool=spool)
+
+    with largeframes.held(gw.stages, sop, fetch) as (item, audited):
+        if not audited:  # served from the staged ciphertext: still a decryption
+            gw.audit([_served(p, request, op, item.info if isinstance(item, Stage) else item)])
+        yield item
+
+
+def _from_stage(gw: Gateway, p: Principal, request: Request, op: str, stage: Stage,
+                numbers: list[int], study: str, series: str) -> largeframes.Picked:  # fmt: skip
+    assert gw.stages is not None
+    try:
+        return largeframes.from_stage(gw.stages, stage, numbers)
+    except RefusedInstance as exc:
+        gw.audit([_refused(p, request, op, exc, study, series)])
+        raise HTTPException(409, f"instance refused: {exc.reason}") from None
+
+
+def _refused_whole(gw: Gateway, p: Principal, request: Request, op: str,
+                   item: Restored | Streamed | Stage, exc: RefusedInstance, study: str,
+                   series: str) -> HTTPException:  # fmt: skip
+    """A large instance joined whole did not restore: audited, its entry dropped, 409."""
+    if isinstance(item, Stage) and gw.stages is not None:
+        gw.stages.fail(item)
+    gw.audit([_refused(p, request, op, exc, study, series)])
+    return HTTPException(409, f"instance refused: {exc.reason}")
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}")
@@ -354,7 +398,7 @@ def retrieve_instance(study: str, series: str, sop: str, request: Request) -> Re
 
 def _metadata_stream(gw: Gateway, p: Principal, request: Request, path: str, study: str,
                      series: str = "") -> StreamingResponse:  # fmt: skip
-    instances = gw.upstream.iter_instances(path)
+    instances = gw.upstream.iter_streams(path)
     try:
         first = next(instances, None)
     except (UpstreamError, UpstreamNotFound) as exc:
@@ -362,31 +406,51 @@ def _metadata_stream(gw: Gateway, p: Principal, request: Request, path: str, stu
     root = dicomweb_root(request)
 
     def body() -> Iterator[bytes]:
-        raw = first
+        stream = first
         sep = b"["
-        served: list[Restored] = []
+        served: list[Restored | Streamed] = []
         try:
-            while raw is not None:
+            while stream is not None:
                 try:
-                    item = gw.restorer.restore(raw)
+                    # a large instance is not held whole: its attributes come from the
+                    # header in its authenticated blob, nothing is deciphered for them
+                    item = gw.restorer.open_stream(stream)
                 except RefusedInstance as exc:
                     gw.audit([_refused(p, request, "metadata", exc, study, series)])
                 else:
                     gw.audit([_served(p, request, "metadata", item)])
-                    gw.restorer.cache.put(item)
                     served.append(item)
                     url = (f"{root}/studies/{item.study_uid}/series/{item.series_uid}"
                            f"/instances/{item.sop_uid}")  # fmt: skip
-                    meta = dicomdata.metadata_json(dicomdata.parse(item.data), url)
-                    yield sep + json.dumps(meta, separators=(",", ":")).encode()
-                    sep = b","
-                raw = next(instances, None)
+                    meta = _instance_metadata(gw, p, request, item, url, study, series)
+                    if meta is not None:
+                        yield sep + json.dumps(meta, separators=(",", ":")).encode()
+                        sep = b","
+                stream = next(instances, None)
         except (UpstreamError, UpstreamNotFound) as exc:
             gw.audit([_event(p, request, "metadata", "failed", study, series, "", str(exc))])
         gw.index.record(served, only_new=True)
         yield b"[]" if sep == b"[" else b"]"
 
     return StreamingResponse(body(), media_type="application/dicom+json")
+
+
+def _instance_metadata(gw: Gateway, p: Principal, request: Request, item: Restored | Streamed,
+                       url: str, study: str, series: str) -> dict[str, Any] | None:  # fmt: skip
+    """DICOM JSON of one instance of a metadata stream (None: refused after all, audited)."""
+    if isinstance(item, Restored):
+        gw.restorer.cache.put(item)
+        return dicomdata.metadata_json(dicomdata.parse(item.data), url)
+    try:
+        meta = largeframes.metadata(item, url)
+        if meta is None:  # deflated, or not ScanFort's: joined whole, as before
+            meta = dicomdata.metadata_json(dicomdata.parse(largeframes.whole(item)), url)
+    except RefusedInstance as exc:
+        gw.audit([_refused(p, request, "metadata", exc, study, series)])
+        return None
+    finally:
+        item.close()
+    return meta
 
 
 def _metadata(request: Request, study: str, series: str | None) -> Response:
@@ -425,9 +489,21 @@ def series_metadata(study: str, series: str, request: Request) -> Response:
 def instance_metadata(study: str, series: str, sop: str, request: Request) -> Response:
     p = require(request, "reader", study=study, series=series, instance=sop)
     gw = get_gateway(request)
-    item = _one(gw, p, request, "metadata", study, series, sop)
     url = f"{dicomweb_root(request)}/studies/{study}/series/{series}/instances/{sop}"
-    meta = dicomdata.metadata_json(dicomdata.parse(item.data), url)
+    with _held(gw, p, request, "metadata", study, series, sop) as item:
+        # large: from the header of the authenticated blob, no pixel deciphered
+        large = item.info if isinstance(item, Stage) else item
+        meta = largeframes.metadata(large, url) if isinstance(large, Streamed) else None
+        if meta is None:
+            try:
+                if isinstance(item, Stage):
+                    data = largeframes.whole(largeframes.reopen(item))
+                else:
+                    data = item.data if isinstance(item, Restored) else largeframes.whole(item)
+            except RefusedInstance as exc:
+                raise _refused_whole(gw, p, request, "metadata", item, exc, study,
+                                     series) from None  # fmt: skip
+            meta = dicomdata.metadata_json(dicomdata.parse(data), url)
     return Response(json.dumps([meta]), media_type="application/dicom+json")
 
 
@@ -473,14 +549,17 @@ def retrieve_frames(study: str, series: str, sop: str, frame_list: str,
     p = require(request, "reader", study=study, series=series, instance=sop)
     gw = get_gateway(request)
     numbers = _frame_numbers(frame_list)
-    item = _one(gw, p, request, "frames", study, series, sop, large=True)
     try:
-        if isinstance(item, Streamed):  # large: only the requested frames are kept
-            picked = _large(gw, p, request, "frames", item, numbers, study, series)
-            ds, chunks = picked.ds, picked.frames
-        else:
-            ds = dicomdata.parse(item.data)
-            chunks = dicomdata.frames(ds, numbers)
+        with _held(gw, p, request, "frames", study, series, sop) as item:
+            if isinstance(item, Stage):  # large, staged: only the requested frames
+                picked = _from_stage(gw, p, request, "frames", item, numbers, study, series)
+                ds, chunks = picked.ds, picked.frames
+            elif isinstance(item, Streamed):  # large, not kept: only those frames kept
+                picked = _large(gw, p, request, "frames", item, numbers, study, series)
+                ds, chunks = picked.ds, picked.frames
+            else:
+                ds = dicomdata.parse(item.data)
+                chunks = dicomdata.frames(ds, numbers)
     except dicomdata.FrameError as exc:
         raise HTTPException(404, str(exc)) from None
     ts = dicomdata.transfer_syntax(ds)
@@ -498,17 +577,60 @@ def retrieve_frames(study: str, series: str, sop: str, frame_list: str,
 def retrieve_bulkdata(study: str, series: str, sop: str, tag: str, request: Request) -> Response:
     p = require(request, "reader", study=study, series=series, instance=sop)
     gw = get_gateway(request)
-    item = _one(gw, p, request, "bulkdata", study, series, sop)
+    hold = ExitStack()  # a large instance's entry stays held while its value is sent
     try:
-        data = dicomdata.bulkdata(dicomdata.parse(item.data), tag)
+        item = hold.enter_context(_held(gw, p, request, "bulkdata", study, series, sop))
+        got = largeframes.bulkdata(gw.stages, item, tag)
     except dicomdata.FrameError as exc:
+        hold.close()
         raise HTTPException(404, str(exc)) from None
+    except RefusedInstance as exc:  # joined whole (deflated), and it did not restore
+        try:
+            raise _refused_whole(gw, p, request, "bulkdata", item, exc, study, series) from None
+        finally:
+            hold.close()
+    except BaseException:
+        hold.close()
+        raise
+    if not isinstance(got, bytes):
+        return _bulk_stream(gw, p, request, hold, got, study, series,
+                            _single_part_wanted(request))  # fmt: skip
+    hold.close()
+    data = got
     if _single_part_wanted(request):
         return Response(data, media_type="application/octet-stream")
     boundary = new_boundary()
     body = part_bytes(boundary, "application/octet-stream", data) + closing(boundary)
     ctype = f'multipart/related; type="application/octet-stream"; boundary={boundary}'
     return Response(body, media_type=ctype)
+
+
+def _bulk_stream(gw: Gateway, p: Principal, request: Request, hold: ExitStack,
+                 got: tuple[int, Iterator[bytes | memoryview]], study: str, series: str,
+                 single: bool) -> StreamingResponse:  # fmt: skip
+    """The Pixel Data of a large instance as it is deciphered (cut short, and audited as
+    refused, when the original does not match after its last byte)."""
+    length, pieces = got
+    boundary = new_boundary()
+    ptype = "application/octet-stream"
+    head, end = (b"", b"") if single else (part_head(boundary, ptype, length),
+                                          b"\r\n" + closing(boundary))  # fmt: skip
+
+    def body() -> Iterator[bytes | memoryview]:
+        try:
+            if head:
+                yield head
+            yield from pieces
+            if end:
+                yield end
+        except RefusedInstance as exc:
+            gw.audit([_refused(p, request, "bulkdata", exc, study, series)])
+        finally:
+            hold.close()
+
+    ctype = ptype if single else f'multipart/related; type="{ptype}"; boundary={boundary}'
+    return StreamingResponse(body(), media_type=ctype,
+                             headers={"Content-Length": str(len(head) + length + len(end))})
 
 
 # --------------------------------------------------------------------------- rendered
@@ -534,17 +656,19 @@ def _rendered(request: Request, study: str, series: str, sop: str, frame: int,
               thumbnail: bool) -> Response:  # fmt: skip
     p = require(request, "reader", study=study, series=series, instance=sop)
     gw = get_gateway(request)
-    item = _one(gw, p, request, "rendered", study, series, sop, large=True)
     fmt = _format(request)
     try:
-        if isinstance(item, Streamed):  # large: only that frame is kept
-            picked = _large(gw, p, request, "rendered", item, [frame], study, series)
-            if not picked.complete:
-                ds, frame = largeframes.single_frame(picked), 1
+        with _held(gw, p, request, "rendered", study, series, sop) as item:
+            if isinstance(item, (Stage, Streamed)):  # large: only that frame is kept
+                picked = (_from_stage(gw, p, request, "rendered", item, [frame], study, series)
+                          if isinstance(item, Stage) else
+                          _large(gw, p, request, "rendered", item, [frame], study, series))
+                if not picked.complete:
+                    ds, frame = largeframes.single_frame(picked), 1
+                else:
+                    ds = picked.ds
             else:
-                ds = picked.ds
-        else:
-            ds = dicomdata.parse(item.data)
+                ds = dicomdata.parse(item.data)
         image = dicomdata.render(ds, frame, window=_window(request), fmt=fmt,
                                  thumbnail=thumbnail)  # fmt: skip
     except dicomdata.FrameError as exc:
