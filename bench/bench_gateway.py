@@ -275,6 +275,10 @@ def multiframe_memory(mb: int, repo: Path = REPO) -> int:
     return 0
 
 
+#: The name of the gateway run from ``--compare-repo`` in the tables.
+COMPARED = "compared gateway"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--slices", type=int, default=300)
@@ -288,7 +292,13 @@ def main() -> int:
     parser.add_argument("--gateway-repo", type=Path, default=REPO, metavar="DIR",
                         help="with --multiframe-mb: run the gateway from this checkout "
                         "(e.g. main, for a before/after in the same session)")
+    parser.add_argument("--compare-repo", type=Path, default=None, metavar="DIR",
+                        help="with --series-only: also a gateway run from this checkout (e.g. "
+                        "main) in front of the same Orthanc, its series retrieves interleaved "
+                        "with the others (a before/after on the same data and load)")
     args = parser.parse_args()
+    if args.compare_repo is not None and not args.series_only:
+        parser.error("--compare-repo goes with --series-only")
     if args.multiframe_mb:
         return multiframe_memory(args.multiframe_mb, args.gateway_repo.resolve())
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -301,6 +311,7 @@ def main() -> int:
     study, series_uid, _ = data.uids(series[0])
     sops = [data.sop_uid(raw) for raw in series]
     dicom_mb = sum(len(p) for p in protected) / 1e6
+    compared: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="sf-bench-gw-") as tmp:
         work = Path(tmp)
         with peers.start_orthanc(work / "orthanc", extra_config={"HttpThreadsCount": 8}) as orthanc:
@@ -332,14 +343,31 @@ def main() -> int:
                                  auth=auth, timeout=600)  # fmt: skip
                 r.raise_for_status()
                 index_s = time.perf_counter() - start
+                targets = [orthanc_t, gateway_t]
+                target_pids = {t.name: pids for t in targets}
+                if args.compare_repo is not None:
+                    (work / "compare").mkdir()
+                    other, other_port = _start_gateway(work / "compare", orthanc.dicomweb_url,
+                                                       identity, repo=args.compare_repo.resolve())
+                    compared.append(other)
+                    other_url = f"http://127.0.0.1:{other_port}"
+                    requests.get(other_url + "/dicom-web/studies", auth=auth, timeout=600,
+                                 params={"PatientID": "BENCH-1"}).raise_for_status()  # fmt: skip
+
+                    def clear_other() -> None:
+                        requests.post(other_url + "/admin/cache/clear", auth=auth, timeout=30)
+
+                    other_t = Target(COMPARED, other_url + "/dicom-web", auth, clear_other)
+                    targets.append(other_t)
+                    target_pids[COMPARED] = {"Orthanc": orthanc.process.pid, "gateway": other.pid}
                 results: dict[str, dict[str, list[float]]] = {
                     t.name: {"series": [], "instances": [], "first": [], "last": []}
-                    for t in (orthanc_t, gateway_t)
+                    for t in targets
                 }
                 for _ in range(args.repeats):
-                    for t in (orthanc_t, gateway_t):  # interleaved
+                    for t in targets:  # interleaved
                         secs, size = series_retrieve(t, study, series_uid, len(sops), work,
-                                                     pids)  # fmt: skip
+                                                     target_pids[t.name])  # fmt: skip
                         results[t.name]["series"].append(size / 1e6 / secs)
                         if args.series_only:
                             continue
@@ -352,8 +380,9 @@ def main() -> int:
                                   Path(f"/proc/{proc.pid}/status").read_text().splitlines()
                                   if ln.startswith("VmHWM")))  # fmt: skip
             finally:
-                proc.terminate()
-                proc.wait(10)
+                for p in (proc, *compared):
+                    p.terminate()
+                    p.wait(10)
     med = {n: {k: statistics.median(v) if v else float("nan") for k, v in r.items()}
            for n, r in results.items()}  # fmt: skip
     o, g = med["Orthanc"], med["gateway"]
@@ -377,6 +406,14 @@ def main() -> int:
     print(f"| series retrieve, MB/s | {o['series']:.1f} | {g['series']:.1f} | "
           f"{g['series'] / o['series']:.2f}x (per repeat: median {statistics.median(ratios):.2f}x,"
           f" min {min(ratios):.2f}x) | >= 0.5x |")  # fmt: skip
+    if COMPARED in med:
+        c_ratios = [cs / os_ for cs, os_ in zip(results[COMPARED]["series"],
+                                                results["Orthanc"]["series"], strict=True)]
+        print(f"| series retrieve, MB/s, {COMPARED} ({args.compare_repo}) | "
+              f"{o['series']:.1f} | {med[COMPARED]['series']:.1f} | "
+              f"{med[COMPARED]['series'] / o['series']:.2f}x (per repeat: median "
+              f"{statistics.median(c_ratios):.2f}x, min {min(c_ratios):.2f}x; per repeat MB/s "
+              + " ".join(f"{v:.0f}" for v in results[COMPARED]["series"]) + ") | >= 0.5x |")
     if not args.series_only:
         print(f"| instance retrieve (4 threads), MB/s | {o['instances']:.1f} | "
               f"{g['instances']:.1f} | {g['instances'] / o['instances']:.2f}x | >= 0.5x |")
@@ -390,8 +427,10 @@ def main() -> int:
     print("| serving | Orthanc process | gateway process | curl | whole machine | "
           "machine busy |")  # fmt: skip
     print("|---|---|---|---|---|---|")
-    for name in ("Orthanc", "gateway"):
+    for name in ("Orthanc", "gateway", COMPARED):
         c = {k: statistics.median(v) for (n, k), v in CPU.items() if n == name}
+        if not c:
+            continue
         print(f"| {name} | {c['Orthanc']:.2f} | {c['gateway']:.2f} | {c['curl']:.2f} | "
               f"{c['machine busy']:.2f} | {c['machine busy %']:.0f} % |")  # fmt: skip
     return 0

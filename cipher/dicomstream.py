@@ -8,7 +8,9 @@ value into a *spool* while hashing it, and deciphers only after that hash matche
 steps of ``cipher/SPEC.md`` §2.4 "Reading", done by :mod:`cipher.dicomfile`'s own pieces
 (:func:`~cipher.dicomfile._unit_pieces`, :func:`~cipher.dicomfile._original`). Memory: the
 skeleton and one unit (frame) at a time; the spool holds ciphertext only, so a caller may
-put it in a temporary file.
+put it in a temporary file. A file already whole in memory, whose caller takes every piece
+before it uses any, may leave out the digest of the enciphered value (``open_v2(...,
+whole=True)``, as SPEC §2.4 allows such a reader): the original's SHA-256 covers it.
 
 The original's SHA-256 is compared after its last piece was produced (as for
 :func:`cipher.unprotect`): a consumer must treat the pieces as unusable unless the
@@ -431,12 +433,18 @@ class Opened:
 
 
 def open_v2(head: VisibleHead, identities: list[str],
-            spool: Callable[[int], BinaryIO]) -> Opened:
+            spool: Callable[[int], BinaryIO], *, whole: bool = False) -> Opened:
     """Open the blob of a v2 ``head`` and take its Pixel Data from the rest of the stream.
 
     ``spool(n)`` gives a writable, seekable file for ``n`` bytes of ciphertext (memory or a
     temporary file). The stream is left just after the Pixel Data value. Raise
     :class:`NoIdentityMatchError` or :class:`AuthenticationError` (any damage).
+
+    ``whole``: the caller takes every piece of :meth:`Opened.pieces` before it uses any
+    (a whole in-memory restore). For a file read from memory the digest ``D`` of its
+    enciphered value is then not computed (SPEC §2.4, "Reading"): the original's SHA-256,
+    compared after the last piece, authenticates the value as well. A file read from a
+    stream is always checked against ``D`` first.
     """
     if head.marker != dicomfile.FORMAT_MARKER or head._inp is None:
         raise FormatError("not a scanfort-dicom/2 file")
@@ -453,7 +461,12 @@ def open_v2(head: VisibleHead, identities: list[str],
             inp.skip(head.pixel_length - n)
         except _Short:
             raise AuthenticationError() from None
-        if not hmac.compare_digest(hashlib.sha256(value).digest(), blob.cipher_sha256):
+        # Deciphering is a bijection of each unit under the blob's key and nonce, and the
+        # clear bytes between units are copied as they are: a changed value gives another
+        # original, which its recorded SHA-256 refuses. Only a caller that uses nothing
+        # before that comparison (``whole``) may leave out this pass over the value.
+        if not whole and not hmac.compare_digest(hashlib.sha256(value).digest(),
+                                                 blob.cipher_sha256):  # fmt: skip
             raise AuthenticationError()
         return Opened(blob, value, None)
     out = spool(n)

@@ -256,10 +256,13 @@ class Restorer:
             return self._restore_whole(raw)  # version 1
         with self._slots:
             try:
-                opened = dicomstream.open_v2(head, self._identities, lambda n: io.BytesIO())
-                # all of them before any is used: the original's digest is checked after
-                # the last one. Those that are views of ``raw`` (clear bytes between
-                # enciphered units) are copied: the ciphertext is not kept with the result.
+                # whole: all the pieces are taken before any is used, so the original's
+                # SHA-256 (checked after the last one) authenticates the enciphered value
+                # too, and its own digest pass is left out (SPEC §2.4, "Reading").
+                opened = dicomstream.open_v2(head, self._identities, lambda n: io.BytesIO(),
+                                             whole=True)  # fmt: skip
+                # Those that are views of ``raw`` (clear bytes between enciphered units)
+                # are copied: the ciphertext is not kept with the result.
                 pieces = [bytes(piece) if isinstance(piece, memoryview) and piece.obj is raw
                           else piece for piece in opened.pieces()]  # fmt: skip
             except CipherError as exc:

@@ -18,7 +18,7 @@ import requests
 from gateway.central import PREFIX as CENTRAL_PREFIX
 from gateway.central import CentralSource
 from gateway.errors import UpstreamError, UpstreamNotFound
-from gateway.multipart import MultipartReader, boundary_of
+from gateway.multipart import Exact, MultipartReader, boundary_of
 
 DICOM_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 _CHUNK = 1024 * 1024
@@ -47,6 +47,30 @@ def _readinto(resp: requests.Response) -> Callable[[memoryview], int] | None:
             raise UpstreamError(504, "the archive stopped sending") from exc
 
     return readinto
+
+
+def _exact(resp: requests.Response) -> Exact | None:
+    """Lines and exact byte counts straight from the connection (its own ``bytes``, read
+    in place: no buffer of ours to zero, no copy), under the same conditions as
+    :func:`_readinto`."""
+    fp = getattr(resp.raw, "_fp", None)
+    coding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+    if not isinstance(fp, http.client.HTTPResponse) or coding not in ("", "identity"):
+        return None
+
+    def readline(limit: int) -> bytes:
+        try:
+            return fp.readline(limit)
+        except (OSError, http.client.HTTPException) as exc:
+            raise UpstreamError(504, "the archive stopped sending") from exc
+
+    def read(n: int) -> bytes:
+        try:
+            return fp.read(n)
+        except (OSError, http.client.HTTPException) as exc:
+            raise UpstreamError(504, "the archive stopped sending") from exc
+
+    return Exact(readline, read)
 
 
 def _chunks(resp: requests.Response) -> Iterator[bytes]:
@@ -167,7 +191,7 @@ class Upstream:
             try:
                 boundary = boundary_of(resp.headers.get("Content-Type", ""))
                 reader = MultipartReader(_chunks(resp), boundary, self.max_instance_bytes,
-                                         _readinto(resp))  # fmt: skip
+                                         _readinto(resp), _exact(resp))  # fmt: skip
                 while reader.next_part():
                     yield cast(BinaryIO, reader)
             finally:

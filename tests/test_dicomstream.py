@@ -87,6 +87,32 @@ def test_the_stream_restore_is_byte_exact_and_refuses_damage(name: str) -> None:
         dicomstream.open_v2(head, [other], lambda n: io.BytesIO())
 
 
+def _restore_whole(blob: bytes) -> bytes:
+    head = dicomstream.scan_head(io.BytesIO(blob), keep=False)
+    opened = dicomstream.open_v2(head, [IDENTITY], lambda n: io.BytesIO(), whole=True)
+    return b"".join(bytes(p) for p in opened.pieces())
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_a_whole_restore_in_memory_refuses_any_changed_byte_of_the_value(name: str) -> None:
+    """``whole=True`` leaves out the digest of the enciphered value for a file in memory
+    (SPEC §2.4, "Reading"): the original's SHA-256 must then refuse every change of it —
+    in a frame, at its first and last byte, in an item header between fragments."""
+    raw = SAMPLES[name]()
+    protected = data.protect(raw, RECIPIENT)
+    assert _restore_whole(protected) == raw
+    head = dicomstream.scan_head(io.BytesIO(protected), keep=False)
+    assert head._inp is not None and head.pixel_length is not None
+    start = head._inp.pos  # the value's first byte
+    length = (len(protected) - start - 8 if head.pixel_length == 0xFFFFFFFF  # items, then
+              else head.pixel_length)  # the sequence delimiter  # fmt: skip
+    for at in sorted({start, start + 3, start + length // 2, start + length - 1}):
+        damaged = bytearray(protected)
+        damaged[at] ^= 0x40
+        with pytest.raises(AuthenticationError):
+            _restore_whole(bytes(damaged))
+
+
 def test_a_file_without_the_block_is_named_by_its_uids_and_kept_for_passing_on() -> None:
     raw = data.ct_series(PATIENT, 1, rows=32, cols=32)[0]
     src = Trickle(raw)

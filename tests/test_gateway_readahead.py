@@ -9,10 +9,12 @@ import time
 from collections.abc import Generator
 from typing import BinaryIO, cast
 
+import anyio
 import pytest
 
 from gateway.readahead import ReadAhead
 from gateway.restore import InstanceCache, Restored
+from gateway.streaming import ahead
 
 
 def _streams(n: int, log: list[int], fail_at: int = -1) -> Generator[BinaryIO, None, None]:
@@ -138,3 +140,60 @@ def test_a_restored_instance_in_pieces_joins_once_and_counts_its_length() -> Non
     cache.put(item)
     cache.put(Restored(b"x" * 100, False, "1.2", "1.2.3", "1.2.3.5"))
     assert cache.size == item.length + 100
+
+
+# --------------------------------------------------------------------------- ahead
+
+
+def _batches(n: int, log: list[object], fail_at: int = -1,
+             ) -> Generator[list[bytes], None, None]:  # fmt: skip
+    try:
+        for i in range(n):
+            if i == fail_at:
+                raise RuntimeError("archive stopped")
+            log.append(i)
+            yield [bytes([i]), bytes([i]) * 3]
+    finally:
+        log.append(("closed", threading.current_thread() is threading.main_thread()))
+
+
+def test_ahead_hands_over_batches_in_order_and_at_most_depth_ahead() -> None:
+    log: list[object] = []
+    got: list[bytes] = []
+
+    async def consume() -> None:
+        pieces = ahead(_batches(6, log), depth=2)
+        got.append(bytes(await pieces.__anext__()))
+        # the producer runs on while nothing is taken: the batch being written, and two
+        for _ in range(500):
+            if len(log) >= 3:
+                break
+            await anyio.sleep(0.01)
+        await anyio.sleep(0.05)
+        assert log == [0, 1, 2]  # and no more
+        async for piece in pieces:
+            got.append(bytes(piece))
+
+    anyio.run(consume)
+    assert got == [p for i in range(6) for p in (bytes([i]), bytes([i]) * 3)]
+    assert log[-1] == ("closed", False)  # closed in the producer's thread
+
+
+def test_ahead_closes_the_producer_when_the_client_leaves_and_raises_its_error() -> None:
+    log: list[object] = []
+
+    async def leave_early() -> None:
+        pieces = ahead(_batches(100, log), depth=2)
+        await pieces.__anext__()
+        await pieces.aclose()  # what the server does when the client went away
+
+    anyio.run(leave_early)
+    assert log[-1] == ("closed", False) and len(log) <= 1 + 3 + 1  # no more batches made
+    log.clear()
+
+    async def read_all() -> list[bytes]:
+        return [bytes(piece) async for piece in ahead(_batches(5, log, fail_at=3))]
+
+    with pytest.raises(RuntimeError, match="archive stopped"):
+        anyio.run(read_all)
+    assert log == [0, 1, 2, ("closed", False)]
