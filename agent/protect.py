@@ -97,10 +97,12 @@ def plan_modes(dest_modes: list[str], is_image: bool) -> list[str | None]:
 
 
 class _HashingReader:
-    """Wraps the source: hashes exactly the bytes the cipher consumed."""
+    """Wraps the source: hashes exactly the bytes the cipher consumed (``hashing``), or
+    only counts them (the cipher reports their SHA-256 itself: DICOM mode)."""
 
-    def __init__(self, fh: BinaryIO) -> None:
-        self.fh, self.hash, self.count = fh, hashlib.sha256(), 0
+    def __init__(self, fh: BinaryIO, hashing: bool = True) -> None:
+        self.fh, self.count = fh, 0
+        self.hash = hashlib.sha256() if hashing else None
         self.seeked = False
 
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -114,7 +116,8 @@ class _HashingReader:
 
     def read(self, n: int = -1) -> bytes:
         data = self.fh.read(n)
-        self.hash.update(data)
+        if self.hash is not None:
+            self.hash.update(data)
         self.count += len(data)
         return data
 
@@ -344,7 +347,8 @@ class Protector:
         tmp = self.spool.tmp_for(name)
         try:
             with _open_source(path, follow) as raw, open(tmp, "wb") as out:
-                src, dst = _HashingReader(raw), _HashingWriter(out)
+                # DICOM mode hashes the source for its blob and reports that digest
+                src, dst = _HashingReader(raw, hashing=mode != "dicom"), _HashingWriter(out)
                 info = self._cipher.protect(cast(BinaryIO, src), cast(BinaryIO, dst),
                                             self.recipients, mode,
                                             policy=self._policy if mode == "dicom" else None)
@@ -355,8 +359,7 @@ class Protector:
             st = os.stat(path) if follow else os.lstat(path)
             if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
                 raise _Changed()
-            linear = not src.seeked and src.count == size
-            sha = src.hash.hexdigest() if linear else file_sha256(path, follow)
+            sha = _source_sha256(src, info, size) or file_sha256(path, follow)
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
                 raise _Orphaned()
             uids = _stored_uids(tmp) if mode == "dicom" else None
@@ -369,6 +372,17 @@ class Protector:
                "sop_instance_uid": getattr(info, "sop_instance_uid", None),
                "study_keys": list(getattr(info, "study_keys", ())), "uids": uids}
         return art, sha
+
+
+def _source_sha256(src: _HashingReader, info: Any, size: int) -> str | None:
+    """The SHA-256 of the source as the cipher read it, when it read it front to back
+    and whole (else None: the caller hashes the file)."""
+    if src.seeked or src.count != size:
+        return None
+    if src.hash is not None:
+        return src.hash.hexdigest()
+    reported = getattr(info, "source_sha256", None)
+    return str(reported) if reported and info.bytes_in == size else None
 
 
 def _stored_uids(path: Path) -> list[str]:

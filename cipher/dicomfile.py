@@ -215,7 +215,7 @@ def _read_source(raw: bytes) -> tuple[Dataset, _Source]:
             level, mem_level = match
     else:
         stream = raw
-    if stream[tell:tell + len(value)] != value:
+    if not stream.startswith(value, tell):  # stream[tell:…] == value, without a copy
         raise UnsupportedDicomError("Pixel Data could not be located in the file")
     source = _Source(prefix, stream, tail, tell, len(value), flags, level, mem_level, stored)
     return ds, source
@@ -332,7 +332,7 @@ def _unit_pieces(units: Sequence[tuple[slice, bytes, int]], length: int,
         yield get(pos, length)
 
 
-def _transform(value: bytes, layout: _Layout, key: bytes, nonce: bytes, forward: bool) -> bytes:
+def _transform(value: bytes | memoryview, layout: _Layout, key: bytes, nonce: bytes, forward: bool) -> bytes:
     """The whole value transformed (see :func:`_pieces`)."""
     return b"".join(_pieces(value, layout, key, nonce, forward))
 
@@ -485,17 +485,28 @@ def _restore(ds: Dataset, blob: _Blob, dst: BinaryIO | None) -> int:
 
 
 def _original(blob: _Blob, deciphered: Iterator[bytes | memoryview],
-              parts: tuple[bytes, bytes, bytes] | None = None) -> Iterator[bytes | memoryview]:
+              parts: tuple[bytes, bytes, bytes] | None = None,
+              expected: bytes | None = None) -> Iterator[bytes | memoryview]:
     """The original file, in pieces: the skeleton around the ``deciphered`` value (deflated
     again when the source was), its SHA-256 checked after the last piece. A mismatch raises
     :class:`AuthenticationError` after the other pieces were produced: a consumer keeps
-    them only when the iteration ends normally. ``parts``: ``blob.parts()`` if known."""
+    them only when the iteration ends normally. ``parts``: ``blob.parts()`` if known.
+
+    ``expected``: the original itself (the protection's verify, which holds it): each
+    piece is compared with it instead, the same proof (the blob's digest is that of
+    ``expected``) for a memory comparison instead of a SHA-256."""
     prefix, tail, body = parts or blob.parts()
-    digest = hashlib.sha256()
+    digest = hashlib.sha256() if expected is None else None
+    done = 0
     s = blob.source
 
     def out(data: bytes | memoryview) -> bytes | memoryview:
-        digest.update(data)
+        nonlocal done
+        if digest is not None:
+            digest.update(data)
+        elif not expected.startswith(data, done):  # type: ignore[union-attr]
+            raise AuthenticationError()
+        done += len(data)
         return data
 
     yield out(prefix)
@@ -519,7 +530,10 @@ def _original(blob: _Blob, deciphered: Iterator[bytes | memoryview],
         if comp is not None:
             yield out(comp.flush())
     yield out(tail)
-    if not hmac.compare_digest(digest.digest(), blob.original_sha256):
+    if digest is None:
+        if done != len(expected):  # type: ignore[arg-type]
+            raise AuthenticationError()
+    elif not hmac.compare_digest(digest.digest(), blob.original_sha256):
         raise AuthenticationError()
 
 
@@ -571,36 +585,34 @@ def _protect(raw: bytes, dst: BinaryIO, parsed: list[str], policy: DicomPolicy,
     vr = str(ds[PIXEL_DATA].VR)
     layout = _layout(ds, source.length, vr, big_endian)
     key, nonce = _common.fresh_key_and_nonce(draw)
-    pixel = source.stream[source.offset:source.offset + source.length]
+    pixel = memoryview(source.stream)[source.offset:source.offset + source.length]
     try:
         enciphered = _transform(pixel, layout, key, nonce, forward=True)
     except ValueError as exc:
         raise UnsupportedDicomError(str(exc)) from None
     if layout.kind == LAYOUT_FRAGMENTS:
         layout = _Layout(LAYOUT_FRAGMENTS, UNIT_U8, len(_units(pixel, layout)), 0, len(pixel))
-    blob = _Blob(key, nonce, hashlib.sha256(raw).digest(), hashlib.sha256(enciphered).digest(),
+    original_sha256 = hashlib.sha256(raw).digest()
+    blob = _Blob(key, nonce, original_sha256, hashlib.sha256(enciphered).digest(),
                  layout, source, _Blob.skeleton_of(source))
 
-    visible = _visible_file(ds, policy, enciphered, blob, parsed, draw, big_endian)
-    # Verify before commit: the restore a reader will run, on the bytes we are about to
-    # hand out, with the blob still in memory.
-    try:  # the restore checks the SHA-256 of the original it rebuilds: that of ``raw``
-        restored = _restore(_parse_visible(io.BytesIO(visible))[0], blob, None)
-    except (AuthenticationError, FormatError) as exc:
-        raise VerifyError(type(exc).__name__) from None
-    if restored != len(raw):
-        raise VerifyError("restored length differs")
+    sealed = _common.age_encrypt_bytes(blob.encode(), parsed)
+    visible = _visible_file(ds, policy, enciphered, sealed, draw, big_endian)
+    sop_instance_uid = str(ds.SOPInstanceUID)  # as the visible file has it
+    del ds, pixel  # the dataset and its values: not needed past this point
+    _verify(visible, raw, enciphered, sealed, blob)
     dst.write(visible)
     return ProtectInfo(
         mode=DICOM_MODE,
         bytes_in=len(raw),
         bytes_out=len(visible),
-        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_instance_uid=sop_instance_uid,
         format_version=FORMAT_VERSION,
         recipients=len(parsed),
         verified=True,
         policy=policy.describe(),
         study_keys=study_keys,
+        source_sha256=original_sha256.hex(),
     )
 
 
@@ -615,9 +627,45 @@ def _study_keys(ds: Dataset, policy: DicomPolicy) -> tuple[str, ...]:
     return tuple(secret.study_key(v) for v in values if v)
 
 
-def _visible_file(ds: Dataset, policy: DicomPolicy, enciphered: bytes, blob: _Blob,
-                  recipients: list[str], draw: Callable[[int], bytes], big_endian: bool,
-                  ) -> bytes:
+def _verify(visible: bytes, raw: bytes, enciphered: bytes, sealed: bytes, blob: _Blob) -> None:
+    """Verify before commit: the restore a reader runs, on the bytes about to be handed
+    out, with the blob still in memory; raise :class:`VerifyError` unless it gives back
+    ``raw`` exactly.
+
+    The visible file is read the way the streaming reader reads it (element headers only,
+    :func:`cipher.dicomstream.scan_head`): its block must hold this ``sealed`` blob and
+    its Pixel Data this ``enciphered`` value (the blob's digest covers exactly that); the
+    value found there is deciphered and the original rebuilt from the skeleton, compared
+    with ``raw`` piece by piece (the blob's original digest is that of ``raw``).
+    """
+    from cipher import dicomstream  # it builds on this module
+
+    try:
+        head = dicomstream.scan_head(io.BytesIO(visible), keep=False)
+        inp = head._inp
+        if head.marker != FORMAT_MARKER or head.sealed != sealed or inp is None:
+            raise AuthenticationError()
+        n, start = blob.layout.value_length, inp.pos
+        if head.pixel_length == _UNDEFINED:  # encapsulated: items, then the delimiter
+            delimiter = _ITEM.pack(0xFFFE, 0xE0DD, 0)
+            if not head.syntax.little:
+                delimiter = struct.pack(">HHI", 0xFFFE, 0xE0DD, 0)
+            if not visible.startswith(delimiter, start + n):
+                raise AuthenticationError()
+        elif head.pixel_length not in (n, n + (n & 1)):
+            raise AuthenticationError()
+        value = memoryview(visible)[start:start + n]
+        if len(value) != n or not visible.startswith(enciphered, start):
+            raise AuthenticationError()
+        pieces = _pieces(value, blob.layout, blob.key, blob.nonce, forward=False)
+        for _ in _original(blob, pieces, expected=raw):
+            pass
+    except (AuthenticationError, FormatError) as exc:
+        raise VerifyError(type(exc).__name__) from None
+
+
+def _visible_file(ds: Dataset, policy: DicomPolicy, enciphered: bytes, sealed: bytes,
+                  draw: Callable[[int], bytes], big_endian: bool) -> bytes:
     result = apply_policy(ds, policy, draw)
     mark(ds, policy, result)
     # Group lengths of the source would be wrong after the changes (they are in the blob).
@@ -631,7 +679,6 @@ def _visible_file(ds: Dataset, policy: DicomPolicy, enciphered: bytes, blob: _Bl
         # The PACS gets the same dataset inflated: deflating ciphertext gains nothing, and
         # tools that must seek in the dataset (dciodvfy) cannot in a deflated stream.
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    sealed = _common.age_encrypt_bytes(blob.encode(), recipients)
     block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
     block.add_new(ELEM_MARKER, "LO", FORMAT_MARKER)
     block.add_new(ELEM_BLOB, "OB", sealed)
