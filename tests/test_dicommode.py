@@ -254,6 +254,37 @@ def test_verify_before_commit_catches_a_faulty_cipher(site_keys, monkeypatch) ->
     assert out.getvalue() == b""
 
 
+@pytest.mark.parametrize("damage", ["pixel", "blob"])
+def test_verify_before_commit_reads_the_bytes_written(site_keys, monkeypatch, damage) -> None:
+    """The verify restores from the visible bytes about to be written (not from what the
+    protection holds in memory): a byte changed there after they were built fails it."""
+    _, recipient = site_keys
+    real = dicomfile._visible_file
+
+    def damaged(*args, **kwargs):
+        visible = bytearray(real(*args, **kwargs))
+        if damage == "pixel":  # the last byte of the Pixel Data value (the last element)
+            visible[-1] ^= 1
+        else:  # a byte inside the sealed blob
+            sealed = args[3]
+            visible[bytes(visible).index(sealed) + len(sealed) // 2] ^= 1
+        return bytes(visible)
+
+    monkeypatch.setattr(dicomfile, "_visible_file", damaged)
+    out = io.BytesIO()
+    with pytest.raises(VerifyError):
+        cipher.protect(io.BytesIO(synthetic()), out, [recipient], mode="dicom")
+    assert out.getvalue() == b""
+
+
+def test_protect_reports_the_source_digest(site_keys) -> None:
+    _, recipient = site_keys
+    raw = synthetic()
+    info = cipher.protect(io.BytesIO(raw), io.BytesIO(), [recipient], mode="dicom")
+    assert info.source_sha256 == hashlib.sha256(raw).hexdigest()
+    assert info.bytes_in == len(raw)
+
+
 def test_already_protected_is_refused(site_keys) -> None:
     _, recipient = site_keys
     with pytest.raises(FormatError):
