@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import io
 import logging
-import os
 import struct
 import warnings
 import zlib
@@ -33,20 +32,17 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from cipher import _common, chaos
-from cipher._common import DICOM_MODE, ProtectInfo, UnprotectInfo
+from cipher._common import DICOM_MODE, UnprotectInfo
 from cipher.errors import (
     AlreadyProtectedError,
     AuthenticationError,
-    CipherError,
     FormatError,
     NotDicomError,
     UnsupportedDicomError,
-    VerifyError,
 )
-from cipher.profile import DicomPolicy, apply_policy, mark
 
 __all__ = [
     "FORMAT_MARKER",
@@ -54,7 +50,6 @@ __all__ = [
     "PRIVATE_CREATOR",
     "dicom_mode_refusal",
     "inspect_v2",
-    "protect_dicom",
     "unprotect_v2",
 ]
 
@@ -550,145 +545,6 @@ def dicom_mode_refusal(src: BinaryIO) -> str | None:
         return str(exc)
     finally:
         src.seek(start)
-
-
-def protect_dicom(
-    src: BinaryIO,
-    dst: BinaryIO,
-    recipients: Sequence[str],
-    policy: DicomPolicy,
-    randbytes: Callable[[int], bytes] | None = None,
-) -> ProtectInfo:
-    """Write the DICOM-mode (v2) protection of ``src`` to ``dst``; see :func:`cipher.protect`.
-
-    Raise :class:`NotDicomError` (not DICOM), :class:`UnsupportedDicomError` (DICOM that
-    this mode cannot carry: use file mode), :class:`VerifyError` (the output does not
-    restore). Nothing is written to ``dst`` unless the output restored to the input.
-    """
-    parsed = [str(r) for r in _common.keys.parse_recipients(recipients)]
-    draw = randbytes or os.urandom
-    raw = src.read()
-    try:
-        return _protect(raw, dst, parsed, policy, draw)
-    except (CipherError, OSError):
-        raise
-    except Exception as exc:  # an odd dataset must be a typed refusal, never a traceback
-        raise UnsupportedDicomError(
-            f"DICOM mode cannot carry this file ({type(exc).__name__})") from None
-
-
-def _protect(raw: bytes, dst: BinaryIO, parsed: list[str], policy: DicomPolicy,
-             draw: Callable[[int], bytes]) -> ProtectInfo:
-    ds, source = _read_source(raw)
-    study_keys = _study_keys(ds, policy)
-    big_endian = ds.original_encoding[1] is False
-    vr = str(ds[PIXEL_DATA].VR)
-    layout = _layout(ds, source.length, vr, big_endian)
-    key, nonce = _common.fresh_key_and_nonce(draw)
-    pixel = memoryview(source.stream)[source.offset:source.offset + source.length]
-    try:
-        enciphered = _transform(pixel, layout, key, nonce, forward=True)
-    except ValueError as exc:
-        raise UnsupportedDicomError(str(exc)) from None
-    if layout.kind == LAYOUT_FRAGMENTS:
-        layout = _Layout(LAYOUT_FRAGMENTS, UNIT_U8, len(_units(pixel, layout)), 0, len(pixel))
-    original_sha256 = hashlib.sha256(raw).digest()
-    blob = _Blob(key, nonce, original_sha256, hashlib.sha256(enciphered).digest(),
-                 layout, source, _Blob.skeleton_of(source))
-
-    sealed = _common.age_encrypt_bytes(blob.encode(), parsed)
-    visible = _visible_file(ds, policy, enciphered, sealed, draw, big_endian)
-    sop_instance_uid = str(ds.SOPInstanceUID)  # as the visible file has it
-    del ds, pixel  # the dataset and its values: not needed past this point
-    _verify(visible, raw, enciphered, sealed, blob)
-    dst.write(visible)
-    return ProtectInfo(
-        mode=DICOM_MODE,
-        bytes_in=len(raw),
-        bytes_out=len(visible),
-        sop_instance_uid=sop_instance_uid,
-        format_version=FORMAT_VERSION,
-        recipients=len(parsed),
-        verified=True,
-        policy=policy.describe(),
-        study_keys=study_keys,
-        source_sha256=original_sha256.hex(),
-    )
-
-
-def _study_keys(ds: Dataset, policy: DicomPolicy) -> tuple[str, ...]:
-    """Keyed hashes of the study's AccessionNumber and StudyInstanceUID (none without a
-    secret): what the central may learn of a study."""
-    secret = policy.pseudonym_secret
-    if secret is None:
-        return ()
-    values = (str(ds.get(k, "") or "").strip(" \x00") for k in ("AccessionNumber",
-                                                                "StudyInstanceUID"))
-    return tuple(secret.study_key(v) for v in values if v)
-
-
-def _verify(visible: bytes, raw: bytes, enciphered: bytes, sealed: bytes, blob: _Blob) -> None:
-    """Verify before commit: the restore a reader runs, on the bytes about to be handed
-    out, with the blob still in memory; raise :class:`VerifyError` unless it gives back
-    ``raw`` exactly.
-
-    The visible file is read the way the streaming reader reads it (element headers only,
-    :func:`cipher.dicomstream.scan_head`): its block must hold this ``sealed`` blob and
-    its Pixel Data this ``enciphered`` value (the blob's digest covers exactly that); the
-    value found there is deciphered and the original rebuilt from the skeleton, compared
-    with ``raw`` piece by piece (the blob's original digest is that of ``raw``).
-    """
-    from cipher import dicomstream  # it builds on this module
-
-    try:
-        head = dicomstream.scan_head(io.BytesIO(visible), keep=False)
-        inp = head._inp
-        if head.marker != FORMAT_MARKER or head.sealed != sealed or inp is None:
-            raise AuthenticationError()
-        n, start = blob.layout.value_length, inp.pos
-        if head.pixel_length == _UNDEFINED:  # encapsulated: items, then the delimiter
-            delimiter = _ITEM.pack(0xFFFE, 0xE0DD, 0)
-            if not head.syntax.little:
-                delimiter = struct.pack(">HHI", 0xFFFE, 0xE0DD, 0)
-            if not visible.startswith(delimiter, start + n):
-                raise AuthenticationError()
-        elif head.pixel_length not in (n, n + (n & 1)):
-            raise AuthenticationError()
-        value = memoryview(visible)[start:start + n]
-        if len(value) != n or not visible.startswith(enciphered, start):
-            raise AuthenticationError()
-        pieces = _pieces(value, blob.layout, blob.key, blob.nonce, forward=False)
-        for _ in _original(blob, pieces, expected=raw):
-            pass
-    except (AuthenticationError, FormatError) as exc:
-        raise VerifyError(type(exc).__name__) from None
-
-
-def _visible_file(ds: Dataset, policy: DicomPolicy, enciphered: bytes, sealed: bytes,
-                  draw: Callable[[int], bytes], big_endian: bool) -> bytes:
-    result = apply_policy(ds, policy, draw)
-    mark(ds, policy, result)
-    # Group lengths of the source would be wrong after the changes (they are in the blob).
-    for elem in list(ds):
-        if elem.tag.element == 0 and elem.tag.group != 0x0002:
-            del ds[elem.tag]
-    ds[PIXEL_DATA].value = enciphered
-    meta = ds.file_meta
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    if meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian:
-        # The PACS gets the same dataset inflated: deflating ciphertext gains nothing, and
-        # tools that must seek in the dataset (dciodvfy) cannot in a deflated stream.
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
-    block.add_new(ELEM_MARKER, "LO", FORMAT_MARKER)
-    block.add_new(ELEM_BLOB, "OB", sealed)
-    block.add_new(ELEM_BLOB_LENGTH, "UL", len(sealed))
-    block.add_new(ELEM_POLICY, "LO", policy.describe()[:64])
-    out = io.BytesIO()
-    ts = meta.TransferSyntaxUID
-    ds.save_as(out, implicit_vr=ts.is_implicit_VR, little_endian=not big_endian,
-               enforce_file_format=False)
-    return out.getvalue()
 
 
 # --------------------------------------------------------------------------- unprotect

@@ -18,7 +18,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, CTImageStorage, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 import cipher
-from cipher import chaos, dicomfile, keys, profile
+from cipher import chaos, dicomfile, dicomprotect, keys, profile
 from cipher.errors import AuthenticationError, FormatError, VerifyError
 from cipher.pseudonym import PseudonymSecret
 
@@ -259,7 +259,7 @@ def test_verify_before_commit_reads_the_bytes_written(site_keys, monkeypatch, da
     """The verify restores from the visible bytes about to be written (not from what the
     protection holds in memory): a byte changed there after they were built fails it."""
     _, recipient = site_keys
-    real = dicomfile._visible_file
+    real = dicomprotect._visible_file
 
     def damaged(*args, **kwargs):
         visible = bytearray(real(*args, **kwargs))
@@ -270,7 +270,7 @@ def test_verify_before_commit_reads_the_bytes_written(site_keys, monkeypatch, da
             visible[bytes(visible).index(sealed) + len(sealed) // 2] ^= 1
         return bytes(visible)
 
-    monkeypatch.setattr(dicomfile, "_visible_file", damaged)
+    monkeypatch.setattr(dicomprotect, "_visible_file", damaged)
     out = io.BytesIO()
     with pytest.raises(VerifyError):
         cipher.protect(io.BytesIO(synthetic()), out, [recipient], mode="dicom")
