@@ -415,6 +415,9 @@ def main() -> int:
     setup = read_frame(stdin)
     if setup is None:
         return 0
+    from agent import workerproc
+
+    workerproc.skip_unused_imports()  # before the cipher and pydicom are imported
     try:
         protector = Protector([str(r) for r in setup["recipients"]], Path(setup["spool_dir"]),
                               int(setup["parent_pid"]), setup.get("kernel"))
@@ -423,6 +426,8 @@ def main() -> int:
         return 1
     from cipher import chaos
 
+    if chaos.kernel() == chaos.REFERENCE:  # no C kernel here: the reference needs numpy
+        workerproc.allow_numpy()
     write_frame(stdout, {"status": "ready", "pid": os.getpid(), "kernel": chaos.kernel()})
     trim, served = _malloc_trim(), 0
     while (req := read_frame(stdin)) is not None:

@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
@@ -79,11 +78,10 @@ LABEL_TAIL = b"scanfort dicom v2 tail"
 
 LAYOUT_FRAMES, LAYOUT_WHOLE, LAYOUT_FRAGMENTS = 1, 2, 3
 UNIT_U8, UNIT_U16LE, UNIT_U16BE = 1, 2, 3
-# The dtype of a unit's values in the original file (and in the visible file, which keeps
-# the transfer syntax): the cipher works on values, so byte order never matters to it.
-_SOURCE_DTYPE: dict[int, np.dtype[Any]] = {
-    UNIT_U8: np.dtype(np.uint8), UNIT_U16LE: np.dtype("<u2"), UNIT_U16BE: np.dtype(">u2")}
-_VISIBLE_DTYPE = _SOURCE_DTYPE  # the visible file keeps the source's transfer syntax
+# The size of a unit's values in the original file (and in the visible file, which keeps
+# the transfer syntax). The cipher works on values: a uint16 value is enciphered as its
+# little-endian bytes, so big-endian units are byte-swapped on the way in and out.
+_ITEMSIZE = {UNIT_U8: 1, UNIT_U16LE: 2, UNIT_U16BE: 2}
 
 FLAG_DEFLATED = 0x01  # the source's dataset is deflated; rebuilt by recompressing
 FLAG_DEFLATE_STORED = 0x02  # no zlib setting reproduced it: the stream itself is stored
@@ -168,7 +166,8 @@ def _inflate(raw: bytes, start: int) -> tuple[bytes, bytes, bytes]:
 def _read_source(raw: bytes) -> tuple[Dataset, _Source]:
     meta_end = _meta_end(raw)
     try:
-        ds = pydicom.dcmread(io.BytesIO(raw), force=False)
+        with io.BytesIO(raw) as buf:  # closed: a dataset in a cycle cannot hold on to ``raw``
+            ds = pydicom.dcmread(buf, force=False)
         meta = ds.file_meta
         ts = meta.TransferSyntaxUID
         ds.SOPClassUID, ds.SOPInstanceUID  # noqa: B018 - required attributes
@@ -251,7 +250,7 @@ def _layout(ds: Dataset, value_length: int, vr: str, big_endian: bool) -> _Layou
     except (AttributeError, TypeError, ValueError):
         frame_bits, frames = 0, 0
     frame_length = frame_bits // 8
-    itemsize = _SOURCE_DTYPE[unit].itemsize
+    itemsize = _ITEMSIZE[unit]
     if (frame_bits > 0 and frame_bits % 8 == 0 and frames > 0
             and frames * frame_length <= value_length and frame_length % itemsize == 0):
         return _Layout(LAYOUT_FRAMES, unit, frames, frame_length, value_length)
@@ -312,19 +311,24 @@ def _unit_pieces(units: Sequence[tuple[slice, bytes, int]], length: int,
         index = counters.get(label, 0)
         counters[label] = index + 1
         unit_nonce = _common.derive_nonce(label, nonce, index)
-        src_dtype, vis_dtype = (_SOURCE_DTYPE[unit], _VISIBLE_DTYPE[unit]) if forward else (
-            _VISIBLE_DTYPE[unit], _SOURCE_DTYPE[unit])
-        if (sl.stop - sl.start) % src_dtype.itemsize:
+        if (sl.stop - sl.start) % _ITEMSIZE[unit]:
             raise ValueError("unit length is not a multiple of its value size")
-        # the cipher works on native-order values; no copy when the order already is native
-        arr = np.frombuffer(get(sl.start, sl.stop), src_dtype).astype(
-            src_dtype.newbyteorder("="), copy=False)
-        fn = chaos.encrypt if forward else chaos.decrypt
-        out = np.ascontiguousarray(fn(arr, key, unit_nonce).astype(vis_dtype, copy=False))
-        yield out.data.cast("B")
+        data = get(sl.start, sl.stop)
+        big = unit == UNIT_U16BE
+        fn = chaos.encrypt_bytes if forward else chaos.decrypt_bytes
+        out: bytes | memoryview = fn(_swap16(data) if big else data, key, unit_nonce)
+        yield memoryview(_swap16(out)) if big else out
         pos = sl.stop
     if pos < length:
         yield get(pos, length)
+
+
+def _swap16(data: bytes | memoryview) -> bytearray:
+    """The bytes of 16-bit values in the other byte order."""
+    src = bytes(data)
+    out = bytearray(len(src))
+    out[0::2], out[1::2] = src[1::2], src[0::2]
+    return out
 
 
 def _transform(value: bytes | memoryview, layout: _Layout, key: bytes, nonce: bytes, forward: bool) -> bytes:
@@ -373,7 +377,7 @@ class _Blob:
         if (magic != _common.SCANFORT_MAGIC or version != FORMAT_VERSION or kind != KIND_DICOM
                 or flags & ~(FLAG_DEFLATED | FLAG_DEFLATE_STORED)
                 or lkind not in (LAYOUT_FRAMES, LAYOUT_WHOLE, LAYOUT_FRAGMENTS)
-                or unit not in _SOURCE_DTYPE or len(skeleton) != n or value_length == 0):
+                or unit not in _ITEMSIZE or len(skeleton) != n or value_length == 0):
             raise AuthenticationError()
         layout = _Layout(lkind, unit, count, frame_length, value_length)
         source = _Source(b"", b"", b"", offset, value_length, flags, level, mem, b"")

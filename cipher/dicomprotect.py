@@ -63,28 +63,35 @@ def protect_dicom(
 def _protect(raw: bytes, dst: BinaryIO, parsed: list[str], policy: DicomPolicy,
              draw: Callable[[int], bytes]) -> ProtectInfo:
     ds, source = _f._read_source(raw)
-    study_keys = _study_keys(ds, policy)
-    big_endian = ds.original_encoding[1] is False
-    vr = str(ds[_f.PIXEL_DATA].VR)
-    layout = _f._layout(ds, source.length, vr, big_endian)
-    key, nonce = _common.fresh_key_and_nonce(draw)
-    pixel = memoryview(source.stream)[source.offset:source.offset + source.length]
     try:
-        enciphered = _f._transform(pixel, layout, key, nonce, forward=True)
-    except ValueError as exc:
-        raise UnsupportedDicomError(str(exc)) from None
-    if layout.kind == _f.LAYOUT_FRAGMENTS:
-        layout = _f._Layout(_f.LAYOUT_FRAGMENTS, _f.UNIT_U8, len(_f._units(pixel, layout)), 0, len(pixel))
-    original_sha256 = hashlib.sha256(raw).digest()
-    blob = _f._Blob(key, nonce, original_sha256, hashlib.sha256(enciphered).digest(),
-                 layout, source, _f._Blob.skeleton_of(source))
+        study_keys = _study_keys(ds, policy)
+        big_endian = ds.original_encoding[1] is False
+        vr = str(ds[_f.PIXEL_DATA].VR)
+        layout = _f._layout(ds, source.length, vr, big_endian)
+        key, nonce = _common.fresh_key_and_nonce(draw)
+        pixel = memoryview(source.stream)[source.offset:source.offset + source.length]
+        try:
+            enciphered = _f._transform(pixel, layout, key, nonce, forward=True)
+        except ValueError as exc:
+            raise UnsupportedDicomError(str(exc)) from None
+        if layout.kind == _f.LAYOUT_FRAGMENTS:
+            layout = _f._Layout(_f.LAYOUT_FRAGMENTS, _f.UNIT_U8, len(_f._units(pixel, layout)),
+                                0, len(pixel))
+        original_sha256 = hashlib.sha256(raw).digest()
+        blob = _f._Blob(key, nonce, original_sha256, hashlib.sha256(enciphered).digest(),
+                         layout, source, _f._Blob.skeleton_of(source))
 
-    sealed = _common.age_encrypt_bytes(blob.encode(), parsed)
-    visible = _visible_file(ds, policy, enciphered, sealed, draw, big_endian)
-    sop_instance_uid = str(ds.SOPInstanceUID)  # as the visible file has it
-    del ds, pixel  # the dataset and its values: not needed past this point
-    _verify(visible, raw, enciphered, sealed, blob)
-    dst.write(visible)
+        sealed = _common.age_encrypt_bytes(blob.encode(), parsed)
+        visible = _visible_file(ds, policy, enciphered, sealed, draw, big_endian)
+        sop_instance_uid = str(ds.SOPInstanceUID)  # as the visible file has it
+        _verify(visible, raw, enciphered, sealed, blob)
+        dst.write(visible)
+    finally:
+        # pydicom's datasets hold reference cycles (a private block and its dataset, a
+        # multi-value and its element): emptied here, their values (the enciphered Pixel
+        # Data among them) are freed now instead of at a later cyclic collection, which
+        # let a worker hold a dozen files' buffers at once.
+        ds.clear()
     return ProtectInfo(
         mode=DICOM_MODE,
         bytes_in=len(raw),

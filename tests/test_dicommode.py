@@ -237,14 +237,14 @@ def test_unusable_pixel_data_is_a_typed_refusal(case: str, site_keys) -> None:
 
 def test_verify_before_commit_catches_a_faulty_cipher(site_keys, monkeypatch) -> None:
     _, recipient = site_keys
-    real = chaos.decrypt
+    real = chaos.decrypt_bytes
 
-    def faulty(arr, key, nonce):  # a kernel that gets one value wrong
-        out = real(arr, key, nonce).copy()
-        out.flat[0] ^= 1
+    def faulty(data, key, nonce):  # a kernel that gets one value wrong
+        out = bytearray(real(data, key, nonce))
+        out[0] ^= 1
         return out
 
-    monkeypatch.setattr(chaos, "decrypt", faulty)
+    monkeypatch.setattr(chaos, "decrypt_bytes", faulty)
     out = io.BytesIO()
     with pytest.raises(VerifyError):
         cipher.protect(io.BytesIO(synthetic()), out, [recipient], mode="dicom")
