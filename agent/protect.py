@@ -362,7 +362,10 @@ class Protector:
             sha = _source_sha256(src, info, size) or file_sha256(path, follow)
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
                 raise _Orphaned()
-            uids = _stored_uids(tmp) if mode == "dicom" else None
+            uids = None
+            if mode == "dicom":  # as the cipher read them back from its output, else here
+                stored = getattr(info, "stored_uids", None)
+                uids = list(stored) if stored is not None else _stored_uids(tmp)
             crashpoints.reached("protect.before_rename")
             self.spool.commit(tmp, name)
         except BaseException:

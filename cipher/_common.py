@@ -63,6 +63,9 @@ class ProtectInfo:
     #: code hashed them anyway (DICOM mode: the blob's original digest), so that a caller
     #: needing it does not hash the source a second time; None when not computed.
     source_sha256: str | None = None
+    #: DICOM mode: Study, Series and SOP Instance UIDs as the protected object stores them
+    #: (pseudonymised unless the policy retains UIDs; "" where absent).
+    stored_uids: tuple[str, str, str] | None = None
 
 
 @dataclass(frozen=True)

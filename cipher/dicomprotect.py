@@ -84,7 +84,7 @@ def _protect(raw: bytes, dst: BinaryIO, parsed: list[str], policy: DicomPolicy,
         sealed = _common.age_encrypt_bytes(blob.encode(), parsed)
         visible = _visible_file(ds, policy, enciphered, sealed, draw, big_endian)
         sop_instance_uid = str(ds.SOPInstanceUID)  # as the visible file has it
-        _verify(visible, raw, enciphered, sealed, blob)
+        stored_uids = _verify(visible, raw, enciphered, sealed, blob)
         dst.write(visible)
     finally:
         # pydicom's datasets hold reference cycles (a private block and its dataset, a
@@ -103,6 +103,7 @@ def _protect(raw: bytes, dst: BinaryIO, parsed: list[str], policy: DicomPolicy,
         policy=policy.describe(),
         study_keys=study_keys,
         source_sha256=original_sha256.hex(),
+        stored_uids=stored_uids,
     )
 
 
@@ -117,10 +118,12 @@ def _study_keys(ds: Dataset, policy: DicomPolicy) -> tuple[str, ...]:
     return tuple(secret.study_key(v) for v in values if v)
 
 
-def _verify(visible: bytes, raw: bytes, enciphered: bytes, sealed: bytes, blob: _f._Blob) -> None:
+def _verify(visible: bytes, raw: bytes, enciphered: bytes, sealed: bytes,
+            blob: _f._Blob) -> tuple[str, str, str]:
     """Verify before commit: the restore a reader runs, on the bytes about to be handed
     out, with the blob still in memory; raise :class:`VerifyError` unless it gives back
-    ``raw`` exactly.
+    ``raw`` exactly. Returns the Study, Series and SOP Instance UIDs the visible file
+    stores (read on the way).
 
     The visible file is read the way the streaming reader reads it (element headers only,
     :func:`cipher.dicomstream.scan_head`): its block must hold this ``sealed`` blob and
@@ -150,6 +153,7 @@ def _verify(visible: bytes, raw: bytes, enciphered: bytes, sealed: bytes, blob: 
             pass
     except (AuthenticationError, FormatError) as exc:
         raise VerifyError(type(exc).__name__) from None
+    return head.study_uid, head.series_uid, head.sop_uid
 
 
 def _visible_file(ds: Dataset, policy: DicomPolicy, enciphered: bytes, sealed: bytes,

@@ -277,12 +277,17 @@ def test_verify_before_commit_reads_the_bytes_written(site_keys, monkeypatch, da
     assert out.getvalue() == b""
 
 
-def test_protect_reports_the_source_digest(site_keys) -> None:
+def test_protect_reports_the_source_digest_and_the_stored_uids(site_keys) -> None:
     _, recipient = site_keys
     raw = synthetic()
-    info = cipher.protect(io.BytesIO(raw), io.BytesIO(), [recipient], mode="dicom")
+    out = io.BytesIO()
+    info = cipher.protect(io.BytesIO(raw), out, [recipient], mode="dicom",
+                          policy=profile.DicomPolicy.from_names("profile", [], SECRET))
     assert info.source_sha256 == hashlib.sha256(raw).hexdigest()
     assert info.bytes_in == len(raw)
+    vis = _ds(out.getvalue())
+    assert info.stored_uids == (vis.StudyInstanceUID, vis.SeriesInstanceUID, vis.SOPInstanceUID)
+    assert info.stored_uids[0] != _ds(raw).StudyInstanceUID  # pseudonymised: as stored
 
 
 def test_already_protected_is_refused(site_keys) -> None:
