@@ -462,7 +462,7 @@ def _malloc_trim() -> Any:
     protection's buffers for the next file (``workerproc.tune_heap``); every
     :data:`TRIM_EVERY` files the free ones go back to the system, so that a large file
     does not leave its memory with the worker. The next file then faults its pages in
-    again (~0.1 ms per file on average for 512×512×16-bit slices, not per file)."""
+    again: about 80 page faults per file on average for 512×512×16-bit slices."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
