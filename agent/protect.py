@@ -97,10 +97,12 @@ def plan_modes(dest_modes: list[str], is_image: bool) -> list[str | None]:
 
 
 class _HashingReader:
-    """Wraps the source: hashes exactly the bytes the cipher consumed."""
+    """Wraps the source: hashes exactly the bytes the cipher consumed (``hashing``), or
+    only counts them (the cipher reports their SHA-256 itself: DICOM mode)."""
 
-    def __init__(self, fh: BinaryIO) -> None:
-        self.fh, self.hash, self.count = fh, hashlib.sha256(), 0
+    def __init__(self, fh: BinaryIO, hashing: bool = True) -> None:
+        self.fh, self.count = fh, 0
+        self.hash = hashlib.sha256() if hashing else None
         self.seeked = False
 
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -114,7 +116,8 @@ class _HashingReader:
 
     def read(self, n: int = -1) -> bytes:
         data = self.fh.read(n)
-        self.hash.update(data)
+        if self.hash is not None:
+            self.hash.update(data)
         self.count += len(data)
         return data
 
@@ -344,7 +347,8 @@ class Protector:
         tmp = self.spool.tmp_for(name)
         try:
             with _open_source(path, follow) as raw, open(tmp, "wb") as out:
-                src, dst = _HashingReader(raw), _HashingWriter(out)
+                # DICOM mode hashes the source for its blob and reports that digest
+                src, dst = _HashingReader(raw, hashing=mode != "dicom"), _HashingWriter(out)
                 info = self._cipher.protect(cast(BinaryIO, src), cast(BinaryIO, dst),
                                             self.recipients, mode,
                                             policy=self._policy if mode == "dicom" else None)
@@ -355,11 +359,13 @@ class Protector:
             st = os.stat(path) if follow else os.lstat(path)
             if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
                 raise _Changed()
-            linear = not src.seeked and src.count == size
-            sha = src.hash.hexdigest() if linear else file_sha256(path, follow)
+            sha = _source_sha256(src, info, size) or file_sha256(path, follow)
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
                 raise _Orphaned()
-            uids = _stored_uids(tmp) if mode == "dicom" else None
+            uids = None
+            if mode == "dicom":  # as the cipher read them back from its output, else here
+                stored = getattr(info, "stored_uids", None)
+                uids = list(stored) if stored is not None else _stored_uids(tmp)
             crashpoints.reached("protect.before_rename")
             self.spool.commit(tmp, name)
         except BaseException:
@@ -369,6 +375,17 @@ class Protector:
                "sop_instance_uid": getattr(info, "sop_instance_uid", None),
                "study_keys": list(getattr(info, "study_keys", ())), "uids": uids}
         return art, sha
+
+
+def _source_sha256(src: _HashingReader, info: Any, size: int) -> str | None:
+    """The SHA-256 of the source as the cipher read it, when it read it front to back
+    and whole (else None: the caller hashes the file)."""
+    if src.seeked or src.count != size:
+        return None
+    if src.hash is not None:
+        return src.hash.hexdigest()
+    reported = getattr(info, "source_sha256", None)
+    return str(reported) if reported and info.bytes_in == size else None
 
 
 def _stored_uids(path: Path) -> list[str]:
@@ -401,6 +418,10 @@ def main() -> int:
     setup = read_frame(stdin)
     if setup is None:
         return 0
+    from agent import workerproc
+
+    workerproc.skip_unused_imports()  # before the cipher and pydicom are imported
+    workerproc.tune_heap()
     try:
         protector = Protector([str(r) for r in setup["recipients"]], Path(setup["spool_dir"]),
                               int(setup["parent_pid"]), setup.get("kernel"))
@@ -409,6 +430,8 @@ def main() -> int:
         return 1
     from cipher import chaos
 
+    if chaos.kernel() == chaos.REFERENCE:  # no C kernel here: the reference needs numpy
+        workerproc.allow_numpy()
     write_frame(stdout, {"status": "ready", "pid": os.getpid(), "kernel": chaos.kernel()})
     trim, served = _malloc_trim(), 0
     while (req := read_frame(stdin)) is not None:
@@ -435,10 +458,11 @@ TRIM_EVERY = 8
 
 
 def _malloc_trim() -> Any:
-    """glibc's ``malloc_trim``, or None elsewhere. A DICOM-mode protection allocates and
-    frees a few copies of the file of varied sizes; glibc keeps freed pages mapped, and
-    over hundreds of files a worker's resident memory grew by 20-30 MB of free heap.
-    Trimming costs ~0.4 ms, so it is done every :data:`TRIM_EVERY` files, not per file."""
+    """glibc's ``malloc_trim``, or None elsewhere. The worker's heap keeps the pages of a
+    protection's buffers for the next file (``workerproc.tune_heap``); every
+    :data:`TRIM_EVERY` files the free ones go back to the system, so that a large file
+    does not leave its memory with the worker. The next file then faults its pages in
+    again: about 80 page faults per file on average for 512×512×16-bit slices."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes

@@ -93,9 +93,9 @@ def protect(
     if mode == FILE_MODE:
         return fileformat.protect_file(src, dst, recipients)
     if mode == DICOM_MODE:
-        from cipher import dicomfile, profile
+        from cipher import dicomprotect, profile
 
-        return dicomfile.protect_dicom(src, dst, recipients, policy or profile.DicomPolicy())
+        return dicomprotect.protect_dicom(src, dst, recipients, policy or profile.DicomPolicy())
     raise ValueError(f"mode must be {FILE_MODE!r} or {DICOM_MODE!r}, not {mode!r}")
 
 

@@ -59,6 +59,13 @@ class ProtectInfo:
     #: DICOM mode with a pseudonym secret: keyed hashes (``PseudonymSecret.study_key``) of
     #: the study's AccessionNumber and StudyInstanceUID, for "did this exam arrive?".
     study_keys: tuple[str, ...] = ()
+    #: SHA-256 (hex) of the ``bytes_in`` bytes read from the source, when the protecting
+    #: code hashed them anyway (DICOM mode: the blob's original digest), so that a caller
+    #: needing it does not hash the source a second time; None when not computed.
+    source_sha256: str | None = None
+    #: DICOM mode: Study, Series and SOP Instance UIDs as the protected object stores them
+    #: (pseudonymised unless the policy retains UIDs; "" where absent).
+    stored_uids: tuple[str, str, str] | None = None
 
 
 @dataclass(frozen=True)

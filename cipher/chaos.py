@@ -24,10 +24,12 @@ from __future__ import annotations
 import hashlib
 import warnings
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from cipher import _keying as ref  # the shared parts; the numpy reference is loaded on use
 
-from cipher import _reference as ref
+if TYPE_CHECKING:
+    import numpy as np
 
 try:  # the C extension, built by `pip install` when a C compiler is present (setup.py)
     from cipher import _native
@@ -71,15 +73,15 @@ def constant_time(name: str) -> bool:
     return _native is not None and name in _native.CONSTANT_TIME
 
 
-def _kat_input() -> np.ndarray:
-    return ((np.arange(_KAT_N, dtype=np.uint32) * 167 + 13) & 0xFF).astype(np.uint8)
+def _kat_input() -> bytes:
+    return bytes((i * 167 + 13) & 0xFF for i in range(_KAT_N))
 
 
 def _passes_known_answer(name: str) -> bool:
     plain = _kat_input()
-    ct = _encrypt_with(plain, _KAT_KEY, _KAT_NONCE, name)
-    ok = hashlib.sha256(ct.tobytes()).hexdigest() == _KAT_SHA256
-    return ok and bool(np.array_equal(_decrypt_with(ct, _KAT_KEY, _KAT_NONCE, name), plain))
+    ct = bytes(_apply_buffer(plain, _KAT_KEY, _KAT_NONCE, name, True))
+    ok = hashlib.sha256(ct).hexdigest() == _KAT_SHA256
+    return ok and bytes(_apply_buffer(ct, _KAT_KEY, _KAT_NONCE, name, False)) == plain
 
 
 _pinned: str | None = None  # set by use_kernel
@@ -125,6 +127,8 @@ def _check(key: bytes, nonce: bytes) -> None:
 
 
 def _to_bytes(data: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     if not isinstance(data, np.ndarray):
         raise ValueError("chaos cipher input must be a numpy array")
     dt = data.dtype
@@ -158,18 +162,37 @@ def _native_sbox_samples(prk: bytes) -> bytes:
     return bytes(ref.healthy_samples(prk, ref.LABEL_SBOX, ref.SBOX_SAMPLES, _native_scalar, _native.distinct))
 
 
-def _apply_native(buf: np.ndarray, key: bytes, nonce: bytes, forward: bool, name: str) -> np.ndarray:
+def _apply_native(buf: Any, key: bytes, nonce: bytes, forward: bool, name: str) -> memoryview:
     """Derive the parameters and run the passes (or their inverses) in C on a new padded
-    matrix, which the first pass fills from ``buf`` (no separate copy)."""
+    matrix, which the first pass fills from ``buf`` (no separate copy); ``buf`` is any
+    contiguous byte buffer (bytes, a memoryview, a uint8 array)."""
     if _native is None:
         raise RuntimeError("the native chaos kernels are not built (reinstall with a C compiler: pip install -e .)")
-    lay = ref.layout(buf.size)
-    m = np.empty(lay.rows * lay.lanes, dtype=np.uint8)
+    lay = ref.layout(memoryview(buf).nbytes)
+    m = bytearray(lay.rows * lay.lanes)
     prk = ref.prk(key, nonce)
     st = ref.healthy_samples(prk, ref.LABEL_STREAM, lay.stream_len, _native_stream, _native.distinct)
     run = _native.encrypt if forward else _native.decrypt
     run(m, st, _native_sbox_samples(prk), *ref.multipliers(prk), lay.lane_bits, lay.last, lay.tail_start, name, buf)
-    return m[: lay.n]
+    return memoryview(m)[: lay.n]
+
+
+def _apply_buffer(data: Any, key: bytes, nonce: bytes, name: str, forward: bool) -> Any:
+    """:func:`encrypt_bytes` / :func:`decrypt_bytes` with kernel ``name``."""
+    _check(key, nonce)
+    view = memoryview(data)
+    if not view.c_contiguous:
+        raise ValueError("chaos cipher input must be a contiguous buffer")
+    view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    if not view.nbytes:
+        return b""
+    if name == REFERENCE:
+        import numpy as np
+
+        from cipher import _reference
+
+        return _reference.apply(np.frombuffer(view, np.uint8), bytes(key), bytes(nonce), forward).data
+    return _apply_native(view, bytes(key), bytes(nonce), forward, name)
 
 
 # --------------------------------------------------------------------------- API
@@ -177,14 +200,18 @@ def _apply_native(buf: np.ndarray, key: bytes, nonce: bytes, forward: bool, name
 
 def _apply(data: np.ndarray, key: bytes, nonce: bytes, name: str, forward: bool) -> np.ndarray:
     """Encrypt (``forward``) or decrypt ``data`` with kernel ``name``."""
+    import numpy as np
+
+    from cipher import _reference
+
     _check(key, nonce)
     buf = _to_bytes(data)
     if buf.size == 0:
         return data.copy()
     if name == REFERENCE:
-        out = ref.apply(buf, bytes(key), bytes(nonce), forward)
+        out = _reference.apply(buf, bytes(key), bytes(nonce), forward)
     else:
-        out = _apply_native(buf, bytes(key), bytes(nonce), forward, name)
+        out = np.frombuffer(_apply_native(buf, bytes(key), bytes(nonce), forward, name), np.uint8)
     return _from_bytes(out, data)
 
 
@@ -202,9 +229,13 @@ def sbox(key: bytes, nonce: bytes) -> np.ndarray:
     """The 256-entry uint8 S-box of the image keyed by ``key`` and ``nonce``."""
     _check(key, nonce)
     if _native is not None:
+        import numpy as np
+
         s, _ = _native.sbox(_native_sbox_samples(ref.prk(bytes(key), bytes(nonce))))
         return np.frombuffer(s, dtype=np.uint8).copy()
-    return ref.sbox_tables(bytes(key), bytes(nonce))[0]
+    from cipher import _reference
+
+    return _reference.sbox_tables(bytes(key), bytes(nonce))[0]
 
 
 def encrypt(data: np.ndarray, key: bytes, nonce: bytes) -> np.ndarray:
@@ -219,3 +250,16 @@ def encrypt(data: np.ndarray, key: bytes, nonce: bytes) -> np.ndarray:
 def decrypt(data: np.ndarray, key: bytes, nonce: bytes) -> np.ndarray:
     """Exact inverse of :func:`encrypt` for the same key and nonce."""
     return _apply(data, key, nonce, kernel(), False)
+
+
+def encrypt_bytes(data: Any, key: bytes, nonce: bytes) -> Any:
+    """:func:`encrypt` of a byte image, without numpy: ``data`` is any contiguous buffer
+    holding the pixels as the cipher sees them (uint8, or uint16 in little-endian byte
+    order: the bytes :func:`encrypt` enciphers for a uint16 array). Returns a buffer of
+    the same length (a memoryview or bytes)."""
+    return _apply_buffer(data, key, nonce, kernel(), True)
+
+
+def decrypt_bytes(data: Any, key: bytes, nonce: bytes) -> Any:
+    """Exact inverse of :func:`encrypt_bytes` for the same key and nonce."""
+    return _apply_buffer(data, key, nonce, kernel(), False)

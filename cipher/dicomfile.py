@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import io
 import logging
-import os
 import struct
 import warnings
 import zlib
@@ -29,24 +28,20 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from cipher import _common, chaos
-from cipher._common import DICOM_MODE, ProtectInfo, UnprotectInfo
+from cipher._common import DICOM_MODE, UnprotectInfo
 from cipher.errors import (
     AlreadyProtectedError,
     AuthenticationError,
-    CipherError,
     FormatError,
     NotDicomError,
     UnsupportedDicomError,
-    VerifyError,
 )
-from cipher.profile import DicomPolicy, apply_policy, mark
 
 __all__ = [
     "FORMAT_MARKER",
@@ -54,7 +49,6 @@ __all__ = [
     "PRIVATE_CREATOR",
     "dicom_mode_refusal",
     "inspect_v2",
-    "protect_dicom",
     "unprotect_v2",
 ]
 
@@ -84,11 +78,10 @@ LABEL_TAIL = b"scanfort dicom v2 tail"
 
 LAYOUT_FRAMES, LAYOUT_WHOLE, LAYOUT_FRAGMENTS = 1, 2, 3
 UNIT_U8, UNIT_U16LE, UNIT_U16BE = 1, 2, 3
-# The dtype of a unit's values in the original file (and in the visible file, which keeps
-# the transfer syntax): the cipher works on values, so byte order never matters to it.
-_SOURCE_DTYPE: dict[int, np.dtype[Any]] = {
-    UNIT_U8: np.dtype(np.uint8), UNIT_U16LE: np.dtype("<u2"), UNIT_U16BE: np.dtype(">u2")}
-_VISIBLE_DTYPE = _SOURCE_DTYPE  # the visible file keeps the source's transfer syntax
+# The size of a unit's values in the original file (and in the visible file, which keeps
+# the transfer syntax). The cipher works on values: a uint16 value is enciphered as its
+# little-endian bytes, so big-endian units are byte-swapped on the way in and out.
+_ITEMSIZE = {UNIT_U8: 1, UNIT_U16LE: 2, UNIT_U16BE: 2}
 
 FLAG_DEFLATED = 0x01  # the source's dataset is deflated; rebuilt by recompressing
 FLAG_DEFLATE_STORED = 0x02  # no zlib setting reproduced it: the stream itself is stored
@@ -173,7 +166,8 @@ def _inflate(raw: bytes, start: int) -> tuple[bytes, bytes, bytes]:
 def _read_source(raw: bytes) -> tuple[Dataset, _Source]:
     meta_end = _meta_end(raw)
     try:
-        ds = pydicom.dcmread(io.BytesIO(raw), force=False)
+        with io.BytesIO(raw) as buf:  # closed: a dataset in a cycle cannot hold on to ``raw``
+            ds = pydicom.dcmread(buf, force=False)
         meta = ds.file_meta
         ts = meta.TransferSyntaxUID
         ds.SOPClassUID, ds.SOPInstanceUID  # noqa: B018 - required attributes
@@ -215,7 +209,7 @@ def _read_source(raw: bytes) -> tuple[Dataset, _Source]:
             level, mem_level = match
     else:
         stream = raw
-    if stream[tell:tell + len(value)] != value:
+    if not stream.startswith(value, tell):  # stream[tell:…] == value, without a copy
         raise UnsupportedDicomError("Pixel Data could not be located in the file")
     source = _Source(prefix, stream, tail, tell, len(value), flags, level, mem_level, stored)
     return ds, source
@@ -256,7 +250,7 @@ def _layout(ds: Dataset, value_length: int, vr: str, big_endian: bool) -> _Layou
     except (AttributeError, TypeError, ValueError):
         frame_bits, frames = 0, 0
     frame_length = frame_bits // 8
-    itemsize = _SOURCE_DTYPE[unit].itemsize
+    itemsize = _ITEMSIZE[unit]
     if (frame_bits > 0 and frame_bits % 8 == 0 and frames > 0
             and frames * frame_length <= value_length and frame_length % itemsize == 0):
         return _Layout(LAYOUT_FRAMES, unit, frames, frame_length, value_length)
@@ -317,22 +311,27 @@ def _unit_pieces(units: Sequence[tuple[slice, bytes, int]], length: int,
         index = counters.get(label, 0)
         counters[label] = index + 1
         unit_nonce = _common.derive_nonce(label, nonce, index)
-        src_dtype, vis_dtype = (_SOURCE_DTYPE[unit], _VISIBLE_DTYPE[unit]) if forward else (
-            _VISIBLE_DTYPE[unit], _SOURCE_DTYPE[unit])
-        if (sl.stop - sl.start) % src_dtype.itemsize:
+        if (sl.stop - sl.start) % _ITEMSIZE[unit]:
             raise ValueError("unit length is not a multiple of its value size")
-        # the cipher works on native-order values; no copy when the order already is native
-        arr = np.frombuffer(get(sl.start, sl.stop), src_dtype).astype(
-            src_dtype.newbyteorder("="), copy=False)
-        fn = chaos.encrypt if forward else chaos.decrypt
-        out = np.ascontiguousarray(fn(arr, key, unit_nonce).astype(vis_dtype, copy=False))
-        yield out.data.cast("B")
+        data = get(sl.start, sl.stop)
+        big = unit == UNIT_U16BE
+        fn = chaos.encrypt_bytes if forward else chaos.decrypt_bytes
+        out: bytes | memoryview = fn(_swap16(data) if big else data, key, unit_nonce)
+        yield memoryview(_swap16(out)) if big else out
         pos = sl.stop
     if pos < length:
         yield get(pos, length)
 
 
-def _transform(value: bytes, layout: _Layout, key: bytes, nonce: bytes, forward: bool) -> bytes:
+def _swap16(data: bytes | memoryview) -> bytearray:
+    """The bytes of 16-bit values in the other byte order."""
+    src = bytes(data)
+    out = bytearray(len(src))
+    out[0::2], out[1::2] = src[1::2], src[0::2]
+    return out
+
+
+def _transform(value: bytes | memoryview, layout: _Layout, key: bytes, nonce: bytes, forward: bool) -> bytes:
     """The whole value transformed (see :func:`_pieces`)."""
     return b"".join(_pieces(value, layout, key, nonce, forward))
 
@@ -378,7 +377,7 @@ class _Blob:
         if (magic != _common.SCANFORT_MAGIC or version != FORMAT_VERSION or kind != KIND_DICOM
                 or flags & ~(FLAG_DEFLATED | FLAG_DEFLATE_STORED)
                 or lkind not in (LAYOUT_FRAMES, LAYOUT_WHOLE, LAYOUT_FRAGMENTS)
-                or unit not in _SOURCE_DTYPE or len(skeleton) != n or value_length == 0):
+                or unit not in _ITEMSIZE or len(skeleton) != n or value_length == 0):
             raise AuthenticationError()
         layout = _Layout(lkind, unit, count, frame_length, value_length)
         source = _Source(b"", b"", b"", offset, value_length, flags, level, mem, b"")
@@ -485,17 +484,28 @@ def _restore(ds: Dataset, blob: _Blob, dst: BinaryIO | None) -> int:
 
 
 def _original(blob: _Blob, deciphered: Iterator[bytes | memoryview],
-              parts: tuple[bytes, bytes, bytes] | None = None) -> Iterator[bytes | memoryview]:
+              parts: tuple[bytes, bytes, bytes] | None = None,
+              expected: bytes | None = None) -> Iterator[bytes | memoryview]:
     """The original file, in pieces: the skeleton around the ``deciphered`` value (deflated
     again when the source was), its SHA-256 checked after the last piece. A mismatch raises
     :class:`AuthenticationError` after the other pieces were produced: a consumer keeps
-    them only when the iteration ends normally. ``parts``: ``blob.parts()`` if known."""
+    them only when the iteration ends normally. ``parts``: ``blob.parts()`` if known.
+
+    ``expected``: the original itself (the protection's verify, which holds it): each
+    piece is compared with it instead, the same proof (the blob's digest is that of
+    ``expected``) for a memory comparison instead of a SHA-256."""
     prefix, tail, body = parts or blob.parts()
-    digest = hashlib.sha256()
+    digest = hashlib.sha256() if expected is None else None
+    done = 0
     s = blob.source
 
     def out(data: bytes | memoryview) -> bytes | memoryview:
-        digest.update(data)
+        nonlocal done
+        if digest is not None:
+            digest.update(data)
+        elif not expected.startswith(data, done):  # type: ignore[union-attr]
+            raise AuthenticationError()
+        done += len(data)
         return data
 
     yield out(prefix)
@@ -519,7 +529,10 @@ def _original(blob: _Blob, deciphered: Iterator[bytes | memoryview],
         if comp is not None:
             yield out(comp.flush())
     yield out(tail)
-    if not hmac.compare_digest(digest.digest(), blob.original_sha256):
+    if digest is None:
+        if done != len(expected):  # type: ignore[arg-type]
+            raise AuthenticationError()
+    elif not hmac.compare_digest(digest.digest(), blob.original_sha256):
         raise AuthenticationError()
 
 
@@ -536,112 +549,6 @@ def dicom_mode_refusal(src: BinaryIO) -> str | None:
         return str(exc)
     finally:
         src.seek(start)
-
-
-def protect_dicom(
-    src: BinaryIO,
-    dst: BinaryIO,
-    recipients: Sequence[str],
-    policy: DicomPolicy,
-    randbytes: Callable[[int], bytes] | None = None,
-) -> ProtectInfo:
-    """Write the DICOM-mode (v2) protection of ``src`` to ``dst``; see :func:`cipher.protect`.
-
-    Raise :class:`NotDicomError` (not DICOM), :class:`UnsupportedDicomError` (DICOM that
-    this mode cannot carry: use file mode), :class:`VerifyError` (the output does not
-    restore). Nothing is written to ``dst`` unless the output restored to the input.
-    """
-    parsed = [str(r) for r in _common.keys.parse_recipients(recipients)]
-    draw = randbytes or os.urandom
-    raw = src.read()
-    try:
-        return _protect(raw, dst, parsed, policy, draw)
-    except (CipherError, OSError):
-        raise
-    except Exception as exc:  # an odd dataset must be a typed refusal, never a traceback
-        raise UnsupportedDicomError(
-            f"DICOM mode cannot carry this file ({type(exc).__name__})") from None
-
-
-def _protect(raw: bytes, dst: BinaryIO, parsed: list[str], policy: DicomPolicy,
-             draw: Callable[[int], bytes]) -> ProtectInfo:
-    ds, source = _read_source(raw)
-    study_keys = _study_keys(ds, policy)
-    big_endian = ds.original_encoding[1] is False
-    vr = str(ds[PIXEL_DATA].VR)
-    layout = _layout(ds, source.length, vr, big_endian)
-    key, nonce = _common.fresh_key_and_nonce(draw)
-    pixel = source.stream[source.offset:source.offset + source.length]
-    try:
-        enciphered = _transform(pixel, layout, key, nonce, forward=True)
-    except ValueError as exc:
-        raise UnsupportedDicomError(str(exc)) from None
-    if layout.kind == LAYOUT_FRAGMENTS:
-        layout = _Layout(LAYOUT_FRAGMENTS, UNIT_U8, len(_units(pixel, layout)), 0, len(pixel))
-    blob = _Blob(key, nonce, hashlib.sha256(raw).digest(), hashlib.sha256(enciphered).digest(),
-                 layout, source, _Blob.skeleton_of(source))
-
-    visible = _visible_file(ds, policy, enciphered, blob, parsed, draw, big_endian)
-    # Verify before commit: the restore a reader will run, on the bytes we are about to
-    # hand out, with the blob still in memory.
-    try:  # the restore checks the SHA-256 of the original it rebuilds: that of ``raw``
-        restored = _restore(_parse_visible(io.BytesIO(visible))[0], blob, None)
-    except (AuthenticationError, FormatError) as exc:
-        raise VerifyError(type(exc).__name__) from None
-    if restored != len(raw):
-        raise VerifyError("restored length differs")
-    dst.write(visible)
-    return ProtectInfo(
-        mode=DICOM_MODE,
-        bytes_in=len(raw),
-        bytes_out=len(visible),
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        format_version=FORMAT_VERSION,
-        recipients=len(parsed),
-        verified=True,
-        policy=policy.describe(),
-        study_keys=study_keys,
-    )
-
-
-def _study_keys(ds: Dataset, policy: DicomPolicy) -> tuple[str, ...]:
-    """Keyed hashes of the study's AccessionNumber and StudyInstanceUID (none without a
-    secret): what the central may learn of a study."""
-    secret = policy.pseudonym_secret
-    if secret is None:
-        return ()
-    values = (str(ds.get(k, "") or "").strip(" \x00") for k in ("AccessionNumber",
-                                                                "StudyInstanceUID"))
-    return tuple(secret.study_key(v) for v in values if v)
-
-
-def _visible_file(ds: Dataset, policy: DicomPolicy, enciphered: bytes, blob: _Blob,
-                  recipients: list[str], draw: Callable[[int], bytes], big_endian: bool,
-                  ) -> bytes:
-    result = apply_policy(ds, policy, draw)
-    mark(ds, policy, result)
-    # Group lengths of the source would be wrong after the changes (they are in the blob).
-    for elem in list(ds):
-        if elem.tag.element == 0 and elem.tag.group != 0x0002:
-            del ds[elem.tag]
-    ds[PIXEL_DATA].value = enciphered
-    meta = ds.file_meta
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    if meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian:
-        # The PACS gets the same dataset inflated: deflating ciphertext gains nothing, and
-        # tools that must seek in the dataset (dciodvfy) cannot in a deflated stream.
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    sealed = _common.age_encrypt_bytes(blob.encode(), recipients)
-    block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
-    block.add_new(ELEM_MARKER, "LO", FORMAT_MARKER)
-    block.add_new(ELEM_BLOB, "OB", sealed)
-    block.add_new(ELEM_BLOB_LENGTH, "UL", len(sealed))
-    block.add_new(ELEM_POLICY, "LO", policy.describe()[:64])
-    out = io.BytesIO()
-    ts = meta.TransferSyntaxUID
-    ds.save_as(out, implicit_vr=ts.is_implicit_VR, little_endian=not big_endian,
-               enforce_file_format=False)
-    return out.getvalue()
 
 
 # --------------------------------------------------------------------------- unprotect

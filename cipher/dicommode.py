@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 
 import pydicom
 
-from cipher import dicom_v1, dicomfile
+from cipher import dicomfile
 from cipher._common import UnprotectInfo
 from cipher.errors import AuthenticationError, CipherError, FormatError
 
@@ -65,6 +65,8 @@ def unprotect_dicom(src: BinaryIO, dst: BinaryIO, identities: Any) -> UnprotectI
     try:
         if marker == dicomfile.FORMAT_MARKER:
             return dicomfile.unprotect_v2(ds, sealed, size, dst, identities)
+        from cipher import dicom_v1  # (with numpy) only for a file of the first version
+
         if marker == dicom_v1.FORMAT_MARKER:
             src.seek(start)
             return dicom_v1.unprotect_v1(src, dst, identities)
@@ -86,6 +88,8 @@ def inspect_dicom(src: BinaryIO) -> dict[str, Any]:
     try:
         if marker == dicomfile.FORMAT_MARKER:
             return dicomfile.inspect_v2(ds, sealed, len(raw))
+        from cipher import dicom_v1  # (with numpy) only for a file of the first version
+
         if marker == dicom_v1.FORMAT_MARKER:
             return dicom_v1.inspect_v1(io.BytesIO(raw))
     except CipherError:

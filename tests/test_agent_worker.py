@@ -221,6 +221,33 @@ def test_file_mode_worker_does_not_load_pydicom(tmp_path: Path, site_keys) -> No
     assert out == "protected False"
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/PID/maps")
+def test_dicom_mode_worker_loads_neither_numpy_nor_pixel_codecs(tmp_path: Path,
+                                                                  site_keys) -> None:
+    """A worker protects DICOM with the C kernels on byte buffers: numpy, Pillow and the
+    pylibjpeg codecs (imported by pydicom when installed) are never mapped into it, and
+    its copies still restore byte for byte (the memory a worker holds: ``workerproc``)."""
+    pytest.importorskip("cipher._native")
+    identity, recipient = site_keys
+    scans = [tmp_path / f"ct{i}.dcm" for i in range(3)]
+    for i, scan in enumerate(scans):
+        scan.write_bytes(ct_slice(64, 64 + i, seed=i))
+    worker = ProtectWorker([recipient], tmp_path / "spool")
+    try:
+        answers = [worker.call(_request(scan, ["auto", "file"]), 60) for scan in scans]
+        assert worker.pid is not None
+        maps = Path(f"/proc/{worker.pid}/maps").read_text()
+    finally:
+        worker.close()
+    for scan, answer in zip(scans, answers, strict=True):
+        assert answer["status"] == "protected" and answer["plan"] == ["dicom", "file"]
+        for art in answer["artifacts"]:
+            data = (tmp_path / "spool" / art["name"]).read_bytes()
+            assert decrypt(data, identity) == scan.read_bytes()
+    for lib in ("numpy", "PIL", "openjpeg", "libjpeg"):
+        assert f"/{lib}/" not in maps, lib
+
+
 def test_worker_ignores_interrupts_and_ends_with_its_input(tmp_path: Path, site_keys) -> None:
     """Ctrl-C or a service manager's SIGTERM to the process group must not cut a file off:
     the child keeps going and exits when the parent closes its input."""

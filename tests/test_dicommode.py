@@ -18,7 +18,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, CTImageStorage, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 import cipher
-from cipher import chaos, dicomfile, keys, profile
+from cipher import chaos, dicomfile, dicomprotect, keys, profile
 from cipher.errors import AuthenticationError, FormatError, VerifyError
 from cipher.pseudonym import PseudonymSecret
 
@@ -237,14 +237,14 @@ def test_unusable_pixel_data_is_a_typed_refusal(case: str, site_keys) -> None:
 
 def test_verify_before_commit_catches_a_faulty_cipher(site_keys, monkeypatch) -> None:
     _, recipient = site_keys
-    real = chaos.decrypt
+    real = chaos.decrypt_bytes
 
-    def faulty(arr, key, nonce):  # a kernel that gets one value wrong
-        out = real(arr, key, nonce).copy()
-        out.flat[0] ^= 1
+    def faulty(data, key, nonce):  # a kernel that gets one value wrong
+        out = bytearray(real(data, key, nonce))
+        out[0] ^= 1
         return out
 
-    monkeypatch.setattr(chaos, "decrypt", faulty)
+    monkeypatch.setattr(chaos, "decrypt_bytes", faulty)
     out = io.BytesIO()
     with pytest.raises(VerifyError):
         cipher.protect(io.BytesIO(synthetic()), out, [recipient], mode="dicom")
@@ -252,6 +252,42 @@ def test_verify_before_commit_catches_a_faulty_cipher(site_keys, monkeypatch) ->
     with pytest.raises(VerifyError):
         cipher.protect(io.BytesIO(b"x" * 1000), out, [recipient], mode="file")
     assert out.getvalue() == b""
+
+
+@pytest.mark.parametrize("damage", ["pixel", "blob"])
+def test_verify_before_commit_reads_the_bytes_written(site_keys, monkeypatch, damage) -> None:
+    """The verify restores from the visible bytes about to be written (not from what the
+    protection holds in memory): a byte changed there after they were built fails it."""
+    _, recipient = site_keys
+    real = dicomprotect._visible_file
+
+    def damaged(*args, **kwargs):
+        visible = bytearray(real(*args, **kwargs))
+        if damage == "pixel":  # the last byte of the Pixel Data value (the last element)
+            visible[-1] ^= 1
+        else:  # a byte inside the sealed blob
+            sealed = args[3]
+            visible[bytes(visible).index(sealed) + len(sealed) // 2] ^= 1
+        return bytes(visible)
+
+    monkeypatch.setattr(dicomprotect, "_visible_file", damaged)
+    out = io.BytesIO()
+    with pytest.raises(VerifyError):
+        cipher.protect(io.BytesIO(synthetic()), out, [recipient], mode="dicom")
+    assert out.getvalue() == b""
+
+
+def test_protect_reports_the_source_digest_and_the_stored_uids(site_keys) -> None:
+    _, recipient = site_keys
+    raw = synthetic()
+    out = io.BytesIO()
+    info = cipher.protect(io.BytesIO(raw), out, [recipient], mode="dicom",
+                          policy=profile.DicomPolicy.from_names("profile", [], SECRET))
+    assert info.source_sha256 == hashlib.sha256(raw).hexdigest()
+    assert info.bytes_in == len(raw)
+    vis = _ds(out.getvalue())
+    assert info.stored_uids == (vis.StudyInstanceUID, vis.SeriesInstanceUID, vis.SOPInstanceUID)
+    assert info.stored_uids[0] != _ds(raw).StudyInstanceUID  # pseudonymised: as stored
 
 
 def test_already_protected_is_refused(site_keys) -> None:
