@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from cipher import _common, chaos, dicomfile
 from cipher.dicomstream import Opened
 
@@ -72,8 +70,10 @@ def decipher_frame(opened: Opened, number: int, enciphered: bytes | memoryview) 
     units.span(number)
     if len(enciphered) != units.frame_length:
         raise ValueError("enciphered frame of the wrong length")
-    dtype = dicomfile._SOURCE_DTYPE[blob.layout.unit]  # the visible value keeps its order
     nonce = _common.derive_nonce(dicomfile.LABEL_FRAME, blob.nonce, number - 1)
-    arr = np.frombuffer(enciphered, dtype).astype(dtype.newbyteorder("="), copy=False)
-    out = chaos.decrypt(arr, blob.key, nonce).astype(dtype, copy=False)
-    return np.ascontiguousarray(out).tobytes()
+    # the visible value keeps the source's byte order; the cipher sees 16-bit big-endian
+    # units as little-endian values (as the whole pass does, dicomfile._unit_pieces)
+    big = blob.layout.unit == dicomfile.UNIT_U16BE
+    out = chaos.decrypt_bytes(dicomfile._swap16(enciphered) if big else enciphered,
+                              blob.key, nonce)
+    return bytes(dicomfile._swap16(out)) if big else bytes(out)
