@@ -32,12 +32,21 @@ def first_value(item: dict[str, Any], tag: str) -> str:
     return str(values[0])
 
 
-def _readinto(resp: requests.Response) -> Callable[[memoryview], int] | None:
-    """Read the body straight from the connection into a buffer, when nothing stands in
-    between (no content coding for urllib3 to undo); None otherwise."""
+def _connection(resp: requests.Response) -> http.client.HTTPResponse | None:
+    """The response as the connection delivers it, when nothing stands in between (no
+    content coding for urllib3 to undo); None otherwise."""
     fp = getattr(resp.raw, "_fp", None)
     coding = resp.headers.get("Content-Encoding", "identity").strip().lower()
     if not isinstance(fp, http.client.HTTPResponse) or coding not in ("", "identity"):
+        return None
+    return fp
+
+
+def _readinto(resp: requests.Response) -> Callable[[memoryview], int] | None:
+    """Read the body straight from the connection into a buffer (see :func:`_connection`);
+    None otherwise."""
+    fp = _connection(resp)
+    if fp is None:
         return None
 
     def readinto(view: memoryview) -> int:
@@ -53,9 +62,8 @@ def _exact(resp: requests.Response) -> Exact | None:
     """Lines and exact byte counts straight from the connection (its own ``bytes``, read
     in place: no buffer of ours to zero, no copy), under the same conditions as
     :func:`_readinto`."""
-    fp = getattr(resp.raw, "_fp", None)
-    coding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-    if not isinstance(fp, http.client.HTTPResponse) or coding not in ("", "identity"):
+    fp = _connection(resp)
+    if fp is None:
         return None
 
     def readline(limit: int) -> bytes:
