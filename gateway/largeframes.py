@@ -63,12 +63,10 @@ class Picked:
 
 
 def _header_dataset(item: Streamed) -> Dataset | None:
-    """The original's data set up to Pixel Data, when frames can be placed from it."""
-    if item.header is None:
-        return None
-    try:
-        ds = pydicom.dcmread(io.BytesIO(item.header), stop_before_pixels=True)
-    except Exception:
+    """The original's data set up to Pixel Data, when frames can be placed from it (a
+    native transfer syntax)."""
+    ds = header_dataset(item)
+    if ds is None:
         return None
     ts = ds.file_meta.get("TransferSyntaxUID")
     if ts is None or ts.is_encapsulated:
