@@ -248,6 +248,26 @@ def test_dicom_mode_worker_loads_neither_numpy_nor_pixel_codecs(tmp_path: Path,
         assert f"/{lib}/" not in maps, lib
 
 
+def test_a_worker_on_the_numpy_reference_kernel_lifts_the_numpy_block(tmp_path: Path,
+                                                                      site_keys) -> None:
+    """``cipher_kernel = "reference"`` (or a CPU no C kernel passes on): the worker blocks
+    numpy before its imports like any other, then lifts the block for the reference, which
+    needs it, and its copies restore byte for byte."""
+    identity, recipient = site_keys
+    scan = tmp_path / "ct.dcm"
+    scan.write_bytes(ct_slice(32, 24, seed=5))
+    worker = ProtectWorker([recipient], tmp_path / "spool", kernel="reference")
+    try:
+        answer = worker.call(_request(scan, ["auto", "file"]), 120)
+        assert worker.kernel == "reference"
+    finally:
+        worker.close()
+    assert answer["status"] == "protected" and answer["plan"] == ["dicom", "file"]
+    for art in answer["artifacts"]:
+        data = (tmp_path / "spool" / art["name"]).read_bytes()
+        assert decrypt(data, identity) == scan.read_bytes()
+
+
 def test_worker_ignores_interrupts_and_ends_with_its_input(tmp_path: Path, site_keys) -> None:
     """Ctrl-C or a service manager's SIGTERM to the process group must not cut a file off:
     the child keeps going and exits when the parent closes its input."""
