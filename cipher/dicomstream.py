@@ -406,6 +406,14 @@ class Opened:
             return None
         return self._parts[2][:self._blob.source.offset]
 
+    def trailer(self) -> bytes | None:
+        """The original file after its Pixel Data value (None when it was deflated): the
+        Sequence Delimitation Item of an encapsulated value, then any elements stored
+        after Pixel Data (e.g. ``(FFFC,FFFC) Data Set Trailing Padding``)."""
+        if self._blob.source.flags & dicomfile.FLAG_DEFLATED:
+            return None
+        return self._parts[2][self._blob.source.offset:]
+
     def pieces(self) -> Iterator[bytes | memoryview]:
         """The original file, piece by piece (raises AuthenticationError after the last
         piece when its SHA-256 differs)."""

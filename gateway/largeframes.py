@@ -44,6 +44,7 @@ from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 
 from cipher import dicomframes
 from gateway import dicomdata
@@ -287,6 +288,35 @@ def header_dataset(item: Streamed) -> Dataset | None:
         return None
 
 
+def attributes_dataset(item: Streamed) -> Dataset | None:
+    """The original's attributes but its Pixel Data value: the header's and those stored
+    after Pixel Data (both from the authenticated blob); None as :func:`header_dataset`."""
+    ds = header_dataset(item)
+    trailer = None if ds is None or item.opened is None else item.opened.trailer()
+    if ds is None or not trailer:
+        return ds
+    ts = ds.file_meta.get("TransferSyntaxUID")
+    if ts is None:
+        return ds
+    little = ts.is_little_endian
+    assert item.header is not None  # header_dataset read it
+    if item.header[-4:] == b"\xff\xff\xff\xff":
+        # an undefined-length value (the header ends with Pixel Data's element header):
+        # its Sequence Delimitation Item comes first
+        delimiter = (b"\xfe\xff\xdd\xe0" if little else b"\xff\xfe\xe0\xdd") + bytes(4)
+        if not trailer.startswith(delimiter):
+            return ds
+        trailer = trailer[len(delimiter):]
+    if not trailer:
+        return ds
+    try:
+        after = read_dataset(io.BytesIO(trailer), ts.is_implicit_VR, little)
+    except Exception:  # the header's attributes are still right; these could not be read
+        return ds
+    ds.update(after)
+    return ds
+
+
 def pixel_vr(item: Streamed, ds: Dataset) -> str:
     """The VR of the original's Pixel Data (read from its element header when explicit)."""
     assert item.header is not None
@@ -301,10 +331,10 @@ def pixel_vr(item: Streamed, ds: Dataset) -> str:
 
 
 def metadata(item: Streamed, url: str) -> dict[str, Any] | None:
-    """DICOM JSON of a large instance without its pixels: the attributes the header holds
-    and Pixel Data as a BulkDataURI, whatever its length (None: restore it whole
-    instead)."""
-    ds = header_dataset(item)
+    """DICOM JSON of a large instance without its pixels: its other attributes (before
+    and after Pixel Data) and Pixel Data as a BulkDataURI, whatever its length (None:
+    restore it whole instead)."""
+    ds = attributes_dataset(item)
     if ds is None:
         return None
     meta = dicomdata.metadata_json(ds, url)
@@ -347,8 +377,8 @@ def bulkdata(cache: StageCache | None, item: Stage | Restored | Streamed,
              tag: str) -> bytes | tuple[int, Iterator[bytes | memoryview]]:  # fmt: skip
     """Bulk data ``tag`` of an instance: bytes, or for the Pixel Data of a large one its
     length and its pieces, deciphered as they are taken (memory: one frame). A large
-    instance's other bulk data comes from its header (the authenticated blob), so an
-    element after Pixel Data is not found. Raises FrameError."""
+    instance's other bulk data comes from the authenticated blob (its attributes before
+    and after Pixel Data). Raises FrameError."""
     if isinstance(item, Restored):
         return dicomdata.bulkdata(dicomdata.parse(item.data), tag)
     large: Streamed = item.info if isinstance(item, Stage) else item
@@ -358,7 +388,7 @@ def bulkdata(cache: StageCache | None, item: Stage | Restored | Streamed,
         whole_item = reopen(item) if isinstance(item, Stage) else item
         return dicomdata.bulkdata(dicomdata.parse(whole(whole_item)), tag)
     if tag.strip().upper() != f"{int(dicomdata.PIXEL_DATA):08X}":
-        return dicomdata.bulkdata(ds, tag)
+        return dicomdata.bulkdata(attributes_dataset(large) or ds, tag)
     start, length = span
     if isinstance(item, Stage):
         assert cache is not None

@@ -422,3 +422,55 @@ def test_deflated_and_encapsulated_large_instances_are_fetched_once_too(
         assert bulk.status_code == 200 and bulk.content == bytes(ds.PixelData)
         assert archive.asked[sop] == 1
         assert state.stages._items[sop].verified
+
+
+def _with_elements_after_pixels(raw: bytes) -> bytes:
+    """``raw`` with what some modalities store after Pixel Data: a private block in group
+    7FE1 (as vendors' CSA headers are) and Data Set Trailing Padding."""
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    block = ds.private_block(0x7FE1, "SCANFORT TEST AFTER", create=True)
+    block.add_new(0x01, "LO", "after the pixels")
+    block.add_new(0x02, "OB", bytes(range(40)))
+    ds.DataSetTrailingPadding = b"\x00" * 16
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("name", ["native", "JPEG2000.dcm"])
+def test_a_large_instance_keeps_the_elements_stored_after_its_pixel_data(
+    archive: Archive, tmp_path: Path, name: str
+) -> None:
+    """Metadata and bulk data of a large instance come from the blob, not a whole restore:
+    the attributes stored after Pixel Data (after an encapsulated value's Sequence
+    Delimitation Item too) are there as a whole restore gives them."""
+    identity, recipient = keys.generate_identity()
+    patient = data.Patient("PAT-T", "TAIL^TOM", "ACC-T", "20240716")
+    raw = (data.multiframe(patient, 12, rows=64, cols=48) if name == "native"
+           else data.pydicom_file(name, patient))  # fmt: skip
+    raw = _with_elements_after_pixels(raw)
+    protected = data.protect(raw, recipient)
+    archive.instances = [(data.uids(protected)[2], protected)]
+    url = f"http://127.0.0.1:{archive.server_address[1]}/dicom-web"
+    settings = Settings(data_dir=tmp_path, identity_file="unused", upstreams=(url,),
+                        stream_above_bytes=1024)  # fmt: skip
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    study, series, sop = data.uids(raw)
+    with BackgroundServer(settings, identities=[identity]) as gw:
+        gw.app.state.gateway.store.set_user("rita", "pw", ["reader"])
+        auth = ("rita", "pw")
+        root = f"{gw.url}/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+        meta = requests.get(f"{root}/metadata", auth=auth, timeout=60)
+        assert meta.status_code == 200, meta.text
+        got = meta.json()[0]
+        expected = dicomdata.metadata_json(ds, root)
+        for tag in ("7FE10010", "7FE11001", "7FE11002", "FFFCFFFC"):
+            assert tag in got, tag
+        got.pop("7FE00010")
+        expected.pop("7FE00010")
+        assert got == expected
+        for tag, value in (("7FE11002", bytes(range(40))), ("FFFCFFFC", b"\x00" * 16)):
+            bulk = requests.get(f"{root}/bulkdata/{tag}", auth=auth, timeout=60,
+                                headers={"Accept": "application/octet-stream"})  # fmt: skip
+            assert bulk.status_code == 200 and bulk.content == value, tag
+        assert archive.asked[sop] == 1
