@@ -17,6 +17,7 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -387,6 +388,23 @@ def test_frame_requests_arriving_together_make_one_archive_request(
         assert outcomes == [("frames", "ok")] * 4
 
 
+@contextmanager
+def _large_instance_behind_a_gateway(archive: Archive, tmp_path: Path,
+                                     raw: bytes) -> Iterator[tuple[BackgroundServer, str]]:
+    """``raw`` protected in the archive, a gateway in front taking anything above 1 KiB
+    as large, reader ``rita``/``pw``; yields the gateway and the instance's WADO-RS URL."""
+    identity, recipient = keys.generate_identity()
+    protected = data.protect(raw, recipient)
+    archive.instances = [(data.uids(protected)[2], protected)]
+    url = f"http://127.0.0.1:{archive.server_address[1]}/dicom-web"
+    settings = Settings(data_dir=tmp_path, identity_file="unused", upstreams=(url,),
+                        stream_above_bytes=1024)  # fmt: skip
+    study, series, sop = data.uids(raw)
+    with BackgroundServer(settings, identities=[identity]) as gw:
+        gw.app.state.gateway.store.set_user("rita", "pw", ["reader"])
+        yield gw, f"{gw.url}/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+
+
 @pytest.mark.parametrize("name", ["image_dfl.dcm", "JPEG2000.dcm"])
 def test_deflated_and_encapsulated_large_instances_are_fetched_once_too(
     archive: Archive, tmp_path: Path, name: str
@@ -394,20 +412,12 @@ def test_deflated_and_encapsulated_large_instances_are_fetched_once_too(
     """No unit per frame (deflated; compressed fragments): every request runs the whole
     pass from the staged value (the original's SHA-256 checked each time), but the
     archive is asked once."""
-    identity, recipient = keys.generate_identity()
     raw = data.pydicom_file(name, data.Patient("PAT-Z", "ZIP^ZOE", "ACC-Z", "20240715"))
-    protected = data.protect(raw, recipient)
-    archive.instances = [(data.uids(protected)[2], protected)]
-    url = f"http://127.0.0.1:{archive.server_address[1]}/dicom-web"
-    settings = Settings(data_dir=tmp_path, identity_file="unused", upstreams=(url,),
-                        stream_above_bytes=1024)  # fmt: skip
     ds = pydicom.dcmread(io.BytesIO(raw))
-    study, series, sop = data.uids(raw)
-    with BackgroundServer(settings, identities=[identity]) as gw:
+    sop = data.uids(raw)[2]
+    with _large_instance_behind_a_gateway(archive, tmp_path, raw) as (gw, root):
         state = gw.app.state.gateway
-        state.store.set_user("rita", "pw", ["reader"])
         auth, one = ("rita", "pw"), {"Accept": "application/octet-stream"}
-        root = f"{gw.url}/dicom-web/studies/{study}/series/{series}/instances/{sop}"
         for _ in range(2):
             got = requests.get(f"{root}/frames/1", auth=auth, timeout=60, headers=one)
             assert got.status_code == 200, got.text
@@ -444,22 +454,14 @@ def test_a_large_instance_keeps_the_elements_stored_after_its_pixel_data(
     """Metadata and bulk data of a large instance come from the blob, not a whole restore:
     the attributes stored after Pixel Data (after an encapsulated value's Sequence
     Delimitation Item too) are there as a whole restore gives them."""
-    identity, recipient = keys.generate_identity()
     patient = data.Patient("PAT-T", "TAIL^TOM", "ACC-T", "20240716")
     raw = (data.multiframe(patient, 12, rows=64, cols=48) if name == "native"
            else data.pydicom_file(name, patient))  # fmt: skip
     raw = _with_elements_after_pixels(raw)
-    protected = data.protect(raw, recipient)
-    archive.instances = [(data.uids(protected)[2], protected)]
-    url = f"http://127.0.0.1:{archive.server_address[1]}/dicom-web"
-    settings = Settings(data_dir=tmp_path, identity_file="unused", upstreams=(url,),
-                        stream_above_bytes=1024)  # fmt: skip
     ds = pydicom.dcmread(io.BytesIO(raw))
-    study, series, sop = data.uids(raw)
-    with BackgroundServer(settings, identities=[identity]) as gw:
-        gw.app.state.gateway.store.set_user("rita", "pw", ["reader"])
+    sop = data.uids(raw)[2]
+    with _large_instance_behind_a_gateway(archive, tmp_path, raw) as (_, root):
         auth = ("rita", "pw")
-        root = f"{gw.url}/dicom-web/studies/{study}/series/{series}/instances/{sop}"
         meta = requests.get(f"{root}/metadata", auth=auth, timeout=60)
         assert meta.status_code == 200, meta.text
         got = meta.json()[0]
