@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import struct
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
@@ -84,7 +83,7 @@ def _protect(raw: bytes, dst: BinaryIO, parsed: list[str], policy: DicomPolicy,
         sealed = _common.age_encrypt_bytes(blob.encode(), parsed)
         visible = _visible_file(ds, policy, enciphered, sealed, draw, big_endian)
         sop_instance_uid = str(ds.SOPInstanceUID)  # as the visible file has it
-        stored_uids = _verify(visible, raw, enciphered, sealed, blob)
+        stored_uids = _verify(visible, raw, sealed, blob)
         dst.write(visible)
     finally:
         # pydicom's datasets hold reference cycles (a private block and its dataset, a
@@ -118,39 +117,31 @@ def _study_keys(ds: Dataset, policy: DicomPolicy) -> tuple[str, ...]:
     return tuple(secret.study_key(v) for v in values if v)
 
 
-def _verify(visible: bytes, raw: bytes, enciphered: bytes, sealed: bytes,
-            blob: _f._Blob) -> tuple[str, str, str]:
+def _verify(visible: bytes, raw: bytes, sealed: bytes, blob: _f._Blob) -> tuple[str, str, str]:
     """Verify before commit: the restore a reader runs, on the bytes about to be handed
     out, with the blob still in memory; raise :class:`VerifyError` unless it gives back
     ``raw`` exactly. Returns the Study, Series and SOP Instance UIDs the visible file
     stores (read on the way).
 
-    The visible file is read the way the streaming reader reads it (element headers only,
-    :func:`cipher.dicomstream.scan_head`): its block must hold this ``sealed`` blob and
-    its Pixel Data this ``enciphered`` value (the blob's digest covers exactly that); the
+    The visible file is read the way the gateway reads it (element headers only,
+    :func:`cipher.dicomstream.scan_head`, and the value located and checked by
+    :func:`cipher.dicomstream.take_value`): its block must hold this ``sealed`` blob; the
     value found there is deciphered and the original rebuilt from the skeleton, compared
-    with ``raw`` piece by piece (the blob's original digest is that of ``raw``).
+    with ``raw`` piece by piece (the blob's original digest is that of ``raw``). A value
+    other than the one enciphered cannot pass: each unit's decipherment is a bijection.
     """
     try:
         head = dicomstream.scan_head(io.BytesIO(visible), keep=False)
-        inp = head._inp
-        if head.marker != _f.FORMAT_MARKER or head.sealed != sealed or inp is None:
+        if head.marker != _f.FORMAT_MARKER or head.sealed != sealed:
             raise AuthenticationError()
-        n, start = blob.layout.value_length, inp.pos
-        if head.pixel_length == _f._UNDEFINED:  # encapsulated: items, then the delimiter
-            delimiter = _f._ITEM.pack(0xFFFE, 0xE0DD, 0)
-            if not head.syntax.little:
-                delimiter = struct.pack(">HHI", 0xFFFE, 0xE0DD, 0)
-            if not visible.startswith(delimiter, start + n):
-                raise AuthenticationError()
-        elif head.pixel_length not in (n, n + (n & 1)):
-            raise AuthenticationError()
-        value = memoryview(visible)[start:start + n]
-        if len(value) != n or not visible.startswith(enciphered, start):
-            raise AuthenticationError()
-        pieces = _f._pieces(value, blob.layout, blob.key, blob.nonce, forward=False)
-        for _ in _f._original(blob, pieces, expected=raw):
-            pass
+        # whole: nothing is used unless the original comes back, so the value's own
+        # digest pass is left out as a whole in-memory reader may (SPEC §2.4)
+        opened = dicomstream.take_value(head, blob, lambda n: io.BytesIO(), whole=True)
+        try:
+            for _ in opened.pieces(expected=raw):
+                pass
+        finally:
+            opened.close()
     except (AuthenticationError, FormatError) as exc:
         raise VerifyError(type(exc).__name__) from None
     return head.study_uid, head.series_uid, head.sop_uid

@@ -19,6 +19,7 @@ iteration ended normally.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import io
@@ -391,7 +392,6 @@ class Opened:
         self._spool = spool
         self._fragments = fragments
         self._parts = blob.parts()
-        self.uids = _original_uids(blob, self._parts)
         flags = blob.source.flags
         prefix, tail, body = self._parts
         #: the original's length, when known before it is rebuilt (not deflated again)
@@ -399,6 +399,11 @@ class Opened:
         if not flags & dicomfile.FLAG_DEFLATE_STORED:
             self.length = None if flags & dicomfile.FLAG_DEFLATED else (
                 self.length + blob.layout.value_length)
+
+    @functools.cached_property
+    def uids(self) -> tuple[str, str, str]:
+        """Study, Series and SOP Instance UIDs of the original ("" where absent)."""
+        return _original_uids(self._blob, self._parts)
 
     def header(self) -> bytes | None:
         """The original file up to its Pixel Data value (None when it was deflated)."""
@@ -414,9 +419,10 @@ class Opened:
             return None
         return self._parts[2][self._blob.source.offset:]
 
-    def pieces(self) -> Iterator[bytes | memoryview]:
+    def pieces(self, expected: bytes | None = None) -> Iterator[bytes | memoryview]:
         """The original file, piece by piece (raises AuthenticationError after the last
-        piece when its SHA-256 differs)."""
+        piece when its SHA-256 differs). ``expected``: the original itself (a protection's
+        verify, which holds it), compared with instead of the SHA-256."""
         blob, spool = self._blob, self._spool
         n = blob.layout.value_length
         if isinstance(spool, (io.BytesIO, memoryview)):
@@ -433,7 +439,7 @@ class Opened:
                 return data
         units = dicomfile._units(b"", blob.layout, self._fragments or [])
         deciphered = dicomfile._unit_pieces(units, n, get, blob.key, blob.nonce, False)
-        yield from dicomfile._original(blob, deciphered, self._parts)
+        yield from dicomfile._original(blob, deciphered, self._parts, expected)
 
     def close(self) -> None:
         if not isinstance(self._spool, memoryview):
@@ -457,6 +463,16 @@ def open_v2(head: VisibleHead, identities: list[str],
     if head.marker != dicomfile.FORMAT_MARKER or head._inp is None:
         raise FormatError("not a scanfort-dicom/2 file")
     blob = dicomfile._Blob.decode(_common.age_decrypt_bytes(head.sealed, identities))
+    return take_value(head, blob, spool, whole=whole)
+
+
+def take_value(head: VisibleHead, blob: dicomfile._Blob, spool: Callable[[int], BinaryIO],
+               *, whole: bool = False) -> Opened:
+    """:func:`open_v2` with the blob already open (a protection verifying its own output
+    holds it): the Pixel Data value of ``head``'s stream, located and checked as a reader
+    does. Raise :class:`AuthenticationError` (any damage)."""
+    if head.marker != dicomfile.FORMAT_MARKER or head._inp is None:
+        raise FormatError("not a scanfort-dicom/2 file")
     if head.pixel_length is None:
         raise AuthenticationError()
     inp, n = head._inp, blob.layout.value_length
