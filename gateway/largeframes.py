@@ -382,13 +382,14 @@ def bulkdata(cache: StageCache | None, item: Stage | Restored | Streamed,
     if isinstance(item, Restored):
         return dicomdata.bulkdata(dicomdata.parse(item.data), tag)
     large: Streamed = item.info if isinstance(item, Stage) else item
-    ds = header_dataset(large)
+    pixel_data = tag.strip().upper() == f"{int(dicomdata.PIXEL_DATA):08X}"
+    ds = header_dataset(large) if pixel_data else attributes_dataset(large)
     span = None if item.opened is None else dicomframes.value_span(item.opened)
     if ds is None or span is None:  # deflated, or not ScanFort's: joined whole
         whole_item = reopen(item) if isinstance(item, Stage) else item
         return dicomdata.bulkdata(dicomdata.parse(whole(whole_item)), tag)
-    if tag.strip().upper() != f"{int(dicomdata.PIXEL_DATA):08X}":
-        return dicomdata.bulkdata(attributes_dataset(large) or ds, tag)
+    if not pixel_data:
+        return dicomdata.bulkdata(ds, tag)
     start, length = span
     if isinstance(item, Stage):
         assert cache is not None

@@ -340,16 +340,6 @@ def _held(gw: Gateway, p: Principal, request: Request, op: str, study: str, seri
         yield item
 
 
-def _from_stage(gw: Gateway, p: Principal, request: Request, op: str, stage: Stage,
-                numbers: list[int], study: str, series: str) -> largeframes.Picked:  # fmt: skip
-    assert gw.stages is not None
-    try:
-        return largeframes.from_stage(gw.stages, stage, numbers)
-    except RefusedInstance as exc:
-        gw.audit([_refused(p, request, op, exc, study, series)])
-        raise HTTPException(409, f"instance refused: {exc.reason}") from None
-
-
 def _refused_whole(gw: Gateway, p: Principal, request: Request, op: str,
                    item: Restored | Streamed | Stage, exc: RefusedInstance, study: str,
                    series: str) -> HTTPException:  # fmt: skip
@@ -525,11 +515,19 @@ def _single_part_wanted(request: Request) -> bool:
     return bool(accept) and "multipart/related" not in accept and "*/*" not in accept
 
 
-def _large(gw: Gateway, p: Principal, request: Request, op: str, item: Streamed,
+def _large(gw: Gateway, p: Principal, request: Request, op: str, item: Streamed | Stage,
            numbers: list[int], study: str, series: str) -> largeframes.Picked:  # fmt: skip
     """Frames ``numbers`` of a large instance, deciphered frame by frame from its staged
-    ciphertext (only those kept); one the header cannot place is joined whole. A refusal
-    (the original does not authenticate) is audited and answered 409."""
+    ciphertext (only those kept; a held stage-cache entry: see
+    :func:`largeframes.from_stage`); one the header cannot place is joined whole. A
+    refusal (the original does not authenticate) is audited and answered 409."""
+    if isinstance(item, Stage):
+        assert gw.stages is not None
+        try:
+            return largeframes.from_stage(gw.stages, item, numbers)
+        except RefusedInstance as exc:
+            gw.audit([_refused(p, request, op, exc, study, series)])
+            raise HTTPException(409, f"instance refused: {exc.reason}") from None
     try:
         picked = largeframes.pick_frames(item, numbers)
         if picked is None:
@@ -551,10 +549,7 @@ def retrieve_frames(study: str, series: str, sop: str, frame_list: str,
     numbers = _frame_numbers(frame_list)
     try:
         with _held(gw, p, request, "frames", study, series, sop) as item:
-            if isinstance(item, Stage):  # large, staged: only the requested frames
-                picked = _from_stage(gw, p, request, "frames", item, numbers, study, series)
-                ds, chunks = picked.ds, picked.frames
-            elif isinstance(item, Streamed):  # large, not kept: only those frames kept
+            if isinstance(item, (Stage, Streamed)):  # large: only the requested frames
                 picked = _large(gw, p, request, "frames", item, numbers, study, series)
                 ds, chunks = picked.ds, picked.frames
             else:
@@ -660,9 +655,7 @@ def _rendered(request: Request, study: str, series: str, sop: str, frame: int,
     try:
         with _held(gw, p, request, "rendered", study, series, sop) as item:
             if isinstance(item, (Stage, Streamed)):  # large: only that frame is kept
-                picked = (_from_stage(gw, p, request, "rendered", item, [frame], study, series)
-                          if isinstance(item, Stage) else
-                          _large(gw, p, request, "rendered", item, [frame], study, series))
+                picked = _large(gw, p, request, "rendered", item, [frame], study, series)
                 if not picked.complete:
                     ds, frame = largeframes.single_frame(picked), 1
                 else:
