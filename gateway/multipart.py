@@ -38,15 +38,6 @@ def _headers(raw: bytes) -> dict[str, str]:
     return out
 
 
-@dataclass(frozen=True)
-class Exact:
-    """Exact reads of a body's source: ``readline(limit)`` (a line, up to ``limit`` bytes)
-    and ``read(n)`` (``n`` bytes, fewer only at its end), in new ``bytes`` objects."""
-
-    readline: Callable[[int], bytes]
-    read: Callable[[int], bytes]
-
-
 class MultipartReader:
     """The parts of a multipart body as it arrives, each one a stream (:meth:`next_part`).
 
@@ -59,27 +50,12 @@ class MultipartReader:
     then read whole straight into its own buffer (no scan for the delimiter, no copy
     through the chunks), and the delimiter is checked where that length says it is; when
     it is not there, the part is read by scanning as any other.
-
-    ``exact``: the source also reads lines and exact byte counts (:class:`Exact`). Then a
-    part whose ``Content-Length`` is given and which is read whole is taken *directly*:
-    the delimiter and header lines are read line by line and the body with one exact read,
-    so nothing is read past the part and the body is the source's own ``bytes`` object (no
-    buffer to zero, no copy). Whatever does not fit (no Content-Length, a preamble, a
-    length that the delimiter does not follow, a part read in pieces) puts what the
-    direct reading consumed back in front of the rest and is scanned from there, as
-    without ``exact`` (and so is every part after it).
     """
 
     def __init__(self, chunks: Iterable[bytes], boundary: str, max_part: int,
-                 readinto: Callable[[memoryview], int] | None = None,
-                 exact: Exact | None = None) -> None:  # fmt: skip
+                 readinto: Callable[[memoryview], int] | None = None) -> None:  # fmt: skip
         self._chunks = iter(chunks)
         self._readinto = readinto
-        self._exact = exact
-        #: the direct reading's state (see :meth:`_next_direct`); None: scanning
-        self._direct: str | None = "start" if exact is not None else None
-        self._d_len = 0  # the current part's declared length (direct)
-        self._d_seen = b""  # what the direct reading consumed of the current part's head
         self._delim = b"\r\n--" + boundary.encode("latin-1")
         self._max = max_part
         self._buf = bytearray(b"\r\n")  # so the first delimiter looks like every other one
@@ -166,16 +142,6 @@ class MultipartReader:
 
     def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes of the current part's body (all of it for -1); b"" at its end."""
-        if self._direct is not None:
-            if self._direct != "body":
-                return b""  # before the first part, or after this part's body
-            if (self._max + 1 if n < 0 else n) >= self._d_len:
-                whole = self._read_direct()
-                if whole is not None:
-                    return whole
-            else:  # read in pieces (a large instance): the scan takes over
-                self._fall_back(self._d_seen)
-            self.next_part()  # the head put back: parsed again, by the scan
         if not self._in_part:
             return b""
         want = self._max + 1 if n < 0 else n
@@ -203,10 +169,6 @@ class MultipartReader:
 
     def next_part(self) -> bool:
         """Move to the next part (skipping the rest of this one); False after the last."""
-        if self._direct is not None:
-            moved = self._next_direct()
-            if moved is not None:
-                return moved
         if self._finished:
             return False
         while self._in_part or self._end < 0:
@@ -239,94 +201,6 @@ class MultipartReader:
         self._part_read = 0
         return True
 
-    # -- direct reading (``exact``) ---------------------------------------------------------
-    #
-    # States: "start" (the first delimiter line is next), "body" (a part's head was read:
-    # its body of ``_d_len`` bytes is next), "done" (a body and the delimiter after it
-    # were read: the next part's header lines are next), "end" (the closing delimiter
-    # was read).
-
-    def _fall_back(self, consumed: bytes) -> None:
-        """Leave the direct reading: ``consumed`` (read from the source, not handed out)
-        goes in front of the rest, and the scan goes on from a part's delimiter."""
-        self._direct = None
-        self._buf = bytearray(b"\r\n" + consumed)
-        self._pos = self._scan = 0
-        self._end = -1
-        self._in_part = False
-        self._part_read = 0
-        self._sized = None
-
-    def _exact_read(self, n: int) -> bytes:
-        assert self._exact is not None
-        data = self._exact.read(n)
-        if len(data) == n or not data:
-            return data
-        pieces = [data]
-        got = len(data)
-        while got < n and (more := self._exact.read(n - got)):
-            pieces.append(more)
-            got += len(more)
-        return b"".join(pieces)
-
-    def _next_direct(self) -> bool | None:
-        """:meth:`next_part` in the direct reading; None when it fell back to the scan."""
-        assert self._exact is not None
-        state = self._direct
-        mark = self._delim[2:]  # "--boundary"
-        if state == "end":
-            self._finished = True
-            return False
-        if state == "body":  # not read: skipping a body is the scan's job
-            self._fall_back(self._d_seen)
-            self.next_part()  # the scan is back in this part
-            return self.next_part()  # and skips it
-        seen: list[bytes] = []
-        if state == "start":
-            first = self._exact.readline(len(mark) + 2)
-            if first != mark + b"\r\n":  # a preamble, or an empty body
-                self._fall_back(first)
-                return None
-            seen.append(first)
-        else:
-            seen.append(mark + b"\r\n")
-        size = 0
-        while True:
-            line = self._exact.readline(_MAX_HEAD + 1)
-            seen.append(line)
-            size += len(line)
-            if line == b"\r\n":
-                break
-            if not line.endswith(b"\r\n") or size > _MAX_HEAD:
-                self._fall_back(b"".join(seen))
-                return None
-        head = b"".join(seen)
-        headers = _headers(head[len(mark) + 2:])
-        declared = headers.get("content-length", "")
-        if not declared.isdigit() or int(declared) > self._max:
-            self._fall_back(head)
-            return None
-        self.headers = headers
-        self._d_len = int(declared)
-        self._d_seen = head
-        self._direct = "body"
-        return True
-
-    def _read_direct(self) -> bytes | None:
-        """The current part's body in one exact read, when the delimiter follows it where
-        its length says; None (fallen back to the scan, nothing lost) otherwise."""
-        body = self._exact_read(self._d_len)
-        after = self._exact_read(len(self._delim) + 2) if len(body) == self._d_len else b""
-        if after[:len(self._delim)] == self._delim and after[len(self._delim):] in (b"--",
-                                                                                  b"\r\n"):
-            self._direct = "end" if after.endswith(b"--") else "done"
-            return body
-        self._fall_back(self._d_seen + body + after)
-        return None
-
-
-#: Longest part head read line by line (the scan refuses longer ones).
-_MAX_HEAD = 65536
 
 #: Bytes asked of a ``readinto`` source at once when scanning (part headers, parts
 #: without a Content-Length); little, so that a sized part is mostly read in place.

@@ -18,7 +18,7 @@ import requests
 from gateway.central import PREFIX as CENTRAL_PREFIX
 from gateway.central import CentralSource
 from gateway.errors import UpstreamError, UpstreamNotFound
-from gateway.multipart import Exact, MultipartReader, boundary_of
+from gateway.multipart import MultipartReader, boundary_of
 
 DICOM_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 _CHUNK = 1024 * 1024
@@ -32,21 +32,12 @@ def first_value(item: dict[str, Any], tag: str) -> str:
     return str(values[0])
 
 
-def _connection(resp: requests.Response) -> http.client.HTTPResponse | None:
-    """The response as the connection delivers it, when nothing stands in between (no
-    content coding for urllib3 to undo); None otherwise."""
+def _readinto(resp: requests.Response) -> Callable[[memoryview], int] | None:
+    """Read the body straight from the connection into a buffer, when nothing stands in
+    between (no content coding for urllib3 to undo); None otherwise."""
     fp = getattr(resp.raw, "_fp", None)
     coding = resp.headers.get("Content-Encoding", "identity").strip().lower()
     if not isinstance(fp, http.client.HTTPResponse) or coding not in ("", "identity"):
-        return None
-    return fp
-
-
-def _readinto(resp: requests.Response) -> Callable[[memoryview], int] | None:
-    """Read the body straight from the connection into a buffer (see :func:`_connection`);
-    None otherwise."""
-    fp = _connection(resp)
-    if fp is None:
         return None
 
     def readinto(view: memoryview) -> int:
@@ -56,29 +47,6 @@ def _readinto(resp: requests.Response) -> Callable[[memoryview], int] | None:
             raise UpstreamError(504, "the archive stopped sending") from exc
 
     return readinto
-
-
-def _exact(resp: requests.Response) -> Exact | None:
-    """Lines and exact byte counts straight from the connection (its own ``bytes``, read
-    in place: no buffer of ours to zero, no copy), under the same conditions as
-    :func:`_readinto`."""
-    fp = _connection(resp)
-    if fp is None:
-        return None
-
-    def readline(limit: int) -> bytes:
-        try:
-            return fp.readline(limit)
-        except (OSError, http.client.HTTPException) as exc:
-            raise UpstreamError(504, "the archive stopped sending") from exc
-
-    def read(n: int) -> bytes:
-        try:
-            return fp.read(n)
-        except (OSError, http.client.HTTPException) as exc:
-            raise UpstreamError(504, "the archive stopped sending") from exc
-
-    return Exact(readline, read)
 
 
 def _chunks(resp: requests.Response) -> Iterator[bytes]:
@@ -199,7 +167,7 @@ class Upstream:
             try:
                 boundary = boundary_of(resp.headers.get("Content-Type", ""))
                 reader = MultipartReader(_chunks(resp), boundary, self.max_instance_bytes,
-                                         _readinto(resp), _exact(resp))  # fmt: skip
+                                         _readinto(resp))  # fmt: skip
                 while reader.next_part():
                     yield cast(BinaryIO, reader)
             finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import subprocess
@@ -15,7 +14,7 @@ from cipher import keys
 from gateway import audit, qido
 from gateway.config import load_settings
 from gateway.errors import ConfigError, UpstreamError
-from gateway.multipart import Exact, MultipartReader, closing, iter_parts, part_bytes
+from gateway.multipart import MultipartReader, closing, iter_parts, part_bytes
 from gateway.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,37 +88,8 @@ class _Trickle:
         return n
 
 
-class _TrickleRaw(io.RawIOBase):
-    """A raw stream over bytes giving at most ``step`` bytes a read (as a socket may)."""
-
-    def __init__(self, data: bytes, step: int) -> None:
-        self.data, self.pos, self.step = data, 0, step
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, view: memoryview) -> int:  # type: ignore[override]
-        return _Trickle.readinto(self, view)  # type: ignore[arg-type]
-
-
-def _exact_reader(body: bytes, boundary: str, step: int, max_part: int = 1 << 20,
-                  buffer_size: int = io.DEFAULT_BUFFER_SIZE,
-                  ) -> tuple[MultipartReader, _TrickleRaw]:  # fmt: skip
-    raw = _TrickleRaw(body, step)
-    src = io.BufferedReader(raw, buffer_size)
-    reader = MultipartReader([], boundary, max_part, src.readinto,
-                             Exact(src.readline, src.read))  # fmt: skip
-    return reader, raw
-
-
-def _read_all(body: bytes, boundary: str, step: int, max_part: int = 1 << 20,
-              exact: bool = False) -> list[bytes]:  # fmt: skip
-    """Every part, each read whole; ``exact``: over a buffered source that also reads
-    lines and exact counts (as the archive's HTTP response does)."""
-    if exact:
-        reader, _ = _exact_reader(body, boundary, step, max_part)
-    else:
-        reader = MultipartReader([], boundary, max_part, _Trickle(body, step).readinto)
+def _read_all(body: bytes, boundary: str, step: int, max_part: int = 1 << 20) -> list[bytes]:
+    reader = MultipartReader([], boundary, max_part, _Trickle(body, step).readinto)
     out = []
     while reader.next_part():
         out.append(reader.read(4 << 20))
@@ -127,51 +97,27 @@ def _read_all(body: bytes, boundary: str, step: int, max_part: int = 1 << 20,
     return out
 
 
-@pytest.mark.parametrize("exact", [False, True])
 @pytest.mark.parametrize("step", [3, 1000, 1 << 20])
 def test_multipart_read_into_place_by_content_length_and_wrong_lengths_fall_back(
-    step: int, exact: bool,
+    step: int,
 ) -> None:
     boundary = "b0und"
     parts = [b"\r\n--b0un\r\n" * 3, b"", bytes(range(256)) * 600, b"x\r\n--b0undary-ish"]
     body = _body(boundary, parts)
-    assert _read_all(body, boundary, step, exact=exact) == parts
-    assert _read_all(body[len(b"preamble\r\n"):], boundary, step, exact=exact) == parts
+    assert _read_all(body, boundary, step) == parts
+    assert _read_all(body[len(b"preamble\r\n"):], boundary, step) == parts
     # a Content-Length that lies (too long, too short, past the end): the delimiter decides
     for lie in (b"Content-Length: 153600", b"Content-Length: 99999999", b"Content-Length: 1"):
         bad = body.replace(b"Content-Length: 153600", lie.replace(b"153600", b"153601"), 1)
-        assert _read_all(bad, boundary, step, max_part=1 << 30, exact=exact) == parts
+        assert _read_all(bad, boundary, step, max_part=1 << 30) == parts
     plain = body.replace(b"Content-Length: ", b"X-Length: ")  # no lengths: scanned
-    assert _read_all(plain, boundary, step, exact=exact) == parts
+    assert _read_all(plain, boundary, step) == parts
     with pytest.raises(UpstreamError, match="closing boundary"):
-        _read_all(body[:-10], boundary, step, exact=exact)
+        _read_all(body[:-10], boundary, step)
     with pytest.raises(UpstreamError, match="closing boundary"):
-        _read_all(body[: len(body) // 2], boundary, step, exact=exact)
+        _read_all(body[: len(body) // 2], boundary, step)
     with pytest.raises(UpstreamError, match="larger"):
-        _read_all(body, boundary, step, max_part=1000, exact=exact)
-
-
-def test_multipart_direct_reading_takes_a_sized_part_without_reading_past_it() -> None:
-    """With exact reads, a part with a Content-Length read whole is taken by its length:
-    the source is left just after the delimiter that follows it; a part read in pieces,
-    or one skipped, is scanned (and every part still arrives)."""
-    boundary = "b0und"
-    parts = [bytes(range(256)) * 300, b"second" * 5000, b"third\r\n--b0un" * 999]
-    body = b"".join(part_bytes(boundary, "application/dicom", p) for p in parts) + closing(
-        boundary)  # fmt: skip
-    # a buffer of 16 bytes: the source is read past what was asked by less than that
-    reader, raw = _exact_reader(body, boundary, 1 << 20, buffer_size=16)
-    assert reader.next_part() and reader.read() == parts[0]
-    delimiter = b"\r\n--" + boundary.encode() + b"\r\n"
-    first_end = body.index(delimiter, len(parts[0])) + len(delimiter)
-    assert first_end <= raw.pos < first_end + 16
-    assert reader.next_part() and reader.read(1000) == parts[1][:1000]  # in pieces
-    assert reader.next_part()  # the rest of the second part skipped
-    assert reader.read() == parts[2] and not reader.next_part()
-    skipping, _ = _exact_reader(body, boundary, 7)
-    assert skipping.next_part() and skipping.next_part()  # the first one never read
-    assert skipping.read() == parts[1] and skipping.next_part()
-    assert skipping.read() == parts[2] and not skipping.next_part()
+        _read_all(body, boundary, step, max_part=1000)
 
 
 # --------------------------------------------------------------------------- QIDO
