@@ -362,10 +362,9 @@ class Protector:
             sha = _source_sha256(src, info, size) or file_sha256(path, follow)
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
                 raise _Orphaned()
-            uids = None
-            if mode == "dicom":  # as the cipher read them back from its output, else here
-                stored = getattr(info, "stored_uids", None)
-                uids = list(stored) if stored is not None else _stored_uids(tmp)
+            # DICOM mode: the UIDs as the copy stores them, read by the cipher's verify
+            stored = getattr(info, "stored_uids", None)
+            uids = list(stored) if stored is not None else None
             crashpoints.reached("protect.before_rename")
             self.spool.commit(tmp, name)
         except BaseException:
@@ -386,22 +385,6 @@ def _source_sha256(src: _HashingReader, info: Any, size: int) -> str | None:
         return src.hash.hexdigest()
     reported = getattr(info, "source_sha256", None)
     return str(reported) if reported and info.bytes_in == size else None
-
-
-def _stored_uids(path: Path) -> list[str]:
-    """Study, Series and SOP Instance UIDs as the DICOM-mode copy at ``path`` stores them
-    (pseudonymised unless the policy retains UIDs): the parent sends them along with the
-    copy (the central indexes it by them) without parsing DICOM itself. Empty strings
-    when the copy does not carry them."""
-    from cipher import dicomstream
-    from cipher.errors import CipherError
-
-    try:
-        with open(path, "rb") as fh:
-            head = dicomstream.scan_head(fh, keep=False)
-    except CipherError:
-        return ["", "", ""]
-    return [head.study_uid, head.series_uid, head.sop_uid]
 
 
 def main() -> int:
