@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pydicom
+import requests
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
@@ -171,3 +172,11 @@ def window_noise(protected: bytes) -> np.ndarray:
     ds = pydicom.dcmread(io.BytesIO(protected))
     hu = ds.pixel_array.astype(np.float64) - 1024
     return (np.clip((hu - (40 - 200)) / 400, 0, 1) * 255).astype(np.uint8)
+
+
+def bodies(resp: requests.Response) -> list[bytes]:
+    """The part bodies of a gateway's ``multipart/related`` answer."""
+    from gateway.multipart import iter_parts
+
+    boundary = resp.headers["Content-Type"].rsplit("boundary=", 1)[1]
+    return [p.body for p in iter_parts([resp.content], boundary, 1 << 30)]

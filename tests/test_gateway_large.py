@@ -21,7 +21,6 @@ import requests
 
 from cipher import keys
 from gateway.config import Settings
-from gateway.multipart import iter_parts
 from gateway.server import BackgroundServer
 from tests import gateway_data as data
 
@@ -88,18 +87,14 @@ def test_large_instances_stream_byte_exact_and_tampered_ones_are_refused_before_
                            timeout=60)  # fmt: skip
         assert got.status_code == 200
         assert int(got.headers["Content-Length"]) == len(got.content)  # known in advance
-        boundary = got.headers["Content-Type"].rsplit("boundary=", 1)[1]
-        parts = list(iter_parts([got.content], boundary, 1 << 30))
-        assert [p.body for p in parts] == [originals[0]]
+        assert data.bodies(got) == [originals[0]]
 
         refused = requests.get(f"{root}/instances/{data.uids(bad)[2]}", auth=auth, timeout=60)
         assert refused.status_code == 409
 
         whole = requests.get(root, auth=auth, timeout=60)
         assert whole.status_code == 200
-        boundary = whole.headers["Content-Type"].rsplit("boundary=", 1)[1]
-        bodies = [p.body for p in iter_parts([whole.content], boundary, 1 << 30)]
-        assert [hashlib.sha256(b).digest() for b in bodies] == [
+        assert [hashlib.sha256(b).digest() for b in data.bodies(whole)] == [
             hashlib.sha256(b).digest() for b in (originals[0], originals[1], plain)]
         assert state.restorer.cache.size == 0  # streamed instances are never cached
 
@@ -144,9 +139,7 @@ def test_frames_and_rendered_of_a_large_instance_keep_only_what_was_asked(
 
         got = requests.get(f"{root}/{sop}/frames/7,1,30,7", auth=auth, timeout=60)
         assert got.status_code == 200, got.text
-        boundary = got.headers["Content-Type"].rsplit("boundary=", 1)[1]
-        bodies = [p.body for p in iter_parts([got.content], boundary, 1 << 30)]
-        assert bodies == [pixels[n - 1].tobytes() for n in (7, 1, 30, 7)]
+        assert data.bodies(got) == [pixels[n - 1].tobytes() for n in (7, 1, 30, 7)]
 
         one = requests.get(f"{root}/{sop}/frames/12", auth=auth, timeout=60,
                            headers={"Accept": "application/octet-stream"})  # fmt: skip

@@ -27,7 +27,6 @@ import requests
 
 from cipher import keys
 from gateway import dicomdata
-from gateway.multipart import iter_parts
 from tests import gateway_data as data
 from tests import peers
 
@@ -82,9 +81,7 @@ def test_frames_metadata_and_bulkdata_of_a_large_multiframe_keep_the_gateway_mem
                 got = requests.get(f"{root}/frames/{','.join(map(str, numbers))}", auth=auth,
                                    timeout=120)  # fmt: skip
                 assert got.status_code == 200, got.text
-                boundary = got.headers["Content-Type"].rsplit("boundary=", 1)[1]
-                bodies = [p.body for p in iter_parts([got.content], boundary, 1 << 30)]
-                assert bodies == [pixels[n - 1].tobytes() for n in numbers]
+                assert data.bodies(got) == [pixels[n - 1].tobytes() for n in numbers]
             meta = requests.get(f"{root}/metadata", auth=auth, timeout=120)
             assert meta.status_code == 200
             got_meta = meta.json()[0]

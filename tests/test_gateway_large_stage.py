@@ -28,7 +28,6 @@ import requests
 from cipher import keys
 from gateway import dicomdata, largeframes
 from gateway.config import Settings
-from gateway.multipart import iter_parts
 from gateway.restore import Restorer, Streamed
 from gateway.server import BackgroundServer
 from gateway.stagecache import Stage, StageCache
@@ -129,9 +128,7 @@ def test_a_large_instance_is_fetched_once_for_frames_rendered_metadata_and_bulkd
             got = requests.get(f"{root}/frames/{','.join(map(str, numbers))}", auth=auth,
                                timeout=60)  # fmt: skip
             assert got.status_code == 200, got.text
-            boundary = got.headers["Content-Type"].rsplit("boundary=", 1)[1]
-            bodies = [p.body for p in iter_parts([got.content], boundary, 1 << 30)]
-            assert bodies == [pixels[n - 1].tobytes() for n in numbers]
+            assert data.bodies(got) == [pixels[n - 1].tobytes() for n in numbers]
         stage = state.stages._items[sop]
         assert stage.verified and stage.refs == 0
         png = requests.get(f"{root}/frames/5/rendered", auth=auth, timeout=60,
@@ -147,9 +144,7 @@ def test_a_large_instance_is_fetched_once_for_frames_rendered_metadata_and_bulkd
                             headers={"Accept": "application/octet-stream"})  # fmt: skip
         assert bulk.status_code == 200 and bulk.content == bytes(ds.PixelData)
         multi = requests.get(f"{root}/bulkdata/7FE00010", auth=auth, timeout=60)
-        boundary = multi.headers["Content-Type"].rsplit("boundary=", 1)[1]
-        assert [p.body for p in iter_parts([multi.content], boundary, 1 << 30)] == [
-            bytes(ds.PixelData)]
+        assert data.bodies(multi) == [bytes(ds.PixelData)]
         assert requests.get(f"{root}/bulkdata/00091001", auth=auth,
                             timeout=60).status_code == 404  # fmt: skip
 

@@ -18,7 +18,6 @@ from cipher import keys
 from cipher.profile import DicomPolicy
 from cipher.pseudonym import PseudonymSecret
 from gateway.config import Settings
-from gateway.multipart import iter_parts
 from gateway.server import BackgroundServer
 from tests import gateway_data as data
 from tests import peers
@@ -29,11 +28,6 @@ def _protect(raw: bytes, recipient: str, secret: PseudonymSecret) -> bytes:
     policy = DicomPolicy(options=frozenset({"retain-long-full-dates"}), pseudonym_secret=secret)
     cipher.protect(io.BytesIO(raw), out, [recipient], mode="dicom", policy=policy)
     return out.getvalue()
-
-
-def _bodies(resp: requests.Response) -> list[bytes]:
-    boundary = resp.headers["Content-Type"].rsplit("boundary=", 1)[1]
-    return [p.body for p in iter_parts([resp.content], boundary, 1 << 30)]
 
 
 def test_a_study_stored_under_pseudonym_uids_is_found_and_read_by_its_real_uids(
@@ -70,10 +64,10 @@ def test_a_study_stored_under_pseudonym_uids_is_found_and_read_by_its_real_uids(
             whole = requests.get(f"{root}/studies/{study}/series/{series_uid}", auth=auth,
                                  timeout=60)  # fmt: skip
             assert whole.status_code == 200
-            assert sorted(_bodies(whole)) == sorted(series)  # the originals, byte for byte
+            assert sorted(data.bodies(whole)) == sorted(series)  # the originals, byte for byte
             one = requests.get(f"{root}/studies/{study}/series/{series_uid}/instances/"
                                f"{data.sop_uid(series[1])}", auth=auth, timeout=30)  # fmt: skip
-            assert _bodies(one) == [series[1]]
+            assert data.bodies(one) == [series[1]]
             frame = requests.get(f"{root}/studies/{study}/series/{series_uid}/instances/"
                                  f"{data.sop_uid(series[2])}/frames/1", auth=auth, timeout=30,
                                  headers={"Accept": "application/octet-stream"})  # fmt: skip
