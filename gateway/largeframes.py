@@ -87,14 +87,16 @@ def frame_length(ds: Dataset) -> int:
     return bits // 8
 
 
-def pick_frames(item: Streamed, numbers: list[int]) -> Picked | None:
-    """The frames ``numbers`` (1-based, in that order) of ``item``; None when the header
-    cannot place them (then use :func:`whole`). Raises FrameError for a frame the
-    instance does not have (``item`` is closed) and RefusedInstance when the original does
-    not authenticate. Consumes ``item``."""
+def pick_frames(item: Streamed, numbers: list[int]) -> Picked:
+    """The frames ``numbers`` (1-based, in that order) of ``item``; when the header cannot
+    place them (encapsulated, deflated, not ScanFort's) the instance is joined whole
+    (``complete``). Raises FrameError for a frame the instance does not have (``item`` is
+    closed) and RefusedInstance when the original does not authenticate. Consumes
+    ``item``."""
     ds = _header_dataset(item)
     if ds is None:
-        return None
+        whole_ds = dicomdata.parse(whole(item))
+        return Picked(whole_ds, dicomdata.frames(whole_ds, numbers), complete=True)
     assert item.header is not None
     try:
         size = frame_length(ds)
@@ -248,21 +250,10 @@ def _from_stage(cache: StageCache, stage: Stage, numbers: list[int]) -> Picked:
     ds = _header_dataset(stage.info)
     with stage.lock:  # one first pass at a time: the others then take the short way
         if not stage.verified:
-            def consume(item: Streamed) -> Picked:
-                picked = pick_frames(item, numbers)
-                if picked is None:
-                    whole_ds = dicomdata.parse(whole(item))
-                    picked = Picked(whole_ds, dicomdata.frames(whole_ds, numbers), True)
-                return picked
-            return _verified_pass(cache, stage, consume)
+            return _verified_pass(cache, stage, lambda item: pick_frames(item, numbers))
     units = None if ds is None else _frame_units(stage, ds)
     if ds is None or units is None:  # no unit per frame: a whole pass again
-        item = reopen(stage)
-        picked = pick_frames(item, numbers)
-        if picked is None:
-            whole_ds = dicomdata.parse(whole(reopen(stage)))
-            picked = Picked(whole_ds, dicomdata.frames(whole_ds, numbers), True)
-        return picked
+        return pick_frames(reopen(stage), numbers)
     bad = [n for n in numbers if not 1 <= n <= units.count]
     if bad:
         raise dicomdata.FrameError(f"frame {bad[0]} out of range 1..{units.count}")

@@ -530,9 +530,6 @@ def _large(gw: Gateway, p: Principal, request: Request, op: str, item: Streamed 
             raise HTTPException(409, f"instance refused: {exc.reason}") from None
     try:
         picked = largeframes.pick_frames(item, numbers)
-        if picked is None:
-            ds = dicomdata.parse(largeframes.whole(item))
-            picked = largeframes.Picked(ds, dicomdata.frames(ds, numbers), complete=True)
     except RefusedInstance as exc:
         gw.audit([_refused(p, request, op, exc, study, series)])
         raise HTTPException(409, f"instance refused: {exc.reason}") from None
