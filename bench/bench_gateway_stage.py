@@ -73,7 +73,7 @@ def main() -> int:
             note("staging + D: stage cache", time.process_time() - start)
             assert isinstance(item, Streamed) and item.opened is not None
             item.close()
-            cache.publish(stage, item.opened, item, verified=False)
+            cache.publish(stage, item.opened, item)
             start = time.process_time()
             largeframes.from_stage(cache, stage, [1])
             note("first frame request's pass: stage cache (verified, digests)",

@@ -171,7 +171,7 @@ def held(cache: StageCache, sop: str,
                 yield item, True
                 return
             item.close()  # its value is staged and matched D; the archive's answer is done
-            cache.publish(stage, item.opened, item, verified=False)
+            cache.publish(stage, item.opened, item)
             yield stage, True
         elif cache.wait(stage):
             yield stage, False
@@ -203,7 +203,7 @@ def _verified_pass(cache: StageCache, stage: Stage,
         raise
     finally:
         stage.file.stop_recording()
-    cache.prove(stage, True, digests)
+    cache.prove(stage, digests)
     return result
 
 

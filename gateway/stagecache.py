@@ -210,21 +210,18 @@ class StageCache:
             return [file]
         return []
 
-    def publish(self, stage: Stage, opened: Opened, info: Any, *, verified: bool,
-                digests: dict[int, tuple[int, bytes]] | None = None) -> None:  # fmt: skip
-        """The owner staged ``stage`` (and, if ``verified``, restored it whole once)."""
+    def publish(self, stage: Stage, opened: Opened, info: Any) -> None:
+        """The owner staged ``stage`` (its value matched ``D``; not verified yet)."""
         stage.opened, stage.info = opened, info
-        self.prove(stage, verified, digests)
         stage.staged = True
         if stage.size == 0:  # did not fit: used by this request (and its waiters) only
             self.fail(stage)
         stage.done.set()
 
-    def prove(self, stage: Stage, verified: bool,
-              digests: dict[int, tuple[int, bytes]] | None) -> None:  # fmt: skip
+    def prove(self, stage: Stage, digests: dict[int, tuple[int, bytes]]) -> None:
         """Record that a whole restore from ``stage`` matched (with what it read)."""
-        if verified and not stage.verified:
-            stage.digests = digests or {}
+        if not stage.verified:
+            stage.digests = digests
             stage.verified = True
 
     def fail(self, stage: Stage) -> None:
