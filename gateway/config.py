@@ -48,6 +48,10 @@ def normalize_db_url(url: str) -> str:
     return url
 
 
+#: Settings that are whole numbers >= 0 (a TOML float like 1e9 is taken when whole).
+_COUNTS = ("cache_bytes", "max_concurrent_restores", "stream_above_bytes", "stage_cache_bytes")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the gateway needs; passed explicitly, never global."""
@@ -144,8 +148,7 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 problems.append(f"{name}: must be a positive number")
-        for name in ("cache_bytes", "max_concurrent_restores", "stream_above_bytes",
-                     "stage_cache_bytes"):  # fmt: skip
+        for name in _COUNTS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 problems.append(f"{name}: must be an integer >= 0")
@@ -224,8 +227,7 @@ def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
                 problems.append(f"{key}: must be a list of strings")
             elif isinstance(v, (list, tuple)):
                 values[key] = tuple(v)
-    for key in ("cache_bytes", "max_concurrent_restores", "stream_above_bytes",
-                "stage_cache_bytes"):  # fmt: skip
+    for key in _COUNTS:
         if isinstance(values.get(key), float) and values[key].is_integer():
             values[key] = int(values[key])
     if problems:
