@@ -446,16 +446,9 @@ def _malloc_trim() -> Any:
     :data:`TRIM_EVERY` files the free ones go back to the system, so that a large file
     does not leave its memory with the worker. The next file then faults its pages in
     again: about 80 page faults per file on average for 512×512×16-bit slices."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
+    from cipher import heap
 
-    try:
-        fn = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl has none)
-        return None
-    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-    return fn
+    return heap.trimmer()
 
 
 if __name__ == "__main__":

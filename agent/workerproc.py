@@ -28,7 +28,6 @@ hands back what an unusually large file left).
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import sys
 
@@ -62,18 +61,11 @@ def allow_numpy() -> None:
 MMAP_THRESHOLD = 4 << 20
 #: Free memory at the top of the heap is returned above this (``M_TRIM_THRESHOLD``).
 TRIM_THRESHOLD = 8 << 20
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
 def tune_heap() -> bool:
     """Fix glibc's mmap and trim thresholds (see the module's docstring); False where the
     C library is not glibc (nothing to tune)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-                and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    from cipher import heap  # after skip_unused_imports: the cipher is imported here
+
+    return heap.keep_pages(MMAP_THRESHOLD, TRIM_THRESHOLD)
