@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.errors import UpstreamError
 
@@ -45,17 +46,18 @@ class MultipartReader:
     left of it is skipped then); the reader holds the unread rest of one chunk at a time, so
     a part of any size streams through in bounded memory.
 
-    ``readinto``: the body's source read into a buffer (``readinto(view) -> count``, 0 at
-    its end), when there is one. A part whose ``Content-Length`` header gives its size is
-    then read whole straight into its own buffer (no scan for the delimiter, no copy
-    through the chunks), and the delimiter is checked where that length says it is; when
-    it is not there, the part is read by scanning as any other.
+    ``source``: the body as a buffered stream (:class:`Source`), when there is one. Part
+    headers are then read line by line, so that a part whose ``Content-Length`` header
+    gives its size starts at the stream's position and is read whole with one
+    ``read`` into its own bytes object (no scan for the delimiter, no copy through the
+    chunks); the delimiter is checked where that length says it is, and when it is not
+    there, the part is read by scanning as any other.
     """
 
     def __init__(self, chunks: Iterable[bytes], boundary: str, max_part: int,
-                 readinto: Callable[[memoryview], int] | None = None) -> None:  # fmt: skip
+                 source: Source | None = None) -> None:  # fmt: skip
         self._chunks = iter(chunks)
-        self._readinto = readinto
+        self._source = source
         self._delim = b"\r\n--" + boundary.encode("latin-1")
         self._max = max_part
         self._buf = bytearray(b"\r\n")  # so the first delimiter looks like every other one
@@ -75,12 +77,10 @@ class MultipartReader:
             if self._end >= 0:
                 self._end -= self._pos
             self._pos = 0
-        if self._readinto is not None:
-            chunk = bytearray(_FILL)
-            with memoryview(chunk) as view:
-                n = self._readinto(view)
-            if n:
-                self._buf += chunk[:n] if n < _FILL else chunk
+        if self._source is not None:
+            line = self._source.readline(_FILL)
+            if line:
+                self._buf += line
                 return
         else:
             for data in self._chunks:
@@ -91,24 +91,16 @@ class MultipartReader:
 
     def _read_sized(self, length: int) -> bytes | None:
         """The whole current part when its declared ``length`` is right (the delimiter
-        follows it), read into its own buffer; None (nothing consumed) otherwise."""
-        assert self._readinto is not None
-        held = len(self._buf) - self._pos
+        follows it), read into its own bytes object; None (nothing consumed) otherwise."""
+        assert self._source is not None
+        held = len(self._buf) - self._pos  # none after headers read line by line
         if held >= length:
             return None  # in the buffer already: the scan finds its end at once
-        out = bytearray(length)
-        with memoryview(self._buf) as buf:
-            out[:held] = buf[self._pos:]
+        rest = self._source.read(length - held)
+        out = bytes(self._buf[self._pos:]) + rest if held else rest
         del self._buf[:]
         self._pos = self._scan = 0
-        got = held
-        with memoryview(out) as view:
-            while got < length:
-                n = self._readinto(view[got:])
-                if not n:
-                    break
-                got += n
-        if got == length:
+        if len(out) == length:
             d = self._delim
             try:
                 while len(self._buf) < len(d) + 2:
@@ -118,9 +110,9 @@ class MultipartReader:
             if self._buf.startswith(d) and self._buf[len(d):len(d) + 2] in (b"--", b"\r\n"):
                 self._end = 0
                 self._part_read = length
-                return bytes(out)
+                return out
         # not where the header said: put everything back and scan as usual
-        self._buf[:0] = out[:got]
+        self._buf[:0] = out
         return None
 
     def _find_end(self) -> None:
@@ -185,15 +177,18 @@ class MultipartReader:
         if self._buf[after : after + 2] == b"--":
             self._finished = True
             return False
+        # what came before the part's headers goes: the offsets below then stay put while
+        # more is read (a fill drops what was read, and with it would move them)
+        del self._buf[:after]
+        self._pos = self._scan = 0
         # the part's headers end with an empty line (which may follow the delimiter at once)
-        start = after
-        while (head_end := self._buf.find(b"\r\n\r\n", start, start + 65536)) < 0:
-            if len(self._buf) - start > 65536:
+        while (head_end := self._buf.find(b"\r\n\r\n", 0, 65536)) < 0:
+            if len(self._buf) > 65536:
                 raise UpstreamError(502, "upstream part headers too long")
             self._fill()
-        self.headers = _headers(bytes(self._buf[after + 2 : head_end]))
+        self.headers = _headers(bytes(self._buf[2:head_end]))
         declared = self.headers.get("content-length", "")
-        self._sized = (int(declared) if self._readinto is not None and declared.isdigit()
+        self._sized = (int(declared) if self._source is not None and declared.isdigit()
                        else None)  # fmt: skip
         self._pos = self._scan = head_end + 4
         self._end = -1
@@ -202,9 +197,19 @@ class MultipartReader:
         return True
 
 
-#: Bytes asked of a ``readinto`` source at once when scanning (part headers, parts
-#: without a Content-Length); little, so that a sized part is mostly read in place.
+#: The longest line asked of a :class:`Source` at once when scanning (part headers, parts
+#: without a Content-Length).
 _FILL = 64 * 1024
+
+
+class Source(Protocol):
+    """A body as a buffered stream (``http.client.HTTPResponse``, ``io.BufferedReader``)."""
+
+    def read(self, n: int) -> bytes:
+        """``n`` bytes, fewer only at the body's end."""
+
+    def readline(self, limit: int) -> bytes:
+        """Up to and including the next ``\\n``, at most ``limit`` bytes; b"" at the end."""
 
 
 def iter_parts(chunks: Iterable[bytes], boundary: str, max_part: int) -> Iterator[Part]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import http.client
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from typing import Any, BinaryIO, cast
 
 import requests
@@ -18,7 +18,7 @@ import requests
 from gateway.central import PREFIX as CENTRAL_PREFIX
 from gateway.central import CentralSource
 from gateway.errors import UpstreamError, UpstreamNotFound
-from gateway.multipart import MultipartReader, boundary_of
+from gateway.multipart import MultipartReader, Source, boundary_of
 
 DICOM_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 _CHUNK = 1024 * 1024
@@ -32,21 +32,34 @@ def first_value(item: dict[str, Any], tag: str) -> str:
     return str(values[0])
 
 
-def _readinto(resp: requests.Response) -> Callable[[memoryview], int] | None:
-    """Read the body straight from the connection into a buffer, when nothing stands in
-    between (no content coding for urllib3 to undo); None otherwise."""
+class _Body:
+    """The body of a response read straight from its connection (:class:`Source`); a
+    failure half-way is an UpstreamError."""
+
+    def __init__(self, fp: http.client.HTTPResponse) -> None:
+        self._fp = fp
+
+    def read(self, n: int) -> bytes:
+        try:
+            return self._fp.read(n)
+        except (OSError, http.client.HTTPException) as exc:
+            raise UpstreamError(504, "the archive stopped sending") from exc
+
+    def readline(self, limit: int) -> bytes:
+        try:
+            return self._fp.readline(limit)
+        except (OSError, http.client.HTTPException) as exc:
+            raise UpstreamError(504, "the archive stopped sending") from exc
+
+
+def _body(resp: requests.Response) -> Source | None:
+    """The body as a buffered stream, when nothing stands between it and the connection
+    (no content coding for urllib3 to undo); None otherwise."""
     fp = getattr(resp.raw, "_fp", None)
     coding = resp.headers.get("Content-Encoding", "identity").strip().lower()
     if not isinstance(fp, http.client.HTTPResponse) or coding not in ("", "identity"):
         return None
-
-    def readinto(view: memoryview) -> int:
-        try:
-            return fp.readinto(view)
-        except (OSError, http.client.HTTPException) as exc:
-            raise UpstreamError(504, "the archive stopped sending") from exc
-
-    return readinto
+    return _Body(fp)
 
 
 def _chunks(resp: requests.Response) -> Iterator[bytes]:
@@ -167,7 +180,7 @@ class Upstream:
             try:
                 boundary = boundary_of(resp.headers.get("Content-Type", ""))
                 reader = MultipartReader(_chunks(resp), boundary, self.max_instance_bytes,
-                                         _readinto(resp))  # fmt: skip
+                                         _body(resp))  # fmt: skip
                 while reader.next_part():
                     yield cast(BinaryIO, reader)
             finally:

@@ -67,6 +67,18 @@ def test_multipart_parts_survive_any_chunking(chunk: int) -> None:
     assert got[0].headers["content-type"] == "application/dicom"
 
 
+def test_multipart_part_headers_read_after_a_megabyte_part() -> None:
+    # the reader drops what it read once it holds over 1 MiB; a part's headers that
+    # arrive after that (split across two reads) must still be read where they are
+    boundary = "b0und"
+    parts = [bytes(range(256)) * 6000, b"second", b"third" * 1000]
+    body = _body(boundary, parts)
+    for chunk in range(1000, 1040):  # some of these split the second part's headers
+        chunks = [body[i : i + chunk] for i in range(0, len(body), chunk)]
+        assert [p.body for p in iter_parts(chunks, boundary, 4 << 20)] == parts, chunk
+        assert _read_all(body, boundary, chunk, max_part=4 << 20) == parts, chunk
+
+
 def test_multipart_truncated_or_oversized_is_an_upstream_error() -> None:
     body = _body("xx", [b"a" * 100, b"b" * 100])
     with pytest.raises(UpstreamError, match="closing boundary"):
@@ -76,24 +88,36 @@ def test_multipart_truncated_or_oversized_is_an_upstream_error() -> None:
 
 
 class _Trickle:
-    """``readinto`` over bytes, at most ``step`` bytes a call (as a socket may)."""
+    """A buffered body over bytes whose lines come at most ``step`` bytes at a time (as
+    a socket's may); ``read(n)`` gives ``n`` bytes but at the end."""
 
     def __init__(self, data: bytes, step: int) -> None:
         self.data, self.pos, self.step = data, 0, step
+        self.reads: list[int] = []  # what read() was asked for
 
-    def readinto(self, view: memoryview) -> int:
-        n = min(len(view), self.step, len(self.data) - self.pos)
-        view[:n] = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return n
+    def read(self, n: int) -> bytes:
+        self.reads.append(n)
+        out = self.data[self.pos : self.pos + n]
+        self.pos += len(out)
+        return out
+
+    def readline(self, limit: int) -> bytes:
+        end = self.data.find(b"\n", self.pos) + 1 or len(self.data)
+        out = self.data[self.pos : min(end, self.pos + limit, self.pos + self.step)]
+        self.pos += len(out)
+        return out
 
 
-def _read_all(body: bytes, boundary: str, step: int, max_part: int = 1 << 20) -> list[bytes]:
-    reader = MultipartReader([], boundary, max_part, _Trickle(body, step).readinto)
+def _read_all(body: bytes, boundary: str, step: int, max_part: int = 1 << 20,
+              reads: list[int] | None = None) -> list[bytes]:  # fmt: skip
+    source = _Trickle(body, step)
+    reader = MultipartReader([], boundary, max_part, source)
     out = []
     while reader.next_part():
         out.append(reader.read(4 << 20))
         assert reader.read(10) == b""
+    if reads is not None:
+        reads.extend(source.reads)
     return out
 
 
@@ -104,14 +128,18 @@ def test_multipart_read_into_place_by_content_length_and_wrong_lengths_fall_back
     boundary = "b0und"
     parts = [b"\r\n--b0un\r\n" * 3, b"", bytes(range(256)) * 600, b"x\r\n--b0undary-ish"]
     body = _body(boundary, parts)
-    assert _read_all(body, boundary, step) == parts
+    reads: list[int] = []
+    assert _read_all(body, boundary, step, reads=reads) == parts
+    assert 153600 in reads  # the sized part came whole from one read, not by scanning
     assert _read_all(body[len(b"preamble\r\n"):], boundary, step) == parts
     # a Content-Length that lies (too long, too short, past the end): the delimiter decides
     for lie in (b"Content-Length: 153600", b"Content-Length: 99999999", b"Content-Length: 1"):
         bad = body.replace(b"Content-Length: 153600", lie.replace(b"153600", b"153601"), 1)
         assert _read_all(bad, boundary, step, max_part=1 << 30) == parts
     plain = body.replace(b"Content-Length: ", b"X-Length: ")  # no lengths: scanned
-    assert _read_all(plain, boundary, step) == parts
+    reads = []
+    assert _read_all(plain, boundary, step, reads=reads) == parts
+    assert reads == []
     with pytest.raises(UpstreamError, match="closing boundary"):
         _read_all(body[:-10], boundary, step)
     with pytest.raises(UpstreamError, match="closing boundary"):
