@@ -67,16 +67,23 @@ class Layout:
 # --------------------------------------------------------------------------- keying (§1.2–1.5)
 
 
+def _hmac(key: bytes, msg: bytes) -> bytes:
+    """HMAC-SHA256. (``hmac.digest`` releases the GIL even for a few bytes, and a release
+    and retake costs two thread wake-ups when other threads want the GIL; ``hmac.new``
+    keeps it for messages this short.)"""
+    return hmac.new(key, msg, "sha256").digest()
+
+
 def prk(key: bytes, nonce: bytes) -> bytes:
     """HKDF-SHA256 extract (RFC 5869): salt = nonce, input key material = image key."""
-    return hmac.digest(bytes(nonce), bytes(key), "sha256")
+    return _hmac(bytes(nonce), bytes(key))
 
 
 def expand(prk: bytes, info: bytes, length: int) -> bytes:
     """HKDF-SHA256 expand (RFC 5869) of ``prk`` with ``info`` to ``length`` bytes."""
     out, block, i = b"", b"", 1
     while len(out) < length:
-        block = hmac.digest(prk, block + info + bytes([i]), "sha256")
+        block = _hmac(prk, block + info + bytes([i]))
         out, i = out + block, i + 1
     return out[:length]
 

@@ -169,7 +169,7 @@ def _apply_native(buf: Any, key: bytes, nonce: bytes, forward: bool, name: str) 
     if _native is None:
         raise RuntimeError("the native chaos kernels are not built (reinstall with a C compiler: pip install -e .)")
     lay = ref.layout(memoryview(buf).nbytes)
-    m = bytearray(lay.rows * lay.lanes)
+    m = _native.matrix(lay.rows * lay.lanes)  # not zero-filled: the first pass writes it all
     prk = ref.prk(key, nonce)
     st = ref.healthy_samples(prk, ref.LABEL_STREAM, lay.stream_len, _native_stream, _native.distinct)
     run = _native.encrypt if forward else _native.decrypt

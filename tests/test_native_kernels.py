@@ -68,6 +68,18 @@ def test_distinct() -> None:
     for _ in range(20):
         arr = rng.integers(0, 256, 256, dtype=np.uint8)
         assert _native.distinct(arr) == len(np.unique(arr)) == ref.distinct(arr)
+    big = rng.integers(0, 200, 1 << 16, dtype=np.uint8)  # long enough to run without the GIL
+    assert _native.distinct(big) == len(np.unique(big))
+
+
+def test_matrix_is_a_new_bytearray_of_the_size_asked() -> None:
+    m = _native.matrix(4096)
+    assert type(m) is bytearray and len(m) == 4096 and _native.matrix(4096) is not m
+    assert _native.matrix(0) == bytearray()
+    with pytest.raises(ValueError):
+        _native.matrix(-1)
+    with pytest.raises(TypeError):
+        _native.matrix(1.5)  # type: ignore[arg-type]
 
 
 def test_kernel_lists() -> None:

@@ -1,7 +1,9 @@
 /*
  * cipher._native: the Python binding of the C core (sf_core.h). Buffers come in through
  * the buffer protocol (numpy arrays, bytes, bytearray); every size is checked before
- * anything is written. The GIL is released around every loop.
+ * anything is written. The GIL is released around every loop long enough to be worth it:
+ * a release and retake costs two thread wake-ups when other threads want the GIL, more
+ * than the few microseconds of the health check or the S-box stream.
  *
  * Module attributes: KERNELS, the kernels this CPU runs, fastest first (the table kernel
  * last); BUILT, every kernel compiled in; CONSTANT_TIME, those without secret-indexed
@@ -14,6 +16,21 @@
 #include "sf_core.h"
 
 #define MAX_STREAM_LANES (1 << 20)
+
+/* Steps or bytes of work below which the GIL is kept (about 20 µs and less). */
+#define NOGIL_MIN ((Py_ssize_t)1 << 15)
+
+/* stmt, with the GIL released when `big` (a loop long enough to be worth it). */
+#define RUN(big, stmt)                \
+    do {                              \
+        if (big) {                    \
+            Py_BEGIN_ALLOW_THREADS    \
+            stmt;                     \
+            Py_END_ALLOW_THREADS      \
+        } else {                      \
+            stmt;                     \
+        }                             \
+    } while (0)
 
 static int check_map_args(double x0, double r, double quant)
 {
@@ -45,9 +62,7 @@ static PyObject *py_scalar_samples(PyObject *self, PyObject *args)
     if (out == NULL)
         return NULL;
     uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
-    Py_BEGIN_ALLOW_THREADS
-    sf_scalar_fill(x0, r, transient, quant, dst, count);
-    Py_END_ALLOW_THREADS
+    RUN(count + transient >= NOGIL_MIN, sf_scalar_fill(x0, r, transient, quant, dst, count));
     return out;
 }
 
@@ -82,9 +97,7 @@ static PyObject *py_stream_samples(PyObject *self, PyObject *args)
         return NULL;
     }
     uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
-    Py_BEGIN_ALLOW_THREADS
-    sf_stream_fill(x0, r, lanes, step, transient, quant, x, dst, count);
-    Py_END_ALLOW_THREADS
+    RUN(count + lanes * transient >= NOGIL_MIN, sf_stream_fill(x0, r, lanes, step, transient, quant, x, dst, count));
     PyMem_Free(x);
     return out;
 }
@@ -98,11 +111,27 @@ static PyObject *py_distinct(PyObject *self, PyObject *arg)
     (void)self;
     if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    n = sf_distinct(b.buf, b.len);
-    Py_END_ALLOW_THREADS
+    RUN(b.len >= NOGIL_MIN, n = sf_distinct(b.buf, b.len));
     PyBuffer_Release(&b);
     return PyLong_FromLong(n);
+}
+
+PyDoc_STRVAR(matrix_doc,
+"matrix(size) -> bytearray\n\n"
+"A new matrix of size bytes for encrypt/decrypt with src, not initialised (the first pass\n"
+"writes every byte): no zero-filling pass over memory the cipher overwrites anyway.");
+
+static PyObject *py_matrix(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    Py_ssize_t size = PyLong_AsSsize_t(arg);
+    if (size == -1 && PyErr_Occurred())
+        return NULL;
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "size must be >= 0");
+        return NULL;
+    }
+    return PyByteArray_FromStringAndSize(NULL, size);
 }
 
 PyDoc_STRVAR(sbox_doc,
@@ -242,6 +271,7 @@ static PyMethodDef methods[] = {
     {"scalar_samples", py_scalar_samples, METH_VARARGS, scalar_samples_doc},
     {"stream_samples", py_stream_samples, METH_VARARGS, stream_samples_doc},
     {"distinct", py_distinct, METH_O, distinct_doc},
+    {"matrix", py_matrix, METH_O, matrix_doc},
     {"sbox", py_sbox, METH_VARARGS, sbox_doc},
     {"encrypt", (PyCFunction)(void (*)(void))py_encrypt, METH_VARARGS | METH_KEYWORDS, encrypt_doc},
     {"decrypt", (PyCFunction)(void (*)(void))py_decrypt, METH_VARARGS | METH_KEYWORDS, decrypt_doc},
