@@ -18,6 +18,7 @@ MSVC_FLAGS = ["/O2", "/fp:precise"]  # /fp:precise does not contract into FMA (V
 # Every file is built everywhere; a kernel for another architecture compiles to nothing.
 SOURCES = [
     "cipher/csrc/module.c",
+    "cipher/csrc/dicomwalk.c",
     "cipher/csrc/sf_core.c",
     "cipher/csrc/sf_maps.c",
     "cipher/csrc/k_table.c",
@@ -28,7 +29,7 @@ SOURCES = [
     "cipher/csrc/k_gfni_avx512.c",
     "cipher/csrc/k_neon.c",
 ]
-HEADERS = ["cipher/csrc/sf_core.h", "cipher/csrc/rowloop.h", "cipher/csrc/k_aesni.h", "cipher/csrc/k_gfni.h"]
+HEADERS = ["cipher/csrc/dicomwalk.h", "cipher/csrc/sf_core.h", "cipher/csrc/rowloop.h", "cipher/csrc/k_aesni.h", "cipher/csrc/k_gfni.h"]
 
 
 class BuildExt(build_ext):

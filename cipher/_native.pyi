@@ -41,3 +41,13 @@ def decrypt(
     kernel: str,
     src: _Buf | None = None,
 ) -> None: ...
+def walk(
+    buf: _Buf,
+    pos: int,
+    little: bool,
+    explicit: bool,
+    stop_group: int,
+    keep_group: int,
+    keep_tags: tuple[int, ...],
+    /,
+) -> tuple[list[tuple[int, int, bytes, int, int]], int, int]: ...

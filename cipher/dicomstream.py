@@ -281,23 +281,66 @@ def _meta(inp: _In) -> str:
             ts = _text(value)
 
 
+class _Found:
+    """What a pass over the leading elements keeps: the UIDs (into ``head``) and the values
+    of block ``SCANFORT 1``, once its private creator was seen."""
+
+    __slots__ = ("block", "head", "values")
+
+    def __init__(self, head: VisibleHead) -> None:
+        self.head = head
+        self.block = -1  # the block's element byte (``gggg,BBxx``), once found
+        self.values: dict[int, tuple[bytes, bytes]] = {}
+
+    def wanted(self, group: int, elem: int) -> bool:
+        if (group, elem) in _UID_TAGS:
+            return True
+        if group != dicomfile.PRIVATE_GROUP:
+            return False
+        return 0x10 <= elem <= 0xFF if self.block < 0 else elem >> 8 == self.block
+
+    def take(self, group: int, elem: int, vr: bytes, value: bytes) -> bool:
+        """Keep a wanted element's value; True when it is the v2 format's marker."""
+        head = self.head
+        if (group, elem) in _UID_TAGS:
+            head.uids[_UID_TAGS[group, elem]] = _text(value)
+        elif self.block < 0:
+            if _text(value) == dicomfile.PRIVATE_CREATOR:
+                self.block = elem
+                head.marker = ""  # the block exists: from here every failure is damage
+        else:
+            self.values[elem & 0xFF] = (vr, value)
+            if elem & 0xFF == dicomfile.ELEM_MARKER:
+                head.marker = _text(value)
+                return head.marker == dicomfile.FORMAT_MARKER
+        return False
+
+    def finish(self) -> None:
+        head = self.head
+        if self.block >= 0:
+            if not head.marker:
+                raise AuthenticationError()
+            if head.marker == dicomfile.FORMAT_MARKER:
+                head.sealed = _sealed(self.values, head.syntax)
+
+
 def _scan(inp: _In, head: VisibleHead, stop_after_group: int | None) -> None:
+    if type(inp) is _MemIn and _walk is not None:
+        _scan_walked(inp, head, stop_after_group)
+        return
     syn = head.syntax
-    block = -1
-    block_values: dict[int, tuple[bytes, bytes]] = {}
+    found = _Found(head)
     while True:
-        found = _header(inp, syn, at_end_ok=True)
-        if found is None:
+        element = _header(inp, syn, at_end_ok=True)
+        if element is None:
             break
-        group, elem, vr, length = found
+        group, elem, vr, length = element
         if (group, elem) == (0x7FE0, 0x0010):
             head.pixel_length = length
             break
-        if block < 0 and stop_after_group is not None and group > stop_after_group:
+        if found.block < 0 and stop_after_group is not None and group > stop_after_group:
             break  # past the groups the decision needs: not ScanFort's
-        wanted = ((group, elem) in _UID_TAGS
-                  or (group == dicomfile.PRIVATE_GROUP and 0x10 <= elem <= 0xFF and block < 0)
-                  or (block >= 0 and group == dicomfile.PRIVATE_GROUP and elem >> 8 == block))
+        wanted = found.wanted(group, elem)
         if length == _UNDEFINED:
             if wanted:
                 raise FormatError("an undefined length where a value was expected")
@@ -308,24 +351,51 @@ def _scan(inp: _In, head: VisibleHead, stop_after_group: int | None) -> None:
             continue
         if length > _MAX_VALUE:
             raise FormatError("an element too long for its kind")
-        value = inp.read(length)
-        if (group, elem) in _UID_TAGS:
-            head.uids[_UID_TAGS[group, elem]] = _text(value)
-        elif block < 0:
-            if _text(value) == dicomfile.PRIVATE_CREATOR:
-                block = elem
-                head.marker = ""  # the block exists: from here every failure is damage
-        else:
-            block_values[elem & 0xFF] = (vr, value)
-            if elem & 0xFF == dicomfile.ELEM_MARKER:
-                head.marker = _text(value)
-                if head.marker == dicomfile.FORMAT_MARKER:
-                    inp.stop_keeping()  # a v2 restore never needs the visible bytes again
-    if block >= 0:
-        if not head.marker:
-            raise AuthenticationError()
-        if head.marker == dicomfile.FORMAT_MARKER:
-            head.sealed = _sealed(block_values, syn)
+        if found.take(group, elem, vr, inp.read(length)):
+            inp.stop_keeping()  # a v2 restore never needs the visible bytes again
+    found.finish()
+
+
+try:  # the C walk over bytes in memory (cipher/csrc/dicomwalk.c)
+    from cipher._native import walk as _walk
+except ImportError:  # pragma: no cover - without the extension :func:`_scan` walks in Python
+    _walk = None  # type: ignore[assignment]
+_WALK_PIXELS, _WALK_STOPPED, _WALK_SHORT = 1, 2, -1
+_WALK_KEEP = tuple(group << 16 | elem for group, elem in _UID_TAGS)
+
+
+def _scan_walked(inp: _MemIn, head: VisibleHead, stop_after_group: int | None) -> None:
+    """:func:`_scan` over bytes in memory, the elements found by the C walk: the same
+    elements kept, the same stop, the same errors after the same elements."""
+    assert _walk is not None
+    syn = head.syntax
+    found = _Found(head)
+    stop = -1 if stop_after_group is None else stop_after_group
+    while True:
+        elements, status, end = _walk(inp._data, inp.pos, syn.little, syn.explicit, stop,
+                                      dicomfile.PRIVATE_GROUP, _WALK_KEEP)  # fmt: skip
+        last = elements.pop() if status in (_WALK_PIXELS, _WALK_STOPPED) else None
+        for group, elem, vr, length, at in elements:
+            if not found.wanted(group, elem):
+                continue
+            if length == _UNDEFINED:
+                raise FormatError("an undefined length where a value was expected")
+            if length > _MAX_VALUE:
+                raise FormatError("an element too long for its kind")
+            inp.pos = at
+            found.take(group, elem, vr, inp.read(length))
+        if status == _WALK_STOPPED and found.block >= 0:
+            stop, inp.pos = -1, end  # the block is there: on to Pixel Data
+            continue
+        inp.pos = end if last is None else last[4]
+        if status == _WALK_PIXELS:
+            head.pixel_length = last[3]  # type: ignore[index]
+        elif status == _WALK_SHORT:
+            raise _Short()
+        elif status < 0:
+            raise FormatError("not a DICOM data set")
+        break
+    found.finish()
 
 
 def _sealed(values: dict[int, tuple[bytes, bytes]], syn: _Syntax) -> bytes:

@@ -13,6 +13,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "dicomwalk.h"
 #include "sf_core.h"
 
 #define MAX_STREAM_LANES (1 << 20)
@@ -272,6 +273,9 @@ static PyMethodDef methods[] = {
     {"stream_samples", py_stream_samples, METH_VARARGS, stream_samples_doc},
     {"distinct", py_distinct, METH_O, distinct_doc},
     {"matrix", py_matrix, METH_O, matrix_doc},
+    {"walk", sf_py_walk, METH_VARARGS,
+     "walk(buf, pos, little, explicit, stop_group, keep_group, keep_tags) -> (elements, status, end)\n\n"
+     "The top-level element headers of a DICOM data set in memory (see csrc/dicomwalk.c)."},
     {"sbox", py_sbox, METH_VARARGS, sbox_doc},
     {"encrypt", (PyCFunction)(void (*)(void))py_encrypt, METH_VARARGS | METH_KEYWORDS, encrypt_doc},
     {"decrypt", (PyCFunction)(void (*)(void))py_decrypt, METH_VARARGS | METH_KEYWORDS, decrypt_doc},
