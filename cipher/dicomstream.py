@@ -242,6 +242,7 @@ class VisibleHead:
     pixel_length: int | None = None  # declared length of the top-level Pixel Data, if reached
     read: bytes = b""  # the bytes read, when kept (not kept past a v2 block)
     _inp: _In | None = None
+    _resume: int | None = None  # where the element the C walk stopped at starts
 
     @property
     def study_uid(self) -> str:
@@ -387,6 +388,8 @@ def _scan_walked(inp: _MemIn, head: VisibleHead, stop_after_group: int | None) -
         if status == _WALK_STOPPED and found.block >= 0:
             stop, inp.pos = -1, end  # the block is there: on to Pixel Data
             continue
+        if status == _WALK_STOPPED:
+            head._resume = end
         inp.pos = end if last is None else last[4]
         if status == _WALK_PIXELS:
             head.pixel_length = last[3]  # type: ignore[index]
@@ -448,6 +451,22 @@ def scan_head(src: _Readable, *, keep: bool = True,
         head.read = b"".join(inp.kept)
         inp.kept = None
     return head
+
+
+def pixel_value_at(head: VisibleHead) -> int | None:
+    """Where the top-level Pixel Data value starts in a file :func:`scan_head` read from
+    memory, walking on (in C) from where it stopped; None when that cannot be told (read
+    from a stream, no C walk, no Pixel Data, a malformed or cut element on the way)."""
+    inp = head._inp
+    if type(inp) is not _MemIn or _walk is None:
+        return None
+    if head.pixel_length is not None:
+        return inp.pos
+    if head._resume is None:
+        return None
+    syn = head.syntax
+    _, status, end = _walk(inp._data, head._resume, syn.little, syn.explicit, -1, -1, ())
+    return end if status == _WALK_PIXELS else None
 
 
 # --------------------------------------------------------------------------- restore

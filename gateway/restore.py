@@ -249,7 +249,11 @@ class Restorer:
         except CipherError:
             return self._restore_whole(raw)
         if head.marker is None:
-            if not head.sop_uid or any(m in raw for m in _MARKERS):
+            # ScanFort writes its block before Pixel Data: markers in the elements before
+            # it mean a damaged protected file (the pixels themselves may hold any bytes)
+            header = dicomstream.pixel_value_at(head)
+            region = raw if header is None else raw[:header]
+            if not head.sop_uid or any(m in region for m in _MARKERS):
                 return self._restore_whole(raw)  # no UID, or markers outside the block
             return Restored(raw, False, head.study_uid, head.series_uid, head.sop_uid)
         if head.marker != dicomfile.FORMAT_MARKER:

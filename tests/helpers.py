@@ -33,6 +33,13 @@ from agent.config import AgentConfig, load_config
 TOKEN = "agent-token-for-tests"
 
 
+def cipher_core_sources() -> list[Path]:
+    """The C core's sources (``cipher/csrc``) that build without Python: all but the
+    extension's binding files, which include ``Python.h``."""
+    csrc = Path(__file__).resolve().parents[1] / "cipher" / "csrc"
+    return [p for p in sorted(csrc.glob("*.c")) if "<Python.h>" not in p.read_text()]
+
+
 def free_port() -> int:
     """A TCP port free on loopback right now."""
     with socket.socket() as s:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import cipher_core_sources
+
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "cipher" / "csrc"
 CLEAN = ["aesni-sse", "aesni-avx2"]
@@ -34,7 +36,7 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
             pytest.fail("valgrind (with /usr/include/valgrind/memcheck.h) or gcc missing under CI (Makefile DEBS: valgrind)")
         pytest.skip("valgrind or gcc not installed (apt-get install valgrind)")
     exe = tmp_path_factory.mktemp("ct") / "kernel_driver"
-    sources = [ROOT / "tests" / "native" / "kernel_driver.c"] + [p for p in sorted(CSRC.glob("*.c")) if p.name != "module.c"]
+    sources = [ROOT / "tests" / "native" / "kernel_driver.c", *cipher_core_sources()]
     # the flags setup.py uses, plus the client requests that mark secrets undefined
     cmd = ["gcc", "-O3", "-g", "-std=c99", "-ffp-contract=off", "-fno-fast-math", "-fno-strict-aliasing", "-Wall",
            "-Werror", "-DSF_CT_CHECK", f"-I{CSRC}", *map(str, sources), "-o", str(exe)]

@@ -115,3 +115,19 @@ def test_walk_arguments_are_checked() -> None:
         _native.walk(b"\0" * 10, 0, True, True, -1, -1, tuple(range(9)))
     elements, status, end = _native.walk(b"", 0, True, True, -1, -1, ())
     assert (elements, status, end) == ([], 0, 0)
+
+
+def test_the_pixel_value_is_found_walking_on_from_where_the_decision_stopped() -> None:
+    found = 0
+    for path in _corpus():
+        raw = path.read_bytes()
+        try:
+            early = dicomstream.scan_head(io.BytesIO(raw), keep=False)
+            full = dicomstream.scan_head(io.BytesIO(raw), keep=False, stop_after_group=None)
+        except cipher.CipherError:
+            continue
+        assert full._inp is not None
+        expected = full._inp.pos if full.pixel_length is not None else None
+        assert dicomstream.pixel_value_at(early) == expected, path.name
+        found += expected is not None
+    assert found > 30

@@ -15,6 +15,7 @@ import pytest
 
 from cipher import _reference as ref
 from cipher import chaos
+from tests.helpers import cipher_core_sources
 
 _native = chaos._native
 if _native is None:  # pragma: no cover - CI builds the extension
@@ -235,7 +236,7 @@ def test_byte_stream_is_the_same_on_every_instruction_set(tmp_path: Path) -> Non
             pytest.fail("gcc missing under CI")
         pytest.skip("gcc not installed")
     exe = tmp_path / "kernel_driver"
-    sources = [ROOT / "tests" / "native" / "kernel_driver.c"] + [p for p in sorted(CSRC.glob("*.c")) if p.name != "module.c"]
+    sources = [ROOT / "tests" / "native" / "kernel_driver.c", *cipher_core_sources()]
     subprocess.run(["gcc", "-O3", "-std=c99", "-ffp-contract=off", "-fno-fast-math", "-fno-strict-aliasing", f"-I{CSRC}",
                     *map(str, sources), "-o", str(exe)], check=True, capture_output=True, timeout=300)
     out = subprocess.run([str(exe), "-", "maps", "3000"], capture_output=True, text=True, timeout=300, check=True)
