@@ -3,8 +3,10 @@
 - A ScanFort DICOM-mode instance is restored by :func:`cipher.unprotect` (the original,
   verified by the cipher); any cipher error refuses that instance only.
 - An instance ScanFort did not protect is passed through unchanged, byte for byte.
-- Bytes that carry ScanFort markers but do not parse as a protected instance are refused
-  too: a damaged protected file must never be served as the noise it holds.
+- Bytes that carry ScanFort markers before their Pixel Data but do not parse as a protected
+  instance are refused too: a damaged protected file must never be served as the noise it
+  holds. (ScanFort writes its block before Pixel Data; the pixels of another instance may
+  hold any bytes.)
 
 Restored bytes live only in memory: an LRU cache with a byte cap (``cache_bytes``), and at
 most ``max_concurrent`` restores run at once so memory and CPU stay bounded under load.
