@@ -32,6 +32,11 @@ from typing import Any, BinaryIO, Protocol
 from cipher import _common, dicomfile
 from cipher.errors import AuthenticationError, FormatError, NotDicomError, UnsupportedDicomError
 
+try:  # the C walk over bytes in memory (cipher/csrc/dicomwalk.c)
+    from cipher._native import walk as _walk
+except ImportError:  # pragma: no cover - without the extension :func:`_scan` walks in Python
+    _walk = None  # type: ignore[assignment]
+
 __all__ = ["Opened", "VisibleHead", "open_v2", "scan_head"]
 
 
@@ -52,6 +57,10 @@ _MAX_DEPTH = 32
 _CHUNK = 1 << 20
 #: Bytes of a non-ScanFort file read before the decision (its first groups).
 _NO_BLOCK_AFTER = 0x0020
+#: What the C walk reports (``cipher/csrc/dicomwalk.c``), and the tags it returns besides
+#: those of the private group.
+_WALK_PIXELS, _WALK_STOPPED, _WALK_SHORT = 1, 2, -1
+_WALK_KEEP = tuple(group << 16 | elem for group, elem in _UID_TAGS)
 
 
 class _Short(Exception):
@@ -355,14 +364,6 @@ def _scan(inp: _In, head: VisibleHead, stop_after_group: int | None) -> None:
         if found.take(group, elem, vr, inp.read(length)):
             inp.stop_keeping()  # a v2 restore never needs the visible bytes again
     found.finish()
-
-
-try:  # the C walk over bytes in memory (cipher/csrc/dicomwalk.c)
-    from cipher._native import walk as _walk
-except ImportError:  # pragma: no cover - without the extension :func:`_scan` walks in Python
-    _walk = None  # type: ignore[assignment]
-_WALK_PIXELS, _WALK_STOPPED, _WALK_SHORT = 1, 2, -1
-_WALK_KEEP = tuple(group << 16 | elem for group, elem in _UID_TAGS)
 
 
 def _scan_walked(inp: _MemIn, head: VisibleHead, stop_after_group: int | None) -> None:
