@@ -199,20 +199,15 @@ def _apply_buffer(data: Any, key: bytes, nonce: bytes, name: str, forward: bool)
 
 
 def _apply(data: np.ndarray, key: bytes, nonce: bytes, name: str, forward: bool) -> np.ndarray:
-    """Encrypt (``forward``) or decrypt ``data`` with kernel ``name``."""
+    """Encrypt (``forward``) or decrypt ``data`` with kernel ``name``: the byte API on the
+    array's bytes, the result in its shape and dtype."""
     import numpy as np
 
-    from cipher import _reference
-
-    _check(key, nonce)
     buf = _to_bytes(data)
+    out = _apply_buffer(buf, key, nonce, name, forward)  # checks the key even for no pixels
     if buf.size == 0:
         return data.copy()
-    if name == REFERENCE:
-        out = _reference.apply(buf, bytes(key), bytes(nonce), forward)
-    else:
-        out = np.frombuffer(_apply_native(buf, bytes(key), bytes(nonce), forward, name), np.uint8)
-    return _from_bytes(out, data)
+    return _from_bytes(np.frombuffer(out, np.uint8), data)
 
 
 def _encrypt_with(data: np.ndarray, key: bytes, nonce: bytes, name: str) -> np.ndarray:
