@@ -350,20 +350,23 @@ def _scan(inp: _In, head: VisibleHead, stop_after_group: int | None) -> None:
             break
         if found.block < 0 and stop_after_group is not None and group > stop_after_group:
             break  # past the groups the decision needs: not ScanFort's
-        wanted = found.wanted(group, elem)
-        if length == _UNDEFINED:
-            if wanted:
-                raise FormatError("an undefined length where a value was expected")
+        if found.wanted(group, elem):
+            if found.take(group, elem, vr, inp.read(_kept_length(length))):
+                inp.stop_keeping()  # a v2 restore never needs the visible bytes again
+        elif length == _UNDEFINED:
             _skip_items(inp, _Syntax(True, False) if vr == b"UN" else syn, 0)
-            continue
-        if not wanted:
+        else:
             inp.skip(length)
-            continue
-        if length > _MAX_VALUE:
-            raise FormatError("an element too long for its kind")
-        if found.take(group, elem, vr, inp.read(length)):
-            inp.stop_keeping()  # a v2 restore never needs the visible bytes again
     found.finish()
+
+
+def _kept_length(length: int) -> int:
+    """The length of a value :class:`_Found` keeps, checked."""
+    if length == _UNDEFINED:
+        raise FormatError("an undefined length where a value was expected")
+    if length > _MAX_VALUE:
+        raise FormatError("an element too long for its kind")
+    return length
 
 
 def _scan_walked(inp: _MemIn, head: VisibleHead, stop_after_group: int | None) -> None:
@@ -378,14 +381,9 @@ def _scan_walked(inp: _MemIn, head: VisibleHead, stop_after_group: int | None) -
                                       dicomfile.PRIVATE_GROUP, _WALK_KEEP)  # fmt: skip
         last = elements.pop() if status in (_WALK_PIXELS, _WALK_STOPPED) else None
         for group, elem, vr, length, at in elements:
-            if not found.wanted(group, elem):
-                continue
-            if length == _UNDEFINED:
-                raise FormatError("an undefined length where a value was expected")
-            if length > _MAX_VALUE:
-                raise FormatError("an element too long for its kind")
-            inp.pos = at
-            found.take(group, elem, vr, inp.read(length))
+            if found.wanted(group, elem):
+                inp.pos = at
+                found.take(group, elem, vr, inp.read(_kept_length(length)))
         if status == _WALK_STOPPED and found.block >= 0:
             stop, inp.pos = -1, end  # the block is there: on to Pixel Data
             continue
