@@ -130,9 +130,12 @@ def pick_frames(item: Streamed, numbers: list[int]) -> Picked:
     return Picked(ds, [got[n] for n in numbers])
 
 
-def whole(item: Streamed) -> bytes:
-    """All of ``item`` in one piece (what the header cannot place; memory: its size)."""
-    return b"".join(item.pieces())
+def whole(item: Stage | Restored | Streamed) -> bytes:
+    """All of ``item`` in one piece (what the header cannot place; memory: its size): a
+    staged entry by a whole pass over it (:func:`reopen`)."""
+    if isinstance(item, Restored):
+        return item.data
+    return b"".join((reopen(item) if isinstance(item, Stage) else item).pieces())
 
 
 def single_frame(picked: Picked) -> Dataset:
@@ -377,8 +380,7 @@ def bulkdata(cache: StageCache | None, item: Stage | Restored | Streamed,
     ds = header_dataset(large) if pixel_data else attributes_dataset(large)
     span = None if item.opened is None else dicomframes.value_span(item.opened)
     if ds is None or span is None:  # deflated, or not ScanFort's: joined whole
-        whole_item = reopen(item) if isinstance(item, Stage) else item
-        return dicomdata.bulkdata(dicomdata.parse(whole(whole_item)), tag)
+        return dicomdata.bulkdata(dicomdata.parse(whole(item)), tag)
     if not pixel_data:
         return dicomdata.bulkdata(ds, tag)
     start, length = span

@@ -486,10 +486,7 @@ def instance_metadata(study: str, series: str, sop: str, request: Request) -> Re
         meta = largeframes.metadata(large, url) if isinstance(large, Streamed) else None
         if meta is None:
             try:
-                if isinstance(item, Stage):
-                    data = largeframes.whole(largeframes.reopen(item))
-                else:
-                    data = item.data if isinstance(item, Restored) else largeframes.whole(item)
+                data = largeframes.whole(item)
             except RefusedInstance as exc:
                 raise _refused_whole(gw, p, request, "metadata", item, exc, study,
                                      series) from None  # fmt: skip
